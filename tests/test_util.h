@@ -1,0 +1,33 @@
+// Helpers shared by the test suites: where the shared data lives, GPU skipping.
+#pragma once
+
+#include <gtest/gtest.h>
+
+#include <cstdlib>
+#include <filesystem>
+#include <string>
+
+#include "engine/gpu.h"
+
+namespace facenet::test {
+
+// Root of the read-only shared material: $FACENET_SHARED, else the build-time setting
+// (FACENET_SHARED_DIR, default ../shared next to the project).
+inline std::filesystem::path shared_dir() {
+  if (const char* env = std::getenv("FACENET_SHARED")) return env;
+  return FACENET_DEFAULT_SHARED_DIR;
+}
+
+inline std::filesystem::path shared_path(const std::string& rel) { return shared_dir() / rel; }
+
+// The facenet CLI built alongside the tests.
+inline std::string cli_path() { return FACENET_CLI_PATH; }
+
+}  // namespace facenet::test
+
+// Skips (never silently passes) a GPU test when no usable GPU is present.
+#define FN_REQUIRE_GPU()                                                          \
+  do {                                                                            \
+    if (!::facenet::gpu_available())                                              \
+      GTEST_SKIP() << "no usable GPU: " << ::facenet::gpu_status();               \
+  } while (0)

@@ -1,0 +1,30 @@
+#!/usr/bin/env bash
+# Installs the Debian packages facenet-engine builds and tests with (idempotent; needs root).
+# CUDA 13 + cuDNN 9 + cuBLAS are expected in /usr/local/cuda (or nvcc on PATH); without them
+# the CPU-only engine is built.
+set -euo pipefail
+
+pkgs=(
+  build-essential cmake ninja-build pkg-config git
+  libopencv-dev libcli11-dev nlohmann-json3-dev libsqlite3-dev
+  libopenblas-dev libopenblas0-pthread libgtest-dev libbenchmark-dev
+  libfaiss-dev python3-numpy python3-torch python3-faiss
+)
+
+missing=()
+for p in "${pkgs[@]}"; do
+  dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
+done
+if ((${#missing[@]})); then
+  echo "setup: installing ${missing[*]}" >&2
+  export DEBIAN_FRONTEND=noninteractive
+  apt-get update -q
+  apt-get install -y -q --no-install-recommends "${missing[@]}"
+fi
+
+# The system BLAS must be OpenBLAS, not the slow reference BLAS (peer figures assume it).
+if command -v update-alternatives >/dev/null; then
+  ob=/usr/lib/x86_64-linux-gnu/openblas-pthread/libblas.so.3
+  [ -e "$ob" ] && update-alternatives --set libblas.so.3-x86_64-linux-gnu "$ob" >/dev/null 2>&1 || true
+fi
+echo "setup: dependencies present" >&2

@@ -1,1 +1,249 @@
-int main() { return 0; }
+// facenet: the command-line front end. Parses arguments and prints; all logic is in engine/.
+#include <unistd.h>
+
+#include <CLI/CLI.hpp>
+#include <cstdio>
+#include <fstream>
+#include <iomanip>
+#include <iostream>
+
+#include "engine/backend.h"
+#include "engine/convert_openface.h"
+#include "engine/encode.h"
+#include "engine/encode_bench.h"
+#include "engine/error.h"
+#include "engine/model.h"
+#include "engine/npy.h"
+
+namespace fs = std::filesystem;
+using namespace facenet;
+
+namespace {
+
+std::vector<int> parse_int_list(const std::string& s, const std::string& what) {
+  std::vector<int> out;
+  std::stringstream ss(s);
+  for (std::string item; std::getline(ss, item, ',');) {
+    try {
+      size_t used = 0;
+      out.push_back(std::stoi(item, &used));
+      if (used != item.size()) throw std::invalid_argument(item);
+    } catch (const std::exception&) {
+      fail(what, ": '", item, "' is not an integer (expected a comma-separated list like 1,16,64)");
+    }
+  }
+  return out;
+}
+
+// ---- convert -------------------------------------------------------------------------------
+struct ConvertArgs {
+  std::string dir, variant = "openface", output;
+};
+
+void add_convert(CLI::App& app) {
+  auto* convert =
+      app.add_subcommand("convert", "Convert published weights into a facenet model file");
+  convert->require_subcommand(1);
+  auto args = std::make_shared<ConvertArgs>();
+  auto* csv = convert->add_subcommand(
+      "openface-csv",
+      "Keras-OpenFace CSV export of nn4.small2.v1 (one CSV per tensor) -> safetensors model");
+  csv->add_option("dir", args->dir, "Directory holding the 226 CSV files")->required();
+  csv->add_option("--variant", args->variant,
+                  "Graph variant: openface (faithful Torch graph: LRN, L2 pooling) or coursera "
+                  "(deeplearning.ai Keras port: no LRN, average pooling)")
+      ->check(CLI::IsMember({"openface", "coursera"}))
+      ->capture_default_str();
+  csv->add_option("-o,--output", args->output, "Model file to write (.safetensors)")->required();
+  csv->callback([args] {
+    std::vector<std::string> unused;
+    Model m = convert_openface_csv(args->dir, parse_nn4_variant(args->variant), &unused);
+    save_model(args->output, m);
+    const ParamCounts c = count_params(m);
+    std::cerr << "wrote " << args->output << ": " << m.graph.name << " (" << m.graph.variant
+              << "), " << m.tensors.size() << " tensors, " << c.learned << " learned parameters (+"
+              << c.running_stats << " BatchNorm running stats)\n";
+    if (!unused.empty()) {
+      std::cerr << "note: " << unused.size() << " file(s) in " << args->dir
+                << " are not used by the graph:";
+      for (const auto& u : unused) std::cerr << " " << u;
+      std::cerr << "\n";
+    }
+  });
+}
+
+// ---- info ----------------------------------------------------------------------------------
+void add_info(CLI::App& app) {
+  auto* info = app.add_subcommand("info", "Print a model's graph as a table with totals");
+  auto path = std::make_shared<std::string>();
+  info->add_option("model", *path, "Model file (.safetensors)")->required();
+  info->callback([path] { std::cout << model_summary(load_model(*path)); });
+}
+
+// ---- encode --------------------------------------------------------------------------------
+struct EncodeArgs {
+  std::string model, device = "cpu", format = "jsonl", output, precision = "fp32";
+  int batch = 64, threads = 0;
+  std::vector<std::string> inputs;
+};
+
+class ProgressBar {
+ public:
+  explicit ProgressBar(bool enabled) : enabled_(enabled) {}
+  void update(size_t done, size_t total) {
+    if (!enabled_) return;
+    std::fprintf(stderr, "\rencoding %zu/%zu (%.0f%%)", done, total,
+                 100.0 * done / std::max<size_t>(total, 1));
+    std::fflush(stderr);
+  }
+  void finish() {
+    if (enabled_) std::fputc('\n', stderr);
+  }
+
+ private:
+  bool enabled_;
+};
+
+int run_encode(const EncodeArgs& a) {
+  if (a.format == "npy" && a.output.empty())
+    fail("--format npy needs -o <file.npy> (binary output is not written to a terminal)");
+  const Model model = load_model(a.model);
+  BackendOptions bo;
+  bo.device = parse_device(a.device);
+  bo.threads = a.threads;
+  bo.precision = a.precision;
+  auto backend = make_backend(model, bo);
+  const auto files = expand_inputs(a.inputs);
+  if (files.empty()) fail("no images found in the given inputs");
+
+  std::ofstream file_out;
+  std::ostream* out = &std::cout;
+  if (a.format == "jsonl" && !a.output.empty()) {
+    file_out.open(a.output, std::ios::trunc);
+    if (!file_out) fail("cannot write ", a.output);
+    out = &file_out;
+  }
+  const int64_t dim = model.embedding_dim();
+  std::vector<float> all;
+  std::vector<std::string> all_paths;
+  ProgressBar progress(isatty(fileno(stderr)) && files.size() > static_cast<size_t>(a.batch));
+  EncodeCallbacks cb;
+  cb.on_batch = [&](const std::vector<fs::path>& paths, const std::vector<float>& emb) {
+    for (size_t i = 0; i < paths.size(); ++i) {
+      if (a.format == "jsonl") {
+        nlohmann::json line = {
+            {"image", paths[i].string()},
+            {"embedding", std::vector<float>(emb.begin() + i * dim, emb.begin() + (i + 1) * dim)}};
+        *out << line.dump() << "\n";
+      } else {
+        all_paths.push_back(paths[i].string());
+        all.insert(all.end(), emb.begin() + i * dim, emb.begin() + (i + 1) * dim);
+      }
+    }
+    out->flush();  // what is done is kept even if a later batch fails hard
+  };
+  cb.on_error = [&](const fs::path&, const std::string& reason) {
+    progress.finish();
+    std::cerr << "facenet encode: skipped " << reason << "\n";
+  };
+  cb.on_progress = [&](size_t done, size_t total) { progress.update(done, total); };
+  const EncodeStats stats =
+      encode_files(*backend, input_spec(model.graph), dim, files, a.batch, cb);
+  progress.finish();
+  if (a.format == "npy") {
+    write_npy(a.output, all.data(), static_cast<int64_t>(all_paths.size()), dim);
+    const fs::path list = fs::path(a.output).replace_extension(".paths.txt");
+    std::ofstream l(list, std::ios::trunc);
+    for (const auto& p : all_paths) l << p << "\n";
+    if (!l) fail("cannot write ", list.string());
+    std::cerr << "wrote " << a.output << " (" << all_paths.size() << " x " << dim
+              << " float32) and " << list.string() << "\n";
+  }
+  if (stats.failed) {
+    std::cerr << "facenet encode: " << stats.failed << " of " << files.size()
+              << " file(s) could not be encoded; " << stats.encoded << " encoded\n";
+    return 1;
+  }
+  return 0;
+}
+
+void add_encode(CLI::App& app, int& exit_code) {
+  auto* enc = app.add_subcommand("encode", "Encode face images (aligned crops) into embeddings");
+  auto a = std::make_shared<EncodeArgs>();
+  enc->add_option("--model", a->model, "Model file (.safetensors)")->required();
+  enc->add_option("--device", a->device, "cpu | cuda | cpu-reference (slow oracle)")
+      ->check(CLI::IsMember({"cpu", "cuda", "cpu-reference"}))
+      ->capture_default_str();
+  enc->add_option("--precision", a->precision, "cuda only: fp32 | fp16 | bf16")
+      ->check(CLI::IsMember({"fp32", "fp16", "bf16"}))
+      ->capture_default_str();
+  enc->add_option("--batch", a->batch, "Images per forward pass")
+      ->check(CLI::PositiveNumber)
+      ->capture_default_str();
+  enc->add_option("--threads", a->threads, "CPU threads (0 = all cores)")->capture_default_str();
+  enc->add_option("--format", a->format,
+                  "jsonl: one {\"image\", \"embedding\"} line per image; npy: N x D float32 .npy "
+                  "plus <out>.paths.txt listing the rows")
+      ->check(CLI::IsMember({"jsonl", "npy"}))
+      ->capture_default_str();
+  enc->add_option("-o,--output", a->output, "Output file (default: jsonl on stdout)");
+  enc->add_option("inputs", a->inputs, "Image files and/or directories (searched recursively)")
+      ->required();
+  enc->footer(
+      "Input rule: 8-bit decode, BGR->RGB, resize to the model input (96x96) only if needed,\n"
+      "scale 1/255. Unreadable files are named on stderr, the others are still encoded, and\n"
+      "the exit status is 1. Embeddings are L2-normalised; compare with plain L2 distance.");
+  enc->callback([a, &exit_code] { exit_code = run_encode(*a); });
+}
+
+// ---- bench ---------------------------------------------------------------------------------
+void add_bench(CLI::App& app) {
+  auto* bench = app.add_subcommand("bench", "Benchmarks printing JSON");
+  bench->require_subcommand(1);
+  auto* enc = bench->add_subcommand("encode", "Encoder throughput and latency per batch size");
+  auto o = std::make_shared<EncodeBenchOptions>();
+  auto device = std::make_shared<std::string>("cpu");
+  auto batches = std::make_shared<std::string>("1,16,64");
+  auto model = std::make_shared<std::string>();
+  auto no_peer = std::make_shared<bool>(false);
+  enc->add_option("--model", *model, "Model file (.safetensors)")->required();
+  enc->add_option("--device", *device, "cpu | cuda")->capture_default_str();
+  enc->add_option("--batch", *batches, "Comma-separated batch sizes")->capture_default_str();
+  enc->add_option("--repeats", o->repeats, "Timed repeats per batch size")->capture_default_str();
+  enc->add_option("--warmup", o->warmup, "Untimed warm-up runs")->capture_default_str();
+  enc->add_option("--threads", o->threads, "CPU threads (0 = all cores)")->capture_default_str();
+  enc->add_flag("--no-peer", *no_peer, "Skip the PyTorch peer (tools/peer_torch.py)");
+  enc->callback([=] {
+    o->model_path = *model;
+    o->device = parse_device(*device);
+    o->batches = parse_int_list(*batches, "--batch");
+    o->peer = !*no_peer;
+    std::cout << run_encode_bench(*o).dump(2) << "\n";
+  });
+}
+
+}  // namespace
+
+int main(int argc, char** argv) {
+  CLI::App app{
+      "facenet: face embeddings (FaceNet-style encoders), verification and recognition.\n"
+      "Models are safetensors files made by `facenet convert`."};
+  app.require_subcommand(1);
+  int exit_code = 0;
+  add_convert(app);
+  add_info(app);
+  add_encode(app, exit_code);
+  add_bench(app);
+  try {
+    app.parse(argc, argv);
+  } catch (const CLI::ParseError& e) {
+    return app.exit(e);
+  } catch (const Error& e) {
+    std::cerr << "facenet: error: " << e.what() << "\n";
+    return 2;
+  } catch (const std::exception& e) {
+    std::cerr << "facenet: unexpected error: " << e.what() << "\n";
+    return 3;
+  }
+  return exit_code;
+}

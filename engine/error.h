@@ -35,10 +35,10 @@ template <typename... Args>
 }  // namespace facenet
 
 // Broken internal invariant: a bug in the engine, never a user mistake. Always on.
-#define FN_ASSERT(cond)                                                                    \
-  do {                                                                                     \
-    if (!(cond)) {                                                                         \
+#define FN_ASSERT(cond)                                                                         \
+  do {                                                                                          \
+    if (!(cond)) {                                                                              \
       std::fprintf(stderr, "facenet: internal error: %s (%s:%d)\n", #cond, __FILE__, __LINE__); \
-      std::abort();                                                                        \
-    }                                                                                      \
+      std::abort();                                                                             \
+    }                                                                                           \
   } while (0)

@@ -71,12 +71,18 @@ GpuContext::GpuContext(int device) : device_(device) {
   FN_GPU_CHECK(cublasSetStream(h, stream_.get()));
 }
 
-void GpuContext::synchronize() const { FN_GPU_CHECK(cudaStreamSynchronize(stream_.get())); }
+void GpuContext::synchronize() const {
+  FN_GPU_CHECK(cudaStreamSynchronize(stream_.get()));
+}
 
 #else  // built without CUDA
 
-std::string gpu_status() { return "facenet was built without CUDA (FACENET_CUDA=OFF)"; }
-bool gpu_available() { return false; }
+std::string gpu_status() {
+  return "facenet was built without CUDA (FACENET_CUDA=OFF)";
+}
+bool gpu_available() {
+  return false;
+}
 
 #endif
 

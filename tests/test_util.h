@@ -18,16 +18,19 @@ inline std::filesystem::path shared_dir() {
   return FACENET_DEFAULT_SHARED_DIR;
 }
 
-inline std::filesystem::path shared_path(const std::string& rel) { return shared_dir() / rel; }
+inline std::filesystem::path shared_path(const std::string& rel) {
+  return shared_dir() / rel;
+}
 
 // The facenet CLI built alongside the tests.
-inline std::string cli_path() { return FACENET_CLI_PATH; }
+inline std::string cli_path() {
+  return FACENET_CLI_PATH;
+}
 
 }  // namespace facenet::test
 
 // Skips (never silently passes) a GPU test when no usable GPU is present.
-#define FN_REQUIRE_GPU()                                                          \
-  do {                                                                            \
-    if (!::facenet::gpu_available())                                              \
-      GTEST_SKIP() << "no usable GPU: " << ::facenet::gpu_status();               \
+#define FN_REQUIRE_GPU()                                                                           \
+  do {                                                                                             \
+    if (!::facenet::gpu_available()) GTEST_SKIP() << "no usable GPU: " << ::facenet::gpu_status(); \
   } while (0)

@@ -1,0 +1,46 @@
+// Backend factory.
+#include "engine/backend.h"
+
+#include "engine/cpu_backend.h"
+#include "engine/cpu_reference.h"
+#include "engine/error.h"
+#include "engine/gpu.h"
+
+namespace facenet {
+
+Device parse_device(const std::string& s) {
+  if (s == "cpu") return Device::cpu;
+  if (s == "cpu-reference") return Device::cpu_reference;
+  if (s == "cuda") return Device::cuda;
+  fail("unknown device '", s, "' (expected cpu, cpu-reference or cuda)");
+}
+
+const char* device_name(Device d) {
+  switch (d) {
+    case Device::cpu:
+      return "cpu";
+    case Device::cpu_reference:
+      return "cpu-reference";
+    case Device::cuda:
+      return "cuda";
+  }
+  return "?";
+}
+
+std::unique_ptr<Backend> make_backend(const Model& model, const BackendOptions& options) {
+  if (options.precision != "fp32" && options.device != Device::cuda)
+    fail("--precision ", options.precision, " is only available with --device cuda");
+  switch (options.device) {
+    case Device::cpu:
+      return make_cpu_backend(model, options);
+    case Device::cpu_reference:
+      return make_reference_backend(model);
+    case Device::cuda:
+      require_gpu("--device cuda");
+      fail("--device cuda: the CUDA executor is not part of this build yet (issue 3); ",
+           "use --device cpu");
+  }
+  fail("unknown device");
+}
+
+}  // namespace facenet

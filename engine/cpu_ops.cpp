@@ -1,0 +1,200 @@
+// Fast CPU ops over the planar-batch (CNHW) layout: im2col + OpenBLAS SGEMM for convolution
+// and dense layers, OpenMP over planes/rows for everything else.
+#include "engine/cpu_ops.h"
+
+#include <cblas.h>
+
+#include <algorithm>
+#include <cmath>
+#include <cstring>
+#include <limits>
+
+namespace facenet {
+
+namespace {
+
+// col[(ci*k + ky)*k + kx][img*Ho*Wo + oy*Wo + ox] = x[ci][img][oy*s - p + ky][ox*s - p + kx]
+// (zero outside the image). One row per (ci, ky, kx); rows are independent.
+void im2col(const float* x, const PlanarDims& d, int k, int s, int p, int64_t ho, int64_t wo,
+            float* col) {
+  const int64_t rows = d.c * k * k;
+  const int64_t row_len = d.n * ho * wo;
+#pragma omp parallel for schedule(static)
+  for (int64_t r = 0; r < rows; ++r) {
+    const int64_t ci = r / (k * k), ky = (r / k) % k, kx = r % k;
+    float* dst = col + r * row_len;
+    // Output columns whose input column is inside the image: ox in [ox_lo, ox_hi).
+    const int64_t ox_lo = std::max<int64_t>(0, (p - kx + s - 1) / s);
+    const int64_t last = d.w - 1 + p - kx;  // ox*s <= last
+    const int64_t ox_hi = last < 0 ? 0 : std::min<int64_t>(last / s + 1, wo);
+    for (int64_t img = 0; img < d.n; ++img) {
+      const float* plane = x + (ci * d.n + img) * d.plane();
+      for (int64_t oy = 0; oy < ho; ++oy, dst += wo) {
+        const int64_t iy = oy * s - p + ky;
+        if (iy < 0 || iy >= d.h || ox_lo >= ox_hi) {
+          std::fill(dst, dst + wo, 0.0f);
+          continue;
+        }
+        const float* src = plane + iy * d.w - p + kx;
+        std::fill(dst, dst + ox_lo, 0.0f);
+        if (s == 1) {
+          std::memcpy(dst + ox_lo, src + ox_lo, (ox_hi - ox_lo) * sizeof(float));
+        } else {
+          for (int64_t ox = ox_lo; ox < ox_hi; ++ox) dst[ox] = src[ox * s];
+        }
+        std::fill(dst + ox_hi, dst + wo, 0.0f);
+      }
+    }
+  }
+}
+
+void add_bias(float* y, int64_t rows, int64_t cols, const float* bias, bool relu) {
+#pragma omp parallel for schedule(static)
+  for (int64_t r = 0; r < rows; ++r) {
+    float* row = y + r * cols;
+    const float b = bias[r];
+    if (relu) {
+      for (int64_t i = 0; i < cols; ++i) row[i] = std::max(row[i] + b, 0.0f);
+    } else {
+      for (int64_t i = 0; i < cols; ++i) row[i] += b;
+    }
+  }
+}
+
+}  // namespace
+
+void conv_gemm(const float* x, const PlanarDims& d, const float* w, const float* bias, int out,
+               int kernel, int stride, int pad, bool relu, float* y, std::vector<float>& col) {
+  const int64_t ho = (d.h + 2 * pad - kernel) / stride + 1;
+  const int64_t wo = (d.w + 2 * pad - kernel) / stride + 1;
+  const int64_t K = d.c * kernel * kernel;
+  const int64_t N = d.n * ho * wo;
+  const float* b_mat = x;
+  if (!(kernel == 1 && stride == 1 && pad == 0)) {
+    if (static_cast<int64_t>(col.size()) < K * N) col.resize(K * N);
+    im2col(x, d, kernel, stride, pad, ho, wo, col.data());
+    b_mat = col.data();
+  }
+  cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, out, N, K, 1.0f, w, K, b_mat, N, 0.0f, y,
+              N);
+  add_bias(y, out, N, bias, relu);
+}
+
+void pool_planes(const float* x, int64_t planes, int64_t h, int64_t w, int kernel, int stride,
+                 int pad, PoolKind kind, float* y) {
+  const int64_t ho = (h + 2 * pad - kernel) / stride + 1;
+  const int64_t wo = (w + 2 * pad - kernel) / stride + 1;
+  const float inv_area = 1.0f / static_cast<float>(kernel * kernel);
+#pragma omp parallel for schedule(static)
+  for (int64_t pl = 0; pl < planes; ++pl) {
+    const float* src = x + pl * h * w;
+    float* dst = y + pl * ho * wo;
+    for (int64_t oy = 0; oy < ho; ++oy) {
+      const int64_t y0 = std::max<int64_t>(0, oy * stride - pad);
+      const int64_t y1 = std::min<int64_t>(h, oy * stride - pad + kernel);
+      for (int64_t ox = 0; ox < wo; ++ox) {
+        const int64_t x0 = std::max<int64_t>(0, ox * stride - pad);
+        const int64_t x1 = std::min<int64_t>(w, ox * stride - pad + kernel);
+        float acc = kind == PoolKind::max ? -std::numeric_limits<float>::infinity() : 0.0f;
+        for (int64_t iy = y0; iy < y1; ++iy)
+          for (int64_t ix = x0; ix < x1; ++ix) {
+            const float v = src[iy * w + ix];
+            if (kind == PoolKind::max)
+              acc = std::max(acc, v);
+            else
+              acc += kind == PoolKind::l2 ? v * v : v;
+          }
+        dst[oy * wo + ox] = kind == PoolKind::avg  ? acc * inv_area
+                            : kind == PoolKind::l2 ? std::sqrt(acc)
+                                                   : acc;
+      }
+    }
+  }
+}
+
+void lrn_channels(const float* x, int64_t channels, int64_t per_channel, int size, float alpha,
+                  float beta, float k, float* y) {
+  const int64_t half = size / 2;
+  const float scale = alpha / static_cast<float>(size);
+  // Blocks of positions per thread; within a block, a running window sum over channels.
+  constexpr int64_t kBlock = 256;
+  const int64_t blocks = (per_channel + kBlock - 1) / kBlock;
+#pragma omp parallel for schedule(static)
+  for (int64_t blk = 0; blk < blocks; ++blk) {
+    const int64_t i0 = blk * kBlock, len = std::min(kBlock, per_channel - i0);
+    float sum[kBlock];
+    std::fill(sum, sum + len, 0.0f);
+    for (int64_t j = 0; j < std::min(half, channels); ++j) {
+      const float* xj = x + j * per_channel + i0;
+      for (int64_t i = 0; i < len; ++i) sum[i] += xj[i] * xj[i];
+    }
+    for (int64_t c = 0; c < channels; ++c) {
+      if (c + half < channels) {  // channel entering the window
+        const float* xj = x + (c + half) * per_channel + i0;
+        for (int64_t i = 0; i < len; ++i) sum[i] += xj[i] * xj[i];
+      }
+      const float* xc = x + c * per_channel + i0;
+      float* yc = y + c * per_channel + i0;
+      for (int64_t i = 0; i < len; ++i) yc[i] = xc[i] * std::pow(k + scale * sum[i], -beta);
+      if (c - half >= 0) {  // channel leaving the window
+        const float* xj = x + (c - half) * per_channel + i0;
+        for (int64_t i = 0; i < len; ++i) sum[i] -= xj[i] * xj[i];
+      }
+    }
+  }
+}
+
+void copy_centred(const float* x, int64_t planes, int64_t h, int64_t w, float* y, int64_t H,
+                  int64_t W) {
+  const int64_t top = (H - h) / 2, left = (W - w) / 2;
+#pragma omp parallel for schedule(static)
+  for (int64_t pl = 0; pl < planes; ++pl) {
+    float* dst = y + pl * H * W;
+    std::fill(dst, dst + H * W, 0.0f);
+    for (int64_t r = 0; r < h; ++r)
+      std::memcpy(dst + (r + top) * W + left, x + (pl * h + r) * w, w * sizeof(float));
+  }
+}
+
+void dense_gemm(const float* x, int64_t in, int64_t n, const float* w, const float* b, int64_t out,
+                float* y) {
+  cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, out, n, in, 1.0f, w, in, x, n, 0.0f, y, n);
+  add_bias(y, out, n, b, false);
+}
+
+void l2norm_columns(const float* x, int64_t d, int64_t n, double eps, float* y) {
+  for (int64_t j = 0; j < n; ++j) {
+    double ss = 0.0;
+    for (int64_t i = 0; i < d; ++i) ss += static_cast<double>(x[i * n + j]) * x[i * n + j];
+    const float inv = static_cast<float>(1.0 / std::sqrt(std::max(ss, eps)));
+    for (int64_t i = 0; i < d; ++i) y[j * d + i] = x[i * n + j] * inv;
+  }
+}
+
+void nchw_to_cnhw(const float* x, int64_t n, int64_t c, int64_t hw, float* y) {
+#pragma omp parallel for collapse(2) schedule(static)
+  for (int64_t i = 0; i < n; ++i)
+    for (int64_t ch = 0; ch < c; ++ch)
+      std::memcpy(y + (ch * n + i) * hw, x + (i * c + ch) * hw, hw * sizeof(float));
+}
+
+void cnhw_to_nchw(const float* x, int64_t n, int64_t c, int64_t hw, float* y) {
+#pragma omp parallel for collapse(2) schedule(static)
+  for (int64_t i = 0; i < n; ++i)
+    for (int64_t ch = 0; ch < c; ++ch)
+      std::memcpy(y + (i * c + ch) * hw, x + (ch * n + i) * hw, hw * sizeof(float));
+}
+
+void fold_batchnorm(std::vector<float>& w, std::vector<float>& b, int64_t per_out,
+                    const float* gamma, const float* beta, const float* mean, const float* var,
+                    double eps) {
+  const int64_t out = static_cast<int64_t>(b.size());
+  for (int64_t o = 0; o < out; ++o) {
+    const double scale = gamma[o] / std::sqrt(static_cast<double>(var[o]) + eps);
+    for (int64_t i = 0; i < per_out; ++i)
+      w[o * per_out + i] = static_cast<float>(w[o * per_out + i] * scale);
+    b[o] = static_cast<float>((b[o] - static_cast<double>(mean[o])) * scale + beta[o]);
+  }
+}
+
+}  // namespace facenet

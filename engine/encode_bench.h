@@ -1,0 +1,25 @@
+// `facenet bench encode`: model-only encoder throughput/latency per batch size, with the
+// PyTorch peer (tools/peer_torch.py) timed in the same run on the same model file.
+#pragma once
+
+#include <filesystem>
+#include <nlohmann/json.hpp>
+#include <vector>
+
+#include "engine/backend.h"
+
+namespace facenet {
+
+struct EncodeBenchOptions {
+  std::filesystem::path model_path;
+  Device device = Device::cpu;
+  std::vector<int> batches = {1, 16, 64};
+  int warmup = 2;
+  int repeats = 10;
+  int threads = 0;  // 0 = every core
+  bool peer = true;
+};
+
+nlohmann::json run_encode_bench(const EncodeBenchOptions& options);
+
+}  // namespace facenet

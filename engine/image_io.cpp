@@ -1,0 +1,91 @@
+// OpenCV-based decoding and preprocessing.
+#include "engine/image_io.h"
+
+#include <algorithm>
+#include <fstream>
+#include <iterator>
+#include <opencv2/imgcodecs.hpp>
+#include <opencv2/imgproc.hpp>
+#include <set>
+
+#include "engine/error.h"
+
+namespace facenet {
+
+InputSpec input_spec(const Graph& g) {
+  InputSpec s;
+  s.channels = static_cast<int>(g.input_shape[0]);
+  s.height = static_cast<int>(g.input_shape[1]);
+  s.width = static_cast<int>(g.input_shape[2]);
+  s.scale = static_cast<float>(g.preprocess.value("scale", 1.0 / 255.0));
+  s.rgb = g.preprocess.value("color", "rgb") == "rgb";
+  if (s.channels != 3) fail("model input has ", s.channels, " channels; only 3 are supported");
+  return s;
+}
+
+namespace {
+
+void to_input(const cv::Mat& decoded, const std::string& what, const InputSpec& spec, float* out) {
+  if (decoded.empty()) fail(what, ": not a decodable image");
+  cv::Mat img = decoded;
+  if (img.cols != spec.width || img.rows != spec.height)
+    cv::resize(img, img, cv::Size(spec.width, spec.height), 0, 0, cv::INTER_LINEAR);
+  const int hw = spec.height * spec.width;
+  for (int y = 0; y < spec.height; ++y) {
+    const cv::Vec3b* row = img.ptr<cv::Vec3b>(y);
+    for (int x = 0; x < spec.width; ++x) {
+      const cv::Vec3b& bgr = row[x];
+      for (int c = 0; c < 3; ++c)
+        out[c * hw + y * spec.width + x] = bgr[spec.rgb ? 2 - c : c] * spec.scale;
+    }
+  }
+}
+
+}  // namespace
+
+void decode_image(const std::vector<unsigned char>& bytes, const std::string& what,
+                  const InputSpec& spec, float* out) {
+  if (bytes.empty()) fail(what, ": empty file");
+  cv::Mat decoded;
+  try {
+    decoded = cv::imdecode(bytes, cv::IMREAD_COLOR);  // 8-bit BGR, alpha dropped
+  } catch (const cv::Exception& e) {
+    fail(what, ": not a decodable image (", e.what(), ")");
+  }
+  to_input(decoded, what, spec, out);
+}
+
+void load_image(const std::filesystem::path& path, const InputSpec& spec, float* out) {
+  std::ifstream in(path, std::ios::binary);
+  if (!in) fail(path.string(), ": cannot open (missing or unreadable)");
+  std::vector<unsigned char> bytes((std::istreambuf_iterator<char>(in)),
+                                   std::istreambuf_iterator<char>());
+  if (in.bad()) fail(path.string(), ": read error");
+  decode_image(bytes, path.string(), spec, out);
+}
+
+std::vector<std::filesystem::path> expand_inputs(const std::vector<std::string>& args) {
+  namespace fs = std::filesystem;
+  static const std::set<std::string> kExt = {".jpg", ".jpeg", ".png", ".bmp", ".webp",
+                                             ".tif", ".tiff", ".pgm", ".ppm"};
+  std::vector<fs::path> out;
+  for (const auto& a : args) {
+    fs::path p(a);
+    std::error_code ec;
+    if (fs::is_directory(p, ec)) {
+      std::vector<fs::path> found;
+      for (const auto& e : fs::recursive_directory_iterator(p)) {
+        std::string ext = e.path().extension().string();
+        std::transform(ext.begin(), ext.end(), ext.begin(), ::tolower);
+        if (e.is_regular_file() && kExt.count(ext)) found.push_back(e.path());
+      }
+      std::sort(found.begin(), found.end());
+      out.insert(out.end(), found.begin(), found.end());
+    } else {
+      out.push_back(p);  // files (even unreadable ones) are reported when decoded
+    }
+  }
+  return out;
+}
+
+}  // namespace facenet

@@ -1,0 +1,34 @@
+// Image decoding and the model's input rule: 8-bit decode (OpenCV), BGR->RGB, resize to the
+// input size only when needed (bilinear), scale (1/255), CHW float32.
+#pragma once
+
+#include <filesystem>
+#include <string>
+#include <vector>
+
+#include "engine/graph.h"
+
+namespace facenet {
+
+struct InputSpec {
+  int channels = 3, height = 96, width = 96;
+  float scale = 1.0f / 255.0f;
+  bool rgb = true;
+};
+
+InputSpec input_spec(const Graph& g);
+
+// Decodes `path` and writes C*H*W floats to `out`. Throws facenet::Error naming the file
+// (unreadable, empty, not an image).
+void load_image(const std::filesystem::path& path, const InputSpec& spec, float* out);
+
+// Same, from encoded bytes in memory (`what` names the source in errors).
+void decode_image(const std::vector<unsigned char>& bytes, const std::string& what,
+                  const InputSpec& spec, float* out);
+
+// Expands files and directories (recursively, sorted, image extensions only) into a list.
+// Files are kept as given, even missing ones: they are reported when decoded, so one bad
+// path never stops the others.
+std::vector<std::filesystem::path> expand_inputs(const std::vector<std::string>& args);
+
+}  // namespace facenet

@@ -1,0 +1,203 @@
+// Benchmark: bulk enrolment of synthetic embeddings into a fresh SQLite gallery, and load_all of
+// them back, against writing/reading the same matrix as one flat file (the I/O floor). JSON out.
+//
+//   bench_gallery [--rows 1000000] [--dim 128] [--per-person 10] [--commit-rows 8192]
+//                 [--repeats 3] [--dir /tmp] [--fsync] [--check]
+// --fsync commits with synchronous=FULL (survives power loss), default NORMAL (process crashes).
+#include <unistd.h>
+
+#include <algorithm>
+#include <chrono>
+#include <cstdio>
+#include <cstdlib>
+#include <cstring>
+#include <filesystem>
+#include <fstream>
+#include <nlohmann/json.hpp>
+#include <random>
+#include <string>
+#include <thread>
+#include <vector>
+
+#include "engine/error.h"
+#include "engine/gallery.h"
+
+namespace {
+
+namespace fs = std::filesystem;
+using facenet::BulkOptions;
+using facenet::EmbeddingSpec;
+using facenet::Gallery;
+using facenet::GalleryMode;
+
+struct Args {
+  int64_t rows = 1000000;
+  int dim = 128;
+  int per_person = 10;
+  int64_t commit_rows = 8192;
+  int repeats = 3;
+  std::string dir = fs::temp_directory_path().string();
+  bool fsync = false;
+  bool check = false;
+};
+
+Args parse(int argc, char** argv) {
+  Args a;
+  for (int i = 1; i < argc; ++i) {
+    const std::string flag = argv[i];
+    auto value = [&]() -> std::string {
+      if (i + 1 >= argc) facenet::fail("missing value after ", flag);
+      return argv[++i];
+    };
+    if (flag == "--rows") {
+      a.rows = std::stoll(value());
+    } else if (flag == "--dim") {
+      a.dim = std::stoi(value());
+    } else if (flag == "--per-person") {
+      a.per_person = std::stoi(value());
+    } else if (flag == "--commit-rows") {
+      a.commit_rows = std::stoll(value());
+    } else if (flag == "--repeats") {
+      a.repeats = std::stoi(value());
+    } else if (flag == "--dir") {
+      a.dir = value();
+    } else if (flag == "--fsync") {
+      a.fsync = true;
+    } else if (flag == "--check") {
+      a.check = true;
+    } else {
+      facenet::fail("unknown argument ", flag, " (see the usage at the top of bench_gallery.cpp)");
+    }
+  }
+  if (a.rows <= 0 || a.dim <= 0 || a.per_person <= 0 || a.repeats <= 0)
+    facenet::fail("--rows, --dim, --per-person and --repeats must be positive");
+  return a;
+}
+
+double now_s() {
+  return std::chrono::duration<double>(std::chrono::steady_clock::now().time_since_epoch()).count();
+}
+
+void remove_gallery(const std::string& path) {
+  std::error_code ec;
+  for (const char* suffix : {"", "-wal", "-shm"}) fs::remove(path + suffix, ec);
+}
+
+struct Summary {
+  double median = 0, min = 0;
+};
+
+Summary summarize(std::vector<double> t) {
+  std::sort(t.begin(), t.end());
+  return {t[t.size() / 2], t.front()};
+}
+
+// One timed enrolment into a new gallery; returns seconds (create + all commits).
+double enroll_once(const Args& a, const std::string& path, const std::vector<float>& x) {
+  remove_gallery(path);
+  const EmbeddingSpec spec{"synthetic", a.dim};
+  const double t0 = now_s();
+  facenet::GalleryOptions options;
+  options.spec = spec;
+  options.fsync_every_commit = a.fsync;
+  Gallery g = Gallery::create(path, options);
+  BulkOptions opts;
+  opts.commit_rows = a.commit_rows;
+  auto bulk = g.bulk_enroller(spec, opts);
+  char name[32];
+  for (int64_t row = 0, person = 0; row < a.rows; row += a.per_person, ++person) {
+    const size_t n = static_cast<size_t>(std::min<int64_t>(a.per_person, a.rows - row));
+    std::snprintf(name, sizeof name, "person%08lld", static_cast<long long>(person));
+    bulk.add(name, x.data() + row * a.dim, n);
+  }
+  bulk.finish();
+  return now_s() - t0;
+}
+
+// The peer: the same matrix written to one flat file and read back, no index, no transactions.
+std::pair<double, double> flat_file_once(const std::string& path, const std::vector<float>& x) {
+  const size_t bytes = x.size() * sizeof(float);
+  double t0 = now_s();
+  {
+    std::ofstream out(path, std::ios::binary | std::ios::trunc);
+    out.write(reinterpret_cast<const char*>(x.data()), static_cast<std::streamsize>(bytes));
+  }
+  const double write_s = now_s() - t0;
+  std::vector<float> back(x.size());
+  t0 = now_s();
+  {
+    std::ifstream in(path, std::ios::binary);
+    in.read(reinterpret_cast<char*>(back.data()), static_cast<std::streamsize>(bytes));
+  }
+  const double read_s = now_s() - t0;
+  fs::remove(path);
+  return {write_s, read_s};
+}
+
+int run(const Args& a) {
+  std::vector<float> x(static_cast<size_t>(a.rows) * a.dim);
+  std::mt19937 rng(1234);
+  std::normal_distribution<float> normal;
+  for (float& v : x) v = normal(rng);
+
+  const std::string path =
+      (fs::path(a.dir) / ("bench_gallery_" + std::to_string(getpid()) + ".db")).string();
+  std::vector<double> enroll_s, load_s, flat_write_s, flat_read_s;
+  uint64_t file_bytes = 0;
+  bool check_ok = true;
+  for (int r = 0; r <= a.repeats; ++r) {  // run 0 warms the page cache and is not counted
+    const double e = enroll_once(a, path, x);
+    Gallery g = Gallery::open(path, GalleryMode::kRead);
+    const double t0 = now_s();
+    const auto m = g.load_all();
+    const double l = now_s() - t0;
+    file_bytes = g.stats().file_bytes;
+    if (a.check) check_ok = check_ok && m.vectors == x;
+    const auto [fw, fr] = flat_file_once(path + ".flat", x);
+    if (r == 0) continue;
+    enroll_s.push_back(e);
+    load_s.push_back(l);
+    flat_write_s.push_back(fw);
+    flat_read_s.push_back(fr);
+  }
+  remove_gallery(path);
+
+  const Summary e = summarize(enroll_s), l = summarize(load_s);
+  const Summary fw = summarize(flat_write_s), fr = summarize(flat_read_s);
+  nlohmann::json out = {
+      {"what", "gallery bulk enrolment + load_all (SQLite WAL)"},
+      {"rows", a.rows},
+      {"dim", a.dim},
+      {"per_person", a.per_person},
+      {"commit_rows", a.commit_rows},
+      {"synchronous", a.fsync ? "FULL" : "NORMAL"},
+      {"dtype", "float32"},
+      {"device", "cpu (" + std::to_string(std::thread::hardware_concurrency()) + " threads)"},
+      {"dir", a.dir},
+      {"repeats", a.repeats},
+      {"enroll_s", {{"median", e.median}, {"min", e.min}}},
+      {"enroll_rows_per_s", a.rows / e.median},
+      {"load_all_s", {{"median", l.median}, {"min", l.min}}},
+      {"load_all_rows_per_s", a.rows / l.median},
+      {"file_bytes", file_bytes},
+      {"peer", "flat float32 file write/read of the same matrix"},
+      {"peer_write_s", {{"median", fw.median}, {"min", fw.min}}},
+      {"peer_read_s", {{"median", fr.median}, {"min", fr.min}}},
+      {"enroll_vs_peer_write", e.median / fw.median},
+      {"load_vs_peer_read", l.median / fr.median},
+  };
+  if (a.check) out["check"] = check_ok ? "ok: load_all returned the enrolled matrix" : "FAILED";
+  std::printf("%s\n", out.dump(2).c_str());
+  return check_ok ? 0 : 1;
+}
+
+}  // namespace
+
+int main(int argc, char** argv) {
+  try {
+    return run(parse(argc, argv));
+  } catch (const facenet::Error& e) {
+    std::fprintf(stderr, "bench_gallery: %s\n", e.what());
+    return 2;
+  }
+}

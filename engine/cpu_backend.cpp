@@ -60,7 +60,13 @@ class CpuBackend final : public Backend {
     const int64_t chunks = (n + micro - 1) / micro;
     const int workers = static_cast<int>(std::min<int64_t>(threads_, chunks));
     if (workspaces_.size() < static_cast<size_t>(workers)) workspaces_.resize(workers);
-    omp_set_num_threads(1);  // op-level loops stay serial; parallelism is per chunk or BLAS
+    // Op-level loops stay serial (parallelism is per chunk or inside BLAS); the caller's
+    // OpenMP setting is restored on return so its own loops (image decode) keep every core.
+    struct OmpThreadsGuard {
+      int saved = omp_get_max_threads();
+      ~OmpThreadsGuard() { omp_set_num_threads(saved); }
+    } guard;
+    omp_set_num_threads(1);
     openblas_set_num_threads(workers > 1 ? 1 : threads_);
     auto run_chunk = [&](Workspace& ws, int64_t c) {
       const int64_t i0 = c * micro, nb = std::min(micro, n - i0);

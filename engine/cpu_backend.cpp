@@ -48,16 +48,47 @@ class CpuBackend final : public Backend {
 
   std::string name() const override { return "cpu"; }
 
+  // Threads split the batch: each runs whole micro-batches with its own buffers and a
+  // single-threaded BLAS, so no two thread pools fight over the cores (OpenBLAS's threads
+  // spin while OpenMP loops run, which halved throughput). A batch that makes only one
+  // micro-batch uses the threads inside BLAS instead.
   void forward(const float* x, int64_t n, float* y) override {
-    omp_set_num_threads(threads_);
-    openblas_set_num_threads(threads_);
     const int64_t in_per_image = element_count(graph_.input_shape);
     const int64_t out_dim = element_count(shapes_.at(graph_.output));
-    for (int64_t i0 = 0; i0 < n; i0 += micro_batch_) {
-      const int64_t nb = std::min<int64_t>(micro_batch_, n - i0);
-      ensure_buffers(nb);
-      run(x + i0 * in_per_image, nb, y + i0 * out_dim);
+    const int64_t per_thread = (n + threads_ - 1) / threads_;
+    const int64_t micro = std::max<int64_t>(1, std::min<int64_t>(micro_batch_, per_thread));
+    const int64_t chunks = (n + micro - 1) / micro;
+    const int workers = static_cast<int>(std::min<int64_t>(threads_, chunks));
+    if (workspaces_.size() < static_cast<size_t>(workers)) workspaces_.resize(workers);
+    // Op-level loops stay serial (parallelism is per chunk or inside BLAS); the caller's
+    // OpenMP setting is restored on return so its own loops (image decode) keep every core.
+    struct OmpThreadsGuard {
+      int saved = omp_get_max_threads();
+      ~OmpThreadsGuard() { omp_set_num_threads(saved); }
+    } guard;
+    omp_set_num_threads(1);
+    openblas_set_num_threads(workers > 1 ? 1 : threads_);
+    auto run_chunk = [&](Workspace& ws, int64_t c) {
+      const int64_t i0 = c * micro, nb = std::min(micro, n - i0);
+      ensure_buffers(ws, nb);
+      run(ws, x + i0 * in_per_image, nb, y + i0 * out_dim);
+    };
+    if (workers == 1) {
+      for (int64_t c = 0; c < chunks; ++c) run_chunk(workspaces_[0], c);
+      return;
     }
+    std::vector<std::string> errors(workers);
+#pragma omp parallel for num_threads(workers) schedule(dynamic, 1)
+    for (int64_t c = 0; c < chunks; ++c) {
+      const int t = omp_get_thread_num();
+      try {
+        run_chunk(workspaces_[t], c);
+      } catch (const std::exception& e) {
+        errors[t] = e.what();
+      }
+    }
+    for (const auto& e : errors)
+      if (!e.empty()) fail(e);
   }
 
  private:
@@ -140,17 +171,25 @@ class CpuBackend final : public Backend {
     }
   }
 
-  void ensure_buffers(int64_t nb) {
-    if (nb <= allocated_nb_) return;
-    buffers_.resize(buffer_per_image_.size());
-    for (size_t b = 0; b < buffers_.size(); ++b) buffers_[b].assign(buffer_per_image_[b] * nb, 0.f);
-    allocated_nb_ = nb;
+  // One thread's activations (CNHW buffers sized for `nb` images) and im2col scratch.
+  struct Workspace {
+    std::vector<std::vector<float>> buffers;
+    std::vector<float> col;
+    int64_t nb = 0;
+  };
+
+  void ensure_buffers(Workspace& ws, int64_t nb) const {
+    if (nb <= ws.nb) return;
+    ws.buffers.resize(buffer_per_image_.size());
+    for (size_t b = 0; b < ws.buffers.size(); ++b)
+      ws.buffers[b].assign(buffer_per_image_[b] * nb, 0.f);
+    ws.nb = nb;
   }
 
-  float* ptr(const std::string& v, int64_t nb) {
+  float* ptr(Workspace& ws, const std::string& v, int64_t nb) const {
     const Storage& st = storage_.at(v);
     const Shape& s = shapes_.at(v);
-    return buffers_[st.buffer].data() + st.channel_offset * nb * s[1] * s[2];
+    return ws.buffers[st.buffer].data() + st.channel_offset * nb * s[1] * s[2];
   }
 
   PlanarDims dims(const std::string& v, int64_t nb) const {
@@ -158,30 +197,30 @@ class CpuBackend final : public Backend {
     return {s[0], nb, s[1], s[2]};
   }
 
-  void run(const float* x, int64_t nb, float* y) {
+  void run(Workspace& ws, const float* x, int64_t nb, float* y) const {
     const PlanarDims in = dims(graph_.input, nb);
-    nchw_to_cnhw(x, nb, in.c, in.plane(), ptr(graph_.input, nb));
-    for (Step& s : steps_) {
+    nchw_to_cnhw(x, nb, in.c, in.plane(), ptr(ws, graph_.input, nb));
+    for (const Step& s : steps_) {
       const PlanarDims d = dims(s.inputs[0], nb);
-      const float* a = ptr(s.inputs[0], nb);
-      float* out = ptr(s.output, nb);
+      const float* a = ptr(ws, s.inputs[0], nb);
+      float* out = ptr(ws, s.output, nb);
       const Node& n = *s.node;
       switch (s.op) {
         case OpType::conv:
           conv_gemm(a, d, s.w.data(), s.b.data(), s.out, s.kernel, s.stride, s.pad, s.relu, out,
-                    col_);
+                    ws.col);
           break;
         case OpType::dense: {
           // Flatten each image in CHW order: x[c*HW + p][img] from CNHW x[c][img][p].
           const int64_t in_f = d.c * d.plane();
           const float* flat = a;
           if (d.plane() != 1) {
-            col_.resize(in_f * nb);
+            ws.col.resize(in_f * nb);
             for (int64_t c = 0; c < d.c; ++c)
               for (int64_t img = 0; img < nb; ++img)
                 for (int64_t p = 0; p < d.plane(); ++p)
-                  col_[(c * d.plane() + p) * nb + img] = a[(c * nb + img) * d.plane() + p];
-            flat = col_.data();
+                  ws.col[(c * d.plane() + p) * nb + img] = a[(c * nb + img) * d.plane() + p];
+            flat = ws.col.data();
           }
           dense_gemm(flat, in_f, nb, s.w.data(), s.b.data(), s.out, out);
           if (s.relu)
@@ -212,7 +251,7 @@ class CpuBackend final : public Backend {
             const Storage& st = storage_.at(in);
             const bool in_place = st.buffer == storage_.at(s.output).buffer;
             if (!in_place)
-              copy_centred(ptr(in, nb), id.c * nb, id.h, id.w, out + c0 * nb * od.plane(), od.h,
+              copy_centred(ptr(ws, in, nb), id.c * nb, id.h, id.w, out + c0 * nb * od.plane(), od.h,
                            od.w);
             c0 += id.c;
           }
@@ -230,7 +269,7 @@ class CpuBackend final : public Backend {
     }
     // Output not produced by an l2norm: transpose [D][nb] to [nb][D].
     const PlanarDims od = dims(graph_.output, nb);
-    cnhw_to_nchw(ptr(graph_.output, nb), nb, od.c, od.plane(), y);
+    cnhw_to_nchw(ptr(ws, graph_.output, nb), nb, od.c, od.plane(), y);
   }
 
   Graph graph_;
@@ -241,9 +280,7 @@ class CpuBackend final : public Backend {
   std::map<std::string, Storage> storage_;
   std::set<std::string> aliased_;
   std::vector<int64_t> buffer_per_image_;
-  std::vector<std::vector<float>> buffers_;
-  int64_t allocated_nb_ = 0;
-  std::vector<float> col_;
+  std::vector<Workspace> workspaces_;
 };
 
 }  // namespace

@@ -1,0 +1,140 @@
+// The facenet CLI as a user meets it: good and bad inputs, output formats, exit codes.
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include <fstream>
+#include <nlohmann/json.hpp>
+#include <sstream>
+
+#include "engine/npy.h"
+#include "tests/model_fixture.h"
+
+namespace facenet {
+namespace {
+
+namespace fs = std::filesystem;
+
+struct CliResult {
+  int status = -1;
+  std::string out, err;
+};
+
+std::string slurp(const fs::path& p) {
+  std::ifstream in(p);
+  std::stringstream ss;
+  ss << in.rdbuf();
+  return ss.str();
+}
+
+class Cli : public ::testing::Test {
+ protected:
+  void SetUp() override {
+    dir_ = fs::temp_directory_path() /
+           ("facenet-cli-" + std::to_string(getpid()) + "-" +
+            ::testing::UnitTest::GetInstance()->current_test_info()->name());
+    fs::create_directories(dir_);
+  }
+  void TearDown() override { fs::remove_all(dir_); }
+
+  CliResult run(const std::string& args) {
+    const fs::path out = dir_ / "stdout.txt", err = dir_ / "stderr.txt";
+    const std::string cmd =
+        "'" + test::cli_path() + "' " + args + " >'" + out.string() + "' 2>'" + err.string() + "'";
+    const int raw = std::system(cmd.c_str());
+    CliResult r;
+    r.status = WIFEXITED(raw) ? WEXITSTATUS(raw) : -1;
+    r.out = slurp(out);
+    r.err = slurp(err);
+    return r;
+  }
+
+  std::string model() { return test::converted_model("openface").string(); }
+  std::string happy(const std::string& f) {
+    return test::shared_path("data/happy-house/images/" + f).string();
+  }
+  fs::path dir_;
+};
+
+TEST_F(Cli, BadFilesAreNamedAndTheRestIsStillEncoded) {
+  std::ofstream(dir_ / "notes.jpg") << "this is text, not a JPEG";
+  std::ofstream(dir_ / "empty.png");
+  const std::string missing = (dir_ / "missing.jpg").string();
+  const CliResult r = run("encode --model " + model() + " " + happy("andrew.jpg") + " " +
+                          (dir_ / "notes.jpg").string() + " " + (dir_ / "empty.png").string() +
+                          " " + missing + " " + happy("younes.jpg"));
+  EXPECT_EQ(r.status, 1) << r.err;
+  EXPECT_NE(r.err.find("notes.jpg"), std::string::npos) << r.err;
+  EXPECT_NE(r.err.find("empty.png: empty file"), std::string::npos) << r.err;
+  EXPECT_NE(r.err.find("missing.jpg"), std::string::npos) << r.err;
+  EXPECT_NE(r.err.find("3 of 5"), std::string::npos) << r.err;
+  std::istringstream lines(r.out);
+  std::vector<nlohmann::json> rows;
+  for (std::string line; std::getline(lines, line);) rows.push_back(nlohmann::json::parse(line));
+  ASSERT_EQ(rows.size(), 2u);
+  EXPECT_NE(rows[0]["image"].get<std::string>().find("andrew.jpg"), std::string::npos);
+  EXPECT_NE(rows[1]["image"].get<std::string>().find("younes.jpg"), std::string::npos);
+  for (const auto& row : rows) {
+    const auto e = row["embedding"].get<std::vector<double>>();
+    ASSERT_EQ(e.size(), 128u);
+    double ss = 0;
+    for (double v : e) ss += v * v;
+    EXPECT_NEAR(ss, 1.0, 1e-5);
+  }
+}
+
+TEST_F(Cli, NpyOutputHasOneRowPerImageAndAPathList) {
+  const fs::path out = dir_ / "emb.npy";
+  const CliResult r =
+      run("encode --model " + model() + " --format npy --batch 5 -o " + out.string() + " " +
+          test::shared_path("data/happy-house/images").string());
+  ASSERT_EQ(r.status, 0) << r.err;
+  const NpyMatrix m = read_npy(out);
+  EXPECT_EQ(m.rows, 18);
+  EXPECT_EQ(m.cols, 128);
+  std::istringstream paths(slurp(dir_ / "emb.paths.txt"));
+  std::vector<std::string> lines;
+  for (std::string l; std::getline(paths, l);) lines.push_back(l);
+  ASSERT_EQ(lines.size(), 18u);
+  EXPECT_NE(lines[0].find("andrew.jpg"), std::string::npos);  // sorted directory listing
+  // The same image through jsonl gives the same numbers (up to GEMM blocking, which depends
+  // on the batch size).
+  const CliResult j = run("encode --model " + model() + " " + happy("andrew.jpg"));
+  const auto e = nlohmann::json::parse(j.out)["embedding"].get<std::vector<float>>();
+  for (int d = 0; d < 128; ++d) EXPECT_NEAR(e[d], m.data[d], 1e-6);
+}
+
+TEST_F(Cli, CudaWithoutGpuIsAClearError) {
+  if (gpu_available()) GTEST_SKIP() << "a GPU is present; this checks the no-GPU message";
+  const CliResult r = run("encode --device cuda --model " + model() + " " + happy("andrew.jpg"));
+  EXPECT_EQ(r.status, 2);
+  EXPECT_NE(r.err.find("--device cuda"), std::string::npos) << r.err;
+  EXPECT_NE(r.err.find("GPU"), std::string::npos) << r.err;
+  EXPECT_TRUE(r.out.empty());
+}
+
+TEST_F(Cli, MissingModelAndBadWeightsDirAreNamed) {
+  const CliResult r =
+      run("encode --model " + (dir_ / "nope.safetensors").string() + " " + happy("andrew.jpg"));
+  EXPECT_EQ(r.status, 2);
+  EXPECT_NE(r.err.find("nope.safetensors"), std::string::npos) << r.err;
+  const CliResult c = run("convert openface-csv " + (dir_ / "no-such-dir").string() + " -o " +
+                          (dir_ / "m.safetensors").string());
+  EXPECT_EQ(c.status, 2);
+  EXPECT_NE(c.err.find("no-such-dir"), std::string::npos) << c.err;
+}
+
+TEST_F(Cli, InfoAndHelpAreReadable) {
+  const CliResult info = run("info " + model());
+  ASSERT_EQ(info.status, 0) << info.err;
+  EXPECT_NE(info.out.find("learned parameters:           3733968"), std::string::npos);
+  EXPECT_NE(info.out.find("with BatchNorm running stats: 3743280"), std::string::npos);
+  const CliResult help = run("encode --help");
+  EXPECT_EQ(help.status, 0);
+  EXPECT_NE(help.out.find("--format"), std::string::npos);
+  const CliResult bad = run("encode --format xml --model " + model() + " x.jpg");
+  EXPECT_NE(bad.status, 0);
+  EXPECT_NE(bad.err.find("xml"), std::string::npos) << bad.err;
+}
+
+}  // namespace
+}  // namespace facenet

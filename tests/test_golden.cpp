@@ -1,0 +1,124 @@
+// End to end: embeddings of the happy-house images vs the golden file from an independent
+// float64 implementation, for both graph variants, on the fast and reference CPU paths.
+#include <cmath>
+#include <fstream>
+#include <nlohmann/json.hpp>
+
+#include "engine/backend.h"
+#include "engine/image_io.h"
+#include "tests/model_fixture.h"
+
+namespace facenet {
+namespace {
+
+struct GoldenImage {
+  std::string path;
+  std::vector<float> embedding;
+  nlohmann::json blocks;
+};
+
+std::vector<GoldenImage> golden(const std::string& variant) {
+  std::ifstream in(test::shared_path("golden/nn4small2-happy-house.json"));
+  EXPECT_TRUE(in.good()) << "golden file missing under " << test::shared_dir();
+  const auto j = nlohmann::json::parse(in);
+  std::vector<GoldenImage> out;
+  for (const auto& e : j.at("variants").at(variant))
+    out.push_back({(test::shared_path("data") / e.at("image").get<std::string>()).string(),
+                   e.at("embedding").get<std::vector<float>>(),
+                   e.value("blocks", nlohmann::json())});
+  return out;
+}
+
+std::vector<float> load_inputs(const Model& m, const std::vector<GoldenImage>& imgs) {
+  const InputSpec spec = input_spec(m.graph);
+  const int64_t per = element_count(m.graph.input_shape);
+  std::vector<float> x(per * imgs.size());
+  for (size_t i = 0; i < imgs.size(); ++i) load_image(imgs[i].path, spec, x.data() + i * per);
+  return x;
+}
+
+double max_abs_error(const std::vector<float>& got, const std::vector<GoldenImage>& imgs,
+                     size_t n) {
+  double err = 0;
+  for (size_t i = 0; i < n; ++i)
+    for (size_t d = 0; d < imgs[i].embedding.size(); ++d) {
+      EXPECT_TRUE(std::isfinite(got[i * 128 + d]));
+      err = std::max(err, std::fabs(static_cast<double>(got[i * 128 + d]) - imgs[i].embedding[d]));
+    }
+  return err;
+}
+
+class Golden : public ::testing::TestWithParam<std::string> {};
+
+TEST_P(Golden, FastCpuPathReproducesEveryImage) {
+  const Model m = load_model(test::converted_model(GetParam()));
+  const auto imgs = golden(GetParam());
+  ASSERT_EQ(imgs.size(), 18u);
+  const std::vector<float> x = load_inputs(m, imgs);
+  // Micro-batches of 4 over 2 threads: exercises chunking, the ragged last chunk, and the
+  // per-thread workspaces.
+  BackendOptions opt;
+  opt.threads = 2;
+  opt.micro_batch = 4;
+  auto backend = make_backend(m, opt);
+  std::vector<float> y(imgs.size() * 128);
+  backend->forward(x.data(), static_cast<int64_t>(imgs.size()), y.data());
+  const double err = max_abs_error(y, imgs, imgs.size());
+  std::printf("[ measured ] %s, cpu fast path: max abs error %.3g over 18 images\n",
+              GetParam().c_str(), err);
+  EXPECT_LE(err, 1e-4);
+
+  // Batch composition must not change a result: image 5 alone equals image 5 in the batch.
+  std::vector<float> single(128);
+  backend->forward(x.data() + 5 * element_count(m.graph.input_shape), 1, single.data());
+  for (int d = 0; d < 128; ++d) EXPECT_NEAR(single[d], y[5 * 128 + d], 1e-6);
+}
+
+TEST_P(Golden, ReferencePathReproducesTwoImages) {
+  const Model m = load_model(test::converted_model(GetParam()));
+  auto imgs = golden(GetParam());
+  imgs.resize(2);  // the reference is slow by design
+  const std::vector<float> x = load_inputs(m, imgs);
+  BackendOptions opt;
+  opt.device = Device::cpu_reference;
+  std::vector<float> y(2 * 128);
+  make_backend(m, opt)->forward(x.data(), 2, y.data());
+  const double err = max_abs_error(y, imgs, 2);
+  std::printf("[ measured ] %s, cpu reference: max abs error %.3g\n", GetParam().c_str(), err);
+  EXPECT_LE(err, 1e-5);
+}
+
+INSTANTIATE_TEST_SUITE_P(Variants, Golden, ::testing::Values("openface", "coursera"));
+
+// Block-level statistics of the first image localise a mismatch: the model truncated after
+// each block must give the golden mean and L2 norm.
+TEST(GoldenBlocks, EveryBlockMatchesMeanAndNorm) {
+  const Model full = load_model(test::converted_model("openface"));
+  const auto imgs = golden("openface");
+  ASSERT_TRUE(imgs[0].blocks.is_object());
+  const std::vector<float> x = load_inputs(full, {imgs[0]});
+  for (const auto& [block, stats] : imgs[0].blocks.items()) {
+    const std::string node = block == "stem" ? "pool2" : block;
+    Model m = full;
+    m.graph.nodes.resize(m.graph.index_of(node) + 1);
+    m.graph.output = node;
+    validate_model(m);
+    ASSERT_EQ(element_count(m.shapes.back()), element_count(stats.at("shape").get<Shape>()))
+        << block;
+    std::vector<float> y(element_count(m.shapes.back()));
+    make_backend(m, {})->forward(x.data(), 1, y.data());
+    double sum = 0, ss = 0;
+    for (float v : y) {
+      sum += v;
+      ss += static_cast<double>(v) * v;
+    }
+    const double mean = sum / y.size(), l2 = std::sqrt(ss);
+    EXPECT_NEAR(mean, stats.at("mean").get<double>(),
+                1e-4 * std::fabs(stats.at("mean").get<double>()) + 1e-7)
+        << block;
+    EXPECT_NEAR(l2, stats.at("l2").get<double>(), 1e-4 * stats.at("l2").get<double>()) << block;
+  }
+}
+
+}  // namespace
+}  // namespace facenet

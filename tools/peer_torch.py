@@ -127,9 +127,9 @@ def time_it(fn, sync, warmup, repeats):
 
 def configs(device, forward, params, x, torch):
     """(name, callable) pairs to time. CPU: eager fp32. CUDA: eager fp32, fp16 channels_last
-    with cudnn.benchmark, that replayed as a CUDA graph, and torch.compile (max-autotune-no-
-    cudagraphs is avoided: "reduce-overhead" uses CUDA graphs itself). Inputs are made once,
-    outside the timed call, so every variant is model-only like ours."""
+    with cudnn.benchmark, that replayed as a CUDA graph, and torch.compile in mode
+    max-autotune-no-cudagraphs (graph replay is the separate variant). TF32 is off so fp32 is
+    fp32. Inputs are made once, outside the timed call: every variant is model-only, like ours."""
     yield "eager fp32", lambda: forward(x, params)
     if device != "cuda":
         return

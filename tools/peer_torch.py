@@ -126,17 +126,17 @@ def time_it(fn, sync, warmup, repeats):
 
 
 def configs(device, forward, params, x, torch):
-    """(name, callable) pairs to time. CPU: eager fp32. CUDA: eager fp32, fp16 channels_last
-    with cudnn.benchmark, that replayed as a CUDA graph, and torch.compile in mode
+    """(name, callable) pairs to time. CPU: eager fp32. CUDA (cudnn.benchmark on for all): eager fp32, fp16
+    channels_last, that replayed as a CUDA graph, and torch.compile in mode
     max-autotune-no-cudagraphs (graph replay is the separate variant). TF32 is off so fp32 is
     fp32. Inputs are made once, outside the timed call: every variant is model-only, like ours."""
     if device == "cuda":
         torch.backends.cudnn.allow_tf32 = False
         torch.backends.cuda.matmul.allow_tf32 = False
+        torch.backends.cudnn.benchmark = True
     yield "eager fp32", lambda: forward(x, params)
     if device != "cuda":
         return
-    torch.backends.cudnn.benchmark = True
     half = {k: (w.half().contiguous(memory_format=torch.channels_last) if w.dim() == 4 else w.half(),
                 b.half()) for k, (w, b) in params.items()}
     xh = x.half().contiguous(memory_format=torch.channels_last)

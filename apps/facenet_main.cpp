@@ -213,7 +213,16 @@ void add_bench(CLI::App& app) {
   enc->add_option("--warmup", o->warmup, "Untimed warm-up runs")->capture_default_str();
   enc->add_option("--threads", o->threads, "CPU threads (0 = all cores)")->capture_default_str();
   enc->add_flag("--no-peer", *no_peer, "Skip the PyTorch peer (tools/peer_torch.py)");
+  enc->add_option("--precision", o->precision, "cuda only: fp32 | fp16 | bf16")
+      ->check(CLI::IsMember({"fp32", "fp16", "bf16"}))
+      ->capture_default_str();
+  enc->add_option("--layout", o->layout, "cuda only: auto | nchw | nhwc")
+      ->check(CLI::IsMember({"auto", "nchw", "nhwc"}))
+      ->capture_default_str();
+  auto no_e2e = std::make_shared<bool>(false);
+  enc->add_flag("--no-end-to-end", *no_e2e, "cuda: skip the JPEG-bytes-to-embeddings timing");
   enc->callback([=] {
+    o->end_to_end = !*no_e2e;
     o->model_path = *model;
     o->device = parse_device(*device);
     o->batches = parse_int_list(*batches, "--batch");

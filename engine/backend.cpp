@@ -5,6 +5,9 @@
 #include "engine/cpu_reference.h"
 #include "engine/error.h"
 #include "engine/gpu.h"
+#ifdef FACENET_HAS_CUDA
+#include "engine/cuda_backend.h"
+#endif
 
 namespace facenet {
 
@@ -37,8 +40,11 @@ std::unique_ptr<Backend> make_backend(const Model& model, const BackendOptions& 
       return make_reference_backend(model);
     case Device::cuda:
       require_gpu("--device cuda");
-      fail("--device cuda: the CUDA executor is not part of this build yet (issue 3); ",
-           "use --device cpu");
+#ifdef FACENET_HAS_CUDA
+      return make_cuda_backend(model, options);
+#else
+      fail("--device cuda: this build has no CUDA backend");  // require_gpu threw already
+#endif
   }
   fail("unknown device");
 }

@@ -23,6 +23,8 @@ struct BackendOptions {
   int threads = 0;      // CPU threads; 0 = every core
   int micro_batch = 0;  // CPU: images per internal pass; 0 = automatic
   std::string precision = "fp32";
+  std::string layout = "auto";  // cuda: nchw | nhwc | auto (nchw for fp32, nhwc for fp16/bf16)
+  bool cuda_graphs = true;      // cuda: capture each batch size's forward in a CUDA graph
 };
 
 class Backend {

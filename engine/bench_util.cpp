@@ -6,6 +6,7 @@
 #include <algorithm>
 #include <array>
 #include <cstdio>
+#include <cstdlib>
 #include <ctime>
 #include <fstream>
 #include <numeric>
@@ -67,7 +68,10 @@ nlohmann::json machine_json() {
 }
 
 nlohmann::json run_python_peer(const std::string& script, const std::vector<std::string>& args) {
-  std::string cmd = "/usr/bin/python3 '" FACENET_SOURCE_DIR "/tools/" + script + "'";
+  // FACENET_PYTHON picks another interpreter (e.g. one whose pip packages hold CUDA PyTorch).
+  const char* python = std::getenv("FACENET_PYTHON");
+  std::string cmd = std::string(python ? python : "/usr/bin/python3") +
+                    " '" FACENET_SOURCE_DIR "/tools/" + script + "'";
   for (const auto& a : args) cmd += " '" + a + "'";
   cmd += " 2>&1";
   FILE* pipe = popen(cmd.c_str(), "r");

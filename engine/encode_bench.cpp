@@ -7,15 +7,152 @@
 
 #include "engine/bench_util.h"
 #include "engine/error.h"
+#include "engine/gpu.h"
+#include "engine/image_io.h"
 #include "engine/model.h"
+#ifdef FACENET_HAS_CUDA
+#include "engine/cuda_backend.h"
+#include "engine/cuda_util.h"
+#endif
 
 namespace facenet {
+
+namespace {
+
+std::string batch_list(const std::vector<int>& batches) {
+  std::string s;
+  for (int b : batches) s += (s.empty() ? "" : ",") + std::to_string(b);
+  return s;
+}
+
+// Adds r["ratio_vs_peer"] = ours / best peer configuration at the same batch size.
+void add_peer_ratios(nlohmann::json& results, const nlohmann::json& peer) {
+  if (!peer.contains("results")) return;
+  for (auto& r : results) {
+    double best = 0;
+    std::string best_config;
+    for (const auto& p : peer["results"])
+      if (p.value("batch", -1) == r["batch"].get<int>() && p.contains("img_per_s") &&
+          p["img_per_s"].get<double>() > best) {
+        best = p["img_per_s"].get<double>();
+        best_config = p.value("config", "");
+      }
+    if (best > 0) {
+      r["ratio_vs_peer"] = r["img_per_s"].get<double>() / best;
+      r["peer_best_config"] = best_config;
+    }
+  }
+}
+
+#ifdef FACENET_HAS_CUDA
+struct PinnedDeleter {
+  void operator()(unsigned char* p) const noexcept { cudaFreeHost(p); }
+};
+
+// GPU benchmark: per batch size, model-only (CUDA events around a replay of the captured
+// forward on device-resident input) and end-to-end (JPEG bytes in memory -> parallel CPU
+// decode into pinned memory -> GPU conversion + forward -> embeddings on the host).
+nlohmann::json run_cuda_bench(const EncodeBenchOptions& o, const Model& model) {
+  BackendOptions bo;
+  bo.device = Device::cuda;
+  bo.precision = o.precision;
+  bo.layout = o.layout;
+  auto backend = make_cuda_backend(model, bo);
+  const int64_t per_image = element_count(model.graph.input_shape);
+  const int64_t dim = model.embedding_dim();
+  const InputSpec spec = input_spec(model.graph);
+  std::vector<std::vector<unsigned char>> jpegs;
+  for (unsigned i = 0; i < 64; ++i) jpegs.push_back(synthetic_jpeg(spec.height, spec.width, i));
+
+  cudaDeviceProp prop{};
+  FN_GPU_CHECK(cudaGetDeviceProperties(&prop, 0));
+  UniqueEvent start = make_event(), stop = make_event();
+  nlohmann::json results = nlohmann::json::array();
+  std::mt19937 rng(1234);
+  std::uniform_real_distribution<float> uni(0.0f, 1.0f);
+  for (int b : o.batches) {
+    std::vector<float> x(per_image * b), y(dim * b);
+    for (auto& v : x) v = uni(rng);
+    backend->prepare(b, x.data());
+    for (int i = 0; i < o.warmup; ++i) backend->forward_resident(b);
+    std::vector<double> seconds;
+    for (int r = 0; r < o.repeats; ++r) {
+      FN_GPU_CHECK(cudaEventRecord(start.get(), backend->stream()));
+      backend->forward_resident(b);
+      FN_GPU_CHECK(cudaEventRecord(stop.get(), backend->stream()));
+      FN_GPU_CHECK(cudaEventSynchronize(stop.get()));
+      float ms = 0;
+      FN_GPU_CHECK(cudaEventElapsedTime(&ms, start.get(), stop.get()));
+      seconds.push_back(ms * 1e-3);
+    }
+    const TimingStats t = summarize(seconds);
+    size_t free_b = 0, total_b = 0;
+    FN_GPU_CHECK(cudaMemGetInfo(&free_b, &total_b));
+    nlohmann::json r = {{"batch", b},
+                        {"img_per_s", b / t.median_s},
+                        {"latency_ms", t.median_s * 1e3},
+                        {"timing", timing_json(t)},
+                        {"backend_device_bytes", backend->device_bytes()},
+                        {"gpu_used_bytes", total_b - free_b}};
+    if (o.end_to_end) {
+      std::unique_ptr<unsigned char, PinnedDeleter> pinned;
+      unsigned char* raw = nullptr;
+      FN_GPU_CHECK(cudaMallocHost(reinterpret_cast<void**>(&raw), per_image * b));
+      pinned.reset(raw);
+      const int64_t image_bytes = per_image;  // 3 x H x W uint8
+      const TimingStats e = time_repeats(
+          [&] {
+#pragma omp parallel for schedule(static)
+            for (int i = 0; i < b; ++i)
+              decode_image_bgr8(jpegs[i % jpegs.size()], "synthetic", spec,
+                                pinned.get() + i * image_bytes);
+            backend->forward_bgr8(pinned.get(), b, y.data());
+          },
+          o.warmup, o.repeats);
+      r["end_to_end"] = {{"img_per_s", b / e.median_s},
+                         {"latency_ms", e.median_s * 1e3},
+                         {"timing", timing_json(e)},
+                         {"what", "JPEG bytes in memory -> embeddings on host (decode on " +
+                                      std::to_string(omp_get_max_threads()) +
+                                      " CPU threads, not overlapped with the GPU)"}};
+    }
+    results.push_back(r);
+  }
+  nlohmann::json out = {{"what", "encode (model only: CUDA events, device-resident input)"},
+                        {"model", model.graph.name + " (" + model.graph.variant + ")"},
+                        {"model_file", o.model_path.string()},
+                        {"device", "cuda"},
+                        {"gpu", prop.name},
+                        {"backend", backend->name()},
+                        {"dtype", o.precision},
+                        {"machine", machine_json()},
+                        {"results", results}};
+  if (o.peer) {
+    nlohmann::json peer = run_python_peer(
+        "peer_torch.py",
+        {"--model", o.model_path.string(), "--device", "cuda", "--batch", batch_list(o.batches),
+         "--repeats", std::to_string(o.repeats), "--warmup", std::to_string(o.warmup)});
+    add_peer_ratios(out["results"], peer);
+    out["peer"] = peer;
+  }
+  return out;
+}
+#endif
+
+}  // namespace
 
 nlohmann::json run_encode_bench(const EncodeBenchOptions& o) {
   if (o.batches.empty()) fail("--batch needs at least one batch size");
   for (int b : o.batches)
     if (b < 1) fail("--batch sizes must be >= 1 (got ", b, ")");
   const Model model = load_model(o.model_path);
+  if (o.device == Device::cuda) {
+    require_gpu("--device cuda");
+#ifdef FACENET_HAS_CUDA
+    return run_cuda_bench(o, model);
+#endif
+  }
+  if (o.precision != "fp32") fail("--precision ", o.precision, " is only available on cuda");
   BackendOptions bo;
   bo.device = o.device;
   bo.threads = o.threads;
@@ -46,20 +183,13 @@ nlohmann::json run_encode_bench(const EncodeBenchOptions& o) {
                         {"dtype", "fp32"},
                         {"machine", machine_json()},
                         {"results", results}};
-  if (o.peer && o.device != Device::cuda) {
-    std::string batches;
-    for (int b : o.batches) batches += (batches.empty() ? "" : ",") + std::to_string(b);
+  if (o.peer) {
     nlohmann::json peer = run_python_peer(
-        "peer_torch.py", {"--model", o.model_path.string(), "--device", "cpu", "--batch", batches,
-                          "--threads", std::to_string(threads), "--repeats",
+        "peer_torch.py", {"--model", o.model_path.string(), "--device", "cpu", "--batch",
+                          batch_list(o.batches), "--threads", std::to_string(threads), "--repeats",
                           std::to_string(o.repeats), "--warmup", std::to_string(o.warmup)});
+    add_peer_ratios(out["results"], peer);
     out["peer"] = peer;
-    if (peer.contains("results")) {
-      for (auto& r : out["results"])
-        for (const auto& p : peer["results"])
-          if (p.value("batch", -1) == r["batch"].get<int>() && p.contains("img_per_s"))
-            r["ratio_vs_peer"] = r["img_per_s"].get<double>() / p["img_per_s"].get<double>();
-    }
   }
   return out;
 }

@@ -1,5 +1,7 @@
 // `facenet bench encode`: model-only encoder throughput/latency per batch size, with the
-// PyTorch peer (tools/peer_torch.py) timed in the same run on the same model file.
+// PyTorch peer (tools/peer_torch.py) timed in the same run on the same model file. On cuda:
+// model-only timed with CUDA events on device-resident input, plus end-to-end from encoded
+// JPEG bytes in memory (CPU decode, GPU conversion and forward), and device memory.
 #pragma once
 
 #include <filesystem>
@@ -18,6 +20,9 @@ struct EncodeBenchOptions {
   int repeats = 10;
   int threads = 0;  // 0 = every core
   bool peer = true;
+  std::string precision = "fp32";  // cuda: fp32 | fp16 | bf16
+  std::string layout = "auto";     // cuda: auto | nchw | nhwc
+  bool end_to_end = true;          // cuda: also time JPEG bytes in memory -> embeddings
 };
 
 nlohmann::json run_encode_bench(const EncodeBenchOptions& options);

@@ -25,11 +25,22 @@ InputSpec input_spec(const Graph& g) {
 
 namespace {
 
-void to_input(const cv::Mat& decoded, const std::string& what, const InputSpec& spec, float* out) {
-  if (decoded.empty()) fail(what, ": not a decodable image");
-  cv::Mat img = decoded;
+cv::Mat decode_resized(const std::vector<unsigned char>& bytes, const std::string& what,
+                       const InputSpec& spec) {
+  if (bytes.empty()) fail(what, ": empty file");
+  cv::Mat img;
+  try {
+    img = cv::imdecode(bytes, cv::IMREAD_COLOR);  // 8-bit BGR, alpha dropped
+  } catch (const cv::Exception& e) {
+    fail(what, ": not a decodable image (", e.what(), ")");
+  }
+  if (img.empty()) fail(what, ": not a decodable image");
   if (img.cols != spec.width || img.rows != spec.height)
     cv::resize(img, img, cv::Size(spec.width, spec.height), 0, 0, cv::INTER_LINEAR);
+  return img;
+}
+
+void to_input(const cv::Mat& img, const InputSpec& spec, float* out) {
   const int hw = spec.height * spec.width;
   for (int y = 0; y < spec.height; ++y) {
     const cv::Vec3b* row = img.ptr<cv::Vec3b>(y);
@@ -45,14 +56,27 @@ void to_input(const cv::Mat& decoded, const std::string& what, const InputSpec& 
 
 void decode_image(const std::vector<unsigned char>& bytes, const std::string& what,
                   const InputSpec& spec, float* out) {
-  if (bytes.empty()) fail(what, ": empty file");
-  cv::Mat decoded;
-  try {
-    decoded = cv::imdecode(bytes, cv::IMREAD_COLOR);  // 8-bit BGR, alpha dropped
-  } catch (const cv::Exception& e) {
-    fail(what, ": not a decodable image (", e.what(), ")");
-  }
-  to_input(decoded, what, spec, out);
+  to_input(decode_resized(bytes, what, spec), spec, out);
+}
+
+void decode_image_bgr8(const std::vector<unsigned char>& bytes, const std::string& what,
+                       const InputSpec& spec, unsigned char* out) {
+  const cv::Mat img = decode_resized(bytes, what, spec);
+  for (int y = 0; y < spec.height; ++y)
+    std::copy_n(img.ptr<unsigned char>(y), spec.width * 3, out + y * spec.width * 3);
+}
+
+std::vector<unsigned char> synthetic_jpeg(int height, int width, unsigned seed) {
+  cv::Mat img(height, width, CV_8UC3);
+  cv::RNG rng(seed);
+  for (int y = 0; y < height; ++y)
+    for (int x = 0; x < width; ++x)
+      for (int c = 0; c < 3; ++c)
+        img.at<cv::Vec3b>(y, x)[c] =
+            cv::saturate_cast<unsigned char>((x * (c + 1) + y * (3 - c)) + rng.uniform(0, 40));
+  std::vector<unsigned char> out;
+  cv::imencode(".jpg", img, out);
+  return out;
 }
 
 void load_image(const std::filesystem::path& path, const InputSpec& spec, float* out) {

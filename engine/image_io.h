@@ -26,6 +26,15 @@ void load_image(const std::filesystem::path& path, const InputSpec& spec, float*
 void decode_image(const std::vector<unsigned char>& bytes, const std::string& what,
                   const InputSpec& spec, float* out);
 
+// Same decode and resize, but stops before the float conversion: height x width x 3 uint8
+// in OpenCV's BGR order, for backends that convert on the device.
+void decode_image_bgr8(const std::vector<unsigned char>& bytes, const std::string& what,
+                       const InputSpec& spec, unsigned char* out);
+
+// A deterministic synthetic photo-like image (smooth gradients + noise) encoded as JPEG, for
+// end-to-end benchmarks that must not depend on data files.
+std::vector<unsigned char> synthetic_jpeg(int height, int width, unsigned seed);
+
 // Expands files and directories (recursively, sorted, image extensions only) into a list.
 // Files are kept as given, even missing ones: they are reported when decoded, so one bad
 // path never stops the others.

@@ -6,47 +6,15 @@
 
 #include "engine/backend.h"
 #include "engine/image_io.h"
-#include "tests/model_fixture.h"
+#include "tests/golden_fixture.h"
 
 namespace facenet {
 namespace {
 
-struct GoldenImage {
-  std::string path;
-  std::vector<float> embedding;
-  nlohmann::json blocks;
-};
-
-std::vector<GoldenImage> golden(const std::string& variant) {
-  std::ifstream in(test::shared_path("golden/nn4small2-happy-house.json"));
-  EXPECT_TRUE(in.good()) << "golden file missing under " << test::shared_dir();
-  const auto j = nlohmann::json::parse(in);
-  std::vector<GoldenImage> out;
-  for (const auto& e : j.at("variants").at(variant))
-    out.push_back({(test::shared_path("data") / e.at("image").get<std::string>()).string(),
-                   e.at("embedding").get<std::vector<float>>(),
-                   e.value("blocks", nlohmann::json())});
-  return out;
-}
-
-std::vector<float> load_inputs(const Model& m, const std::vector<GoldenImage>& imgs) {
-  const InputSpec spec = input_spec(m.graph);
-  const int64_t per = element_count(m.graph.input_shape);
-  std::vector<float> x(per * imgs.size());
-  for (size_t i = 0; i < imgs.size(); ++i) load_image(imgs[i].path, spec, x.data() + i * per);
-  return x;
-}
-
-double max_abs_error(const std::vector<float>& got, const std::vector<GoldenImage>& imgs,
-                     size_t n) {
-  double err = 0;
-  for (size_t i = 0; i < n; ++i)
-    for (size_t d = 0; d < imgs[i].embedding.size(); ++d) {
-      EXPECT_TRUE(std::isfinite(got[i * 128 + d]));
-      err = std::max(err, std::fabs(static_cast<double>(got[i * 128 + d]) - imgs[i].embedding[d]));
-    }
-  return err;
-}
+using test::golden;
+using test::GoldenImage;
+using test::load_inputs;
+using test::max_abs_error;
 
 class Golden : public ::testing::TestWithParam<std::string> {};
 

@@ -3,7 +3,8 @@
 model file (safetensors + graph JSON in its metadata) and times it, so every speed claim of
 ours is a ratio against PyTorch measured in the same run.
 
-Prints one JSON object as the last line of stdout. Run with Debian's /usr/bin/python3 (torch).
+Prints one JSON object as the last line of stdout. Run with Debian's /usr/bin/python3 (torch), or $FACENET_PYTHON.
+On CUDA it times several PyTorch configurations; the caller reports against the best.
 """
 import argparse
 import json
@@ -124,6 +125,47 @@ def time_it(fn, sync, warmup, repeats):
     return times[len(times) // 2], times[0]
 
 
+def configs(device, forward, params, x, torch):
+    """(name, callable) pairs to time. CPU: eager fp32. CUDA (cudnn.benchmark on for all): eager fp32, fp16
+    channels_last, that replayed as a CUDA graph, and torch.compile in mode
+    max-autotune-no-cudagraphs (graph replay is the separate variant). TF32 is off so fp32 is
+    fp32. Inputs are made once, outside the timed call: every variant is model-only, like ours."""
+    if device == "cuda":
+        torch.backends.cudnn.allow_tf32 = False
+        torch.backends.cuda.matmul.allow_tf32 = False
+        torch.backends.cudnn.benchmark = True
+    yield "eager fp32", lambda: forward(x, params)
+    if device != "cuda":
+        return
+    half = {k: (w.half().contiguous(memory_format=torch.channels_last) if w.dim() == 4 else w.half(),
+                b.half()) for k, (w, b) in params.items()}
+    xh = x.half().contiguous(memory_format=torch.channels_last)
+    yield "fp16 channels_last cudnn.benchmark", lambda: forward(xh, half)
+
+    def graphed():
+        with torch.inference_mode():
+            s = torch.cuda.Stream()
+            s.wait_stream(torch.cuda.current_stream())
+            with torch.cuda.stream(s):
+                for _ in range(3):
+                    forward(xh, half)
+            torch.cuda.current_stream().wait_stream(s)
+            g = torch.cuda.CUDAGraph()
+            with torch.cuda.graph(g):
+                forward(xh, half)
+        return g.replay
+    try:
+        yield "fp16 channels_last CUDA graph", graphed()
+    except Exception as e:
+        print(f"peer: CUDA graph variant failed: {e}", file=sys.stderr)
+    if os.environ.get("FACENET_PEER_COMPILE", "1") == "1":
+        try:
+            compiled = torch.compile(lambda a: forward(a, half), mode="max-autotune-no-cudagraphs")
+            yield "fp16 channels_last torch.compile", lambda: compiled(xh)
+        except Exception as e:
+            print(f"peer: torch.compile variant failed: {e}", file=sys.stderr)
+
+
 def main():
     ap = argparse.ArgumentParser(description=__doc__)
     ap.add_argument("--model", required=True)
@@ -157,10 +199,17 @@ def main():
         out["gpu"] = torch.cuda.get_device_name(0)
     for bsz in [int(b) for b in args.batch.split(",")]:
         x = torch.tensor(rng.random((bsz, c, h, w), dtype=np.float32), device=dev)
-        with torch.inference_mode():
-            med, mn = time_it(lambda: forward(x, dev_params), sync, args.warmup, args.repeats)
-        out["results"].append({"batch": bsz, "config": "eager fp32", "img_per_s": bsz / med,
-                               "latency_ms": med * 1e3, "min_ms": mn * 1e3})
+        for name, fn in configs(args.device, forward, dev_params, x, torch):
+            try:
+                with torch.inference_mode():
+                    med, mn = time_it(fn, sync, args.warmup, args.repeats)
+                out["results"].append({"batch": bsz, "config": name, "img_per_s": bsz / med,
+                                       "latency_ms": med * 1e3, "min_ms": mn * 1e3})
+            except Exception as e:  # a variant that does not work here is reported, not fatal
+                out.setdefault("skipped", []).append(
+                    {"batch": bsz, "config": name, "reason": f"{type(e).__name__}: {e}"[:300]})
+            if args.device == "cuda":
+                torch.cuda.empty_cache()
     if args.embed:
         import cv2
         embs = {}

@@ -1,0 +1,710 @@
+// CUDA backend. Load: BatchNorm folded into convs (fold_batchnorm), ReLU fused into cuDNN's
+// conv epilogue, avg pool + dense + L2 norm fused into one head kernel, every value given a
+// slot in one activation arena by lifetime (concat inputs of full size live in their channel
+// slice of the concat: no copy), weights uploaded in the compute dtype/layout. Per batch size
+// (first call): cuDNN algorithms found on the real buffers, workspace reserved, then the
+// forward captured in a CUDA graph and replayed. No allocation on the per-batch path.
+// The legacy cuDNN entry points used here (cudnnConvolutionBiasActivationForward, Find) are
+// marked deprecated in cuDNN 9 in favour of the graph API; they remain supported and are the
+// simplest obviously-correct route, so the warnings are silenced for this file only.
+#pragma GCC diagnostic ignored "-Wdeprecated-declarations"
+
+#include "engine/cuda_backend.h"
+
+#include <cuda_bf16.h>
+#include <cuda_fp16.h>
+
+#include <algorithm>
+#include <climits>
+#include <cstdio>
+#include <cstring>
+#include <map>
+#include <set>
+
+#include "engine/cpu_ops.h"
+#include "engine/cudnn_util.h"
+#include "engine/error.h"
+#include "kernels/inception_ops.h"
+
+namespace facenet {
+
+void gpu_check(cudnnStatus_t status, const char* stmt, const char* file, int line) {
+  if (status == CUDNN_STATUS_SUCCESS) return;
+  fail("cuDNN error '", cudnnGetErrorString(status), "' in ", stmt, " at ", file, ":", line);
+}
+
+UniqueCudnn make_cudnn(cudaStream_t stream) {
+  cudnnHandle_t h = nullptr;
+  FN_GPU_CHECK(cudnnCreate(&h));
+  UniqueCudnn owner(h);
+  FN_GPU_CHECK(cudnnSetStream(h, stream));
+  return owner;
+}
+
+#define FN_CUDNN_MAKER(Type, Fn, Create) \
+  Type Fn() {                            \
+    Type::pointer p = nullptr;           \
+    FN_GPU_CHECK(Create(&p));            \
+    return Type(p);                      \
+  }
+FN_CUDNN_MAKER(UniqueTensorDesc, make_tensor_desc, cudnnCreateTensorDescriptor)
+FN_CUDNN_MAKER(UniqueFilterDesc, make_filter_desc, cudnnCreateFilterDescriptor)
+FN_CUDNN_MAKER(UniqueConvDesc, make_conv_desc, cudnnCreateConvolutionDescriptor)
+FN_CUDNN_MAKER(UniqueActivationDesc, make_activation_desc, cudnnCreateActivationDescriptor)
+#undef FN_CUDNN_MAKER
+
+namespace {
+
+// Largest cuDNN workspace an algorithm may use (reserved once, shared by all convs).
+constexpr std::size_t kWorkspaceLimit = std::size_t(128) << 20;
+// Arena slots are aligned to this many elements per image (x n images stays aligned).
+constexpr int64_t kSlotAlign = 64;
+
+struct GraphExecDeleter {
+  void operator()(cudaGraphExec_t g) const noexcept { cudaGraphExecDestroy(g); }
+};
+using UniqueGraphExec = std::unique_ptr<std::remove_pointer_t<cudaGraphExec_t>, GraphExecDeleter>;
+
+DType parse_precision(const std::string& p) {
+  if (p == "fp32") return DType::f32;
+  if (p == "fp16") return DType::f16;
+  if (p == "bf16") return DType::bf16;
+  fail("--precision '", p, "' is not one of fp32, fp16, bf16");
+}
+
+Layout parse_layout(const std::string& l, DType dtype) {
+  if (l == "nchw") return Layout::nchw;
+  if (l == "nhwc") return Layout::nhwc;
+  if (l == "auto" || l.empty()) return dtype == DType::f32 ? Layout::nchw : Layout::nhwc;
+  fail("layout '", l, "' is not one of auto, nchw, nhwc");
+}
+
+cudnnDataType_t cudnn_type(DType t) {
+  switch (t) {
+    case DType::f32:
+      return CUDNN_DATA_FLOAT;
+    case DType::f16:
+      return CUDNN_DATA_HALF;
+    case DType::bf16:
+      return CUDNN_DATA_BFLOAT16;
+  }
+  return CUDNN_DATA_FLOAT;
+}
+
+// Host float32 values -> raw bytes of `dtype`.
+std::vector<unsigned char> to_dtype(const std::vector<float>& v, DType dtype) {
+  std::vector<unsigned char> out(v.size() * dtype_size(dtype));
+  for (size_t i = 0; i < v.size(); ++i) {
+    if (dtype == DType::f32) {
+      std::memcpy(out.data() + 4 * i, &v[i], 4);
+    } else if (dtype == DType::f16) {
+      const __half h = __float2half_rn(v[i]);
+      std::memcpy(out.data() + 2 * i, &h, 2);
+    } else {
+      const __nv_bfloat16 h = __float2bfloat16_rn(v[i]);
+      std::memcpy(out.data() + 2 * i, &h, 2);
+    }
+  }
+  return out;
+}
+
+template <typename T>
+DeviceBuffer<T> upload(const std::vector<T>& host) {
+  DeviceBuffer<T> d(host.size());
+  d.upload(host.data(), host.size());
+  return d;
+}
+
+enum class StepKind { conv, pool, lrn, concat, head };
+
+struct Step {
+  StepKind kind = StepKind::conv;
+  std::vector<std::string> inputs;
+  std::string output;
+  const Node* node = nullptr;  // pool / LRN attributes
+  // conv: folded weights [out][in][k][k] (or [out][k][k][in] for NHWC) and bias, dtype bytes.
+  DeviceBuffer<unsigned char> w, b;
+  int out = 0, in = 0, kernel = 1, stride = 1, pad = 0;
+  bool relu = false;
+  PoolKind pool = PoolKind::max;
+  // head: dense weight transposed [in][out] and bias, float32.
+  DeviceBuffer<float> head_wt, head_b;
+  bool l2norm = false;
+  float eps = 0;
+};
+
+// Where a value lives: `c0` channels into arena slot `slot` (slot -1: the input buffer).
+struct Placement {
+  int slot = -1;
+  int64_t c0 = 0;
+};
+
+struct Slot {
+  int64_t c = 0, h = 0, w = 0;
+  int first = INT_MAX, last = -1;  // steps that write / read it
+  int64_t offset = 0;              // elements per image from the arena start
+  int64_t per_image() const { return (c * h * w + kSlotAlign - 1) / kSlotAlign * kSlotAlign; }
+};
+
+struct ConvPlan {
+  UniqueTensorDesc x, y, bias;
+  UniqueFilterDesc w;
+  UniqueConvDesc conv;
+  UniqueActivationDesc act;
+  cudnnConvolutionFwdAlgo_t algo = CUDNN_CONVOLUTION_FWD_ALGO_IMPLICIT_PRECOMP_GEMM;
+  std::size_t workspace = 0;
+  bool fused = true;  // cudnnConvolutionBiasActivationForward accepted this configuration
+};
+
+struct Plan {
+  int64_t n = 0;
+  std::map<size_t, ConvPlan> convs;  // by step index
+  UniqueGraphExec graph;
+  int generation = -1;  // arena/workspace generation the graph was captured against
+  int eager_runs = 0;
+  bool graph_failed = false;
+};
+
+class CudaBackendImpl final : public CudaBackend {
+ public:
+  CudaBackendImpl(const Model& m, const BackendOptions& opt)
+      : graph_(m.graph),
+        dtype_(parse_precision(opt.precision)),
+        layout_(parse_layout(opt.layout, dtype_)),
+        use_graphs_(opt.cuda_graphs),
+        ctx_(0),
+        cudnn_(make_cudnn(ctx_.stream())) {
+    shapes_[graph_.input] = graph_.input_shape;
+    for (size_t i = 0; i < graph_.nodes.size(); ++i) shapes_[graph_.nodes[i].name] = m.shapes[i];
+    build_steps(m);
+    plan_storage();
+    in_per_image_ = element_count(graph_.input_shape);
+    out_dim_ = element_count(shapes_.at(graph_.output));
+  }
+
+  std::string name() const override {
+    return std::string("cuda ") + dtype_name(dtype_) +
+           (layout_ == Layout::nchw ? " nchw" : " nhwc");
+  }
+
+  void forward(const float* x, int64_t n, float* y) override {
+    if (n <= 0) return;
+    Plan& p = plan_for(n);
+    upload_input(x, n);
+    execute(p);
+    download_output(y, n);
+  }
+
+  void forward_bgr8(const uint8_t* bgr, int64_t n, float* y) override {
+    if (n <= 0) return;
+    Plan& p = plan_for(n);
+    const Shape& s = graph_.input_shape;
+    staging_u8_.resize(std::max(staging_u8_.size(), static_cast<size_t>(n * s[1] * s[2] * 3)));
+    staging_u8_.upload(bgr, n * s[1] * s[2] * 3, ctx_.stream());
+    const float scale = static_cast<float>(graph_.preprocess.value("scale", 1.0 / 255.0));
+    const bool rgb = graph_.preprocess.value("color", "rgb") == "rgb";
+    launch_bgr8_to_input(staging_u8_.data(), input_view(n), scale, rgb, ctx_.stream());
+    execute(p);
+    download_output(y, n);
+  }
+
+  void prepare(int64_t n, const float* x) override {
+    Plan& p = plan_for(n);
+    upload_input(x, n);
+    execute(p);  // eager: loads cuDNN's kernels before any capture
+    execute(p);  // captures the CUDA graph (when enabled)
+    ctx_.synchronize();
+  }
+
+  void forward_resident(int64_t n) override { execute(plan_for(n)); }
+
+  cudaStream_t stream() const override { return ctx_.stream(); }
+
+  std::size_t device_bytes() const override {
+    return weight_bytes_ + arena_.bytes() + input_.bytes() + output_.bytes() +
+           staging_f32_.bytes() + staging_u8_.bytes() + workspace_bytes_;
+  }
+
+ private:
+  // ---- load: graph -> fused steps ----------------------------------------------------------
+  void build_steps(const Model& m) {
+    std::map<std::string, int> uses;
+    for (const Node& n : graph_.nodes)
+      for (const auto& i : n.inputs) ++uses[i];
+    const auto& nodes = graph_.nodes;
+    // True when nodes[i+1] is `op`, reads nodes[i] and is its only consumer.
+    auto sole_next = [&](size_t i, OpType op) {
+      return i + 1 < nodes.size() && nodes[i + 1].op == op &&
+             nodes[i + 1].inputs[0] == nodes[i].name && uses[nodes[i].name] == 1;
+    };
+    for (size_t i = 0; i < nodes.size(); ++i) {
+      const Node& n = nodes[i];
+      Step s;
+      s.inputs = n.inputs;
+      s.output = n.name;
+      s.node = &n;
+      switch (n.op) {
+        case OpType::conv: {
+          s.kind = StepKind::conv;
+          std::vector<float> w = m.tensors.at(n.weight).data, b = m.tensors.at(n.bias).data;
+          s.out = n.out;
+          s.in = static_cast<int>(shapes_.at(n.inputs[0])[0]);
+          s.kernel = n.kernel, s.stride = n.stride, s.pad = n.pad;
+          if (sole_next(i, OpType::batchnorm)) fold(m, nodes[++i], w, b, s);
+          if (sole_next(i, OpType::relu)) s.relu = true, s.output = nodes[++i].name;
+          if (layout_ == Layout::nhwc) w = kcrs_to_krsc(w, s.out, s.in, s.kernel);
+          s.w = upload(to_dtype(w, dtype_));
+          s.b = upload(to_dtype(b, dtype_));
+          weight_bytes_ += s.w.bytes() + s.b.bytes();
+          break;
+        }
+        case OpType::maxpool:
+        case OpType::avgpool:
+        case OpType::l2pool:
+          if (n.op == OpType::avgpool && is_global_pool(n) && sole_next(i, OpType::dense)) {
+            s.output = build_head(m, i + 1, sole_next, s);
+            s.inputs = n.inputs;
+            i = static_cast<size_t>(graph_.index_of(s.output));
+            break;
+          }
+          s.kind = StepKind::pool;
+          s.pool = n.op == OpType::maxpool   ? PoolKind::max
+                   : n.op == OpType::avgpool ? PoolKind::avg
+                                             : PoolKind::l2;
+          break;
+        case OpType::lrn:
+          s.kind = StepKind::lrn;
+          break;
+        case OpType::concat:
+          s.kind = StepKind::concat;
+          break;
+        case OpType::dense: {
+          const Shape& in = shapes_.at(n.inputs[0]);
+          if (in[1] != 1 || in[2] != 1)
+            fail("node '", n.name, "': the cuda backend needs a dense layer's input to be 1x1 ",
+                 "(after a global average pool); got ", shape_string(in));
+          s.output = build_head(m, i, sole_next, s);
+          i = static_cast<size_t>(graph_.index_of(s.output));
+          break;
+        }
+        case OpType::batchnorm:
+        case OpType::relu:
+        case OpType::l2norm:
+          fail("node '", n.name, "': a standalone ", op_name(n.op),
+               " is not supported by the cuda backend (only fused into a conv / the head)");
+      }
+      if (s.kind == StepKind::head && s.output != graph_.output)
+        fail("node '", s.output, "': the cuda backend needs the dense head to be the output");
+      steps_.push_back(std::move(s));
+    }
+  }
+
+  bool is_global_pool(const Node& n) const {
+    const Shape& in = shapes_.at(n.inputs[0]);
+    return n.pad == 0 && n.kernel == in[1] && n.kernel == in[2];
+  }
+
+  template <typename SoleNext>
+  std::string build_head(const Model& m, size_t dense_index, SoleNext&& sole_next, Step& s) {
+    const Node& d = graph_.nodes[dense_index];
+    size_t i = dense_index;
+    std::vector<float> w = m.tensors.at(d.weight).data, b = m.tensors.at(d.bias).data;
+    s.kind = StepKind::head;
+    s.out = d.out;
+    s.in = static_cast<int>(static_cast<int64_t>(w.size()) / d.out);
+    if (sole_next(i, OpType::batchnorm)) fold(m, graph_.nodes[++i], w, b, s);
+    if (sole_next(i, OpType::l2norm)) {
+      ++i;
+      s.l2norm = true;
+      s.eps = static_cast<float>(graph_.nodes[i].eps);
+    }
+    if (i + 1 < graph_.nodes.size() && graph_.nodes[i + 1].op == OpType::relu)
+      fail("node '", graph_.nodes[i + 1].name, "': ReLU after dense is not supported on cuda");
+    std::vector<float> wt(w.size());  // [out][in] -> [in][out]
+    for (int o = 0; o < s.out; ++o)
+      for (int c = 0; c < s.in; ++c) wt[static_cast<size_t>(c) * s.out + o] = w[o * s.in + c];
+    s.head_wt = upload(wt);
+    s.head_b = upload(b);
+    weight_bytes_ += s.head_wt.bytes() + s.head_b.bytes();
+    return graph_.nodes[i].name;
+  }
+
+  void fold(const Model& m, const Node& bn, std::vector<float>& w, std::vector<float>& b, Step& s) {
+    fold_batchnorm(w, b, static_cast<int64_t>(w.size()) / s.out, m.tensors.at(bn.gamma).data.data(),
+                   m.tensors.at(bn.beta).data.data(), m.tensors.at(bn.mean).data.data(),
+                   m.tensors.at(bn.var).data.data(), bn.eps);
+    s.output = bn.name;
+  }
+
+  static std::vector<float> kcrs_to_krsc(const std::vector<float>& w, int k, int c, int r) {
+    std::vector<float> out(w.size());
+    for (int o = 0; o < k; ++o)
+      for (int i = 0; i < c; ++i)
+        for (int p = 0; p < r * r; ++p) out[(o * r * r + p) * c + i] = w[(o * c + i) * r * r + p];
+    return out;
+  }
+
+  // ---- load: values -> arena slots -----------------------------------------------------------
+  void plan_storage() {
+    auto new_slot = [&](const std::string& v) {
+      const Shape& s = shapes_.at(v);
+      slots_.push_back({s[0], s[1], s[2]});
+      placement_[v] = {static_cast<int>(slots_.size()) - 1, 0};
+    };
+    placement_[graph_.input] = {-1, 0};
+    std::set<std::string> concat_outputs;
+    for (const Step& s : steps_) {
+      if (s.kind != StepKind::head) new_slot(s.output);
+      if (s.kind == StepKind::concat) concat_outputs.insert(s.output);
+    }
+    // Full-size concat inputs move into their channel slice of the concat's slot (not the
+    // input image, nor another concat: its own aliases would be left behind).
+    for (const Step& s : steps_) {
+      if (s.kind != StepKind::concat) continue;
+      const Shape& cs = shapes_.at(s.output);
+      int64_t c0 = 0;
+      for (const auto& in : s.inputs) {
+        const Shape& is = shapes_.at(in);
+        if (in != graph_.input && !concat_outputs.count(in) && is[1] == cs[1] && is[2] == cs[2] &&
+            !aliased_.count(in)) {
+          placement_[in] = {placement_.at(s.output).slot, c0};
+          aliased_.insert(in);
+        }
+        c0 += is[0];
+      }
+    }
+    // Lifetimes: first write, last read (the graph output lives to the end).
+    for (size_t i = 0; i < steps_.size(); ++i) {
+      const int t = static_cast<int>(i);
+      if (steps_[i].kind != StepKind::head) {
+        Slot& out = slots_[placement_.at(steps_[i].output).slot];
+        out.first = std::min(out.first, t);
+        out.last = std::max(out.last, t);
+      }
+      for (const auto& in : steps_[i].inputs) {
+        const int slot = placement_.at(in).slot;
+        if (slot >= 0) slots_[slot].last = std::max(slots_[slot].last, t);
+      }
+    }
+    if (placement_.at(graph_.output).slot >= 0)
+      slots_[placement_.at(graph_.output).slot].last = static_cast<int>(steps_.size());
+    assign_offsets();
+  }
+
+  // Greedy by size: each slot takes the lowest offset that overlaps no already placed slot
+  // whose lifetime intersects its own. Offsets are per image; x n keeps every slot disjoint.
+  void assign_offsets() {
+    std::vector<int> order(slots_.size());
+    for (size_t i = 0; i < order.size(); ++i) order[i] = static_cast<int>(i);
+    std::sort(order.begin(), order.end(),
+              [&](int a, int b) { return slots_[a].per_image() > slots_[b].per_image(); });
+    std::vector<int> placed;
+    for (int id : order) {
+      Slot& s = slots_[id];
+      if (s.first > s.last) continue;                 // emptied by aliasing
+      std::vector<std::pair<int64_t, int64_t>> busy;  // [begin, end) of live neighbours
+      for (int p : placed)
+        if (slots_[p].first <= s.last && s.first <= slots_[p].last)
+          busy.push_back({slots_[p].offset, slots_[p].offset + slots_[p].per_image()});
+      std::sort(busy.begin(), busy.end());
+      int64_t offset = 0;
+      for (const auto& [b, e] : busy) {
+        if (offset + s.per_image() <= b) break;
+        offset = std::max(offset, e);
+      }
+      s.offset = offset;
+      arena_per_image_ = std::max(arena_per_image_, offset + s.per_image());
+      placed.push_back(id);
+    }
+  }
+
+  // ---- views ---------------------------------------------------------------------------------
+  TensorView4 input_view(int64_t n) {
+    const Shape& s = graph_.input_shape;
+    return packed_view(input_.data(), dtype_, layout_, n, s[0], s[1], s[2], s[0], 0);
+  }
+
+  TensorView4 view(const std::string& value, int64_t n) {
+    const Placement& p = placement_.at(value);
+    if (p.slot < 0) return input_view(n);
+    const Slot& slot = slots_[p.slot];
+    const Shape& s = shapes_.at(value);
+    void* base = arena_.data() + slot.offset * n * static_cast<int64_t>(dtype_size(dtype_));
+    return packed_view(base, dtype_, layout_, n, s[0], s[1], s[2], slot.c, p.c0);
+  }
+
+  TensorView4 f32_nchw(float* data, int64_t n, const Shape& s) {
+    return packed_view(data, DType::f32, Layout::nchw, n, s[0], s[1], s[2], s[0], 0);
+  }
+
+  // ---- per batch size: plan ------------------------------------------------------------------
+  Plan& plan_for(int64_t n) {
+    auto it = plans_.find(n);
+    if (it != plans_.end()) return *it->second;
+    ensure_capacity(n);
+    auto plan = std::make_unique<Plan>();
+    plan->n = n;
+    for (size_t i = 0; i < steps_.size(); ++i)
+      if (steps_[i].kind == StepKind::conv) plan->convs[i] = plan_conv(steps_[i], n);
+    ctx_.synchronize();
+    return *(plans_[n] = std::move(plan));
+  }
+
+  // Arena and I/O buffers for n images; growing them moves every pointer, so all captured
+  // graphs are invalidated (re-captured on next use).
+  void ensure_capacity(int64_t n) {
+    if (n <= capacity_) return;
+    const std::size_t es = dtype_size(dtype_);
+    arena_.resize(static_cast<std::size_t>(arena_per_image_ * n) * es);
+    input_.resize(static_cast<std::size_t>(in_per_image_ * n) * es);
+    output_.resize(static_cast<std::size_t>(out_dim_ * n));
+    capacity_ = n;
+    ++generation_;
+  }
+
+  void reserve_workspace(std::size_t bytes) {
+    if (bytes <= workspace_bytes_) return;
+    ctx_.reserve(bytes);
+    workspace_bytes_ = bytes;
+    ++generation_;
+  }
+
+  static void set_desc(cudnnTensorDescriptor_t d, const TensorView4& v) {
+    FN_GPU_CHECK(cudnnSetTensor4dDescriptorEx(
+        d, cudnn_type(v.dtype), static_cast<int>(v.n), static_cast<int>(v.c), static_cast<int>(v.h),
+        static_cast<int>(v.w), static_cast<int>(v.sn), static_cast<int>(v.sc),
+        static_cast<int>(v.sh), static_cast<int>(v.sw)));
+  }
+
+  ConvPlan plan_conv(Step& s, int64_t n) {
+    ConvPlan c;
+    c.x = make_tensor_desc(), c.y = make_tensor_desc(), c.bias = make_tensor_desc();
+    c.w = make_filter_desc(), c.conv = make_conv_desc(), c.act = make_activation_desc();
+    const TensorView4 xv = view(s.inputs[0], n), yv = view(s.output, n);
+    set_desc(c.x.get(), xv);
+    set_desc(c.y.get(), yv);
+    FN_GPU_CHECK(cudnnSetTensor4dDescriptor(c.bias.get(), CUDNN_TENSOR_NCHW, cudnn_type(dtype_), 1,
+                                            s.out, 1, 1));
+    FN_GPU_CHECK(
+        cudnnSetFilter4dDescriptor(c.w.get(), cudnn_type(dtype_),
+                                   layout_ == Layout::nchw ? CUDNN_TENSOR_NCHW : CUDNN_TENSOR_NHWC,
+                                   s.out, s.in, s.kernel, s.kernel));
+    FN_GPU_CHECK(cudnnSetConvolution2dDescriptor(c.conv.get(), s.pad, s.pad, s.stride, s.stride, 1,
+                                                 1, CUDNN_CROSS_CORRELATION, CUDNN_DATA_FLOAT));
+    // fp32 must not silently become TF32 (10-bit mantissa): FMA math only. Half types use
+    // tensor cores with float accumulation.
+    const cudnnMathType_t math = dtype_ == DType::f32 ? CUDNN_FMA_MATH : CUDNN_TENSOR_OP_MATH;
+    FN_GPU_CHECK(cudnnSetConvolutionMathType(c.conv.get(), math));
+    FN_GPU_CHECK(cudnnSetActivationDescriptor(
+        c.act.get(), s.relu ? CUDNN_ACTIVATION_RELU : CUDNN_ACTIVATION_IDENTITY,
+        CUDNN_NOT_PROPAGATE_NAN, 0.0));
+
+    reserve_workspace(kWorkspaceLimit);
+    void* ws = ctx_.workspace(kWorkspaceLimit);
+    constexpr int kMaxAlgos = CUDNN_CONVOLUTION_FWD_ALGO_COUNT;
+    cudnnConvolutionFwdAlgoPerf_t perf[kMaxAlgos];
+    int found = 0;
+    FN_GPU_CHECK(cudnnFindConvolutionForwardAlgorithmEx(
+        cudnn_.get(), c.x.get(), xv.data, c.w.get(), s.w.data(), c.conv.get(), c.y.get(), yv.data,
+        kMaxAlgos, &found, perf, ws, kWorkspaceLimit));
+    // Fastest first. The fused call supports fewer configurations than plain convolution
+    // (IDENTITY activation only with IMPLICIT_PRECOMP_GEMM; some dtype/stride combinations):
+    // try it with each candidate on the real buffers and keep the first that runs; without
+    // one, fall back to convolution + bias add + activation as three cuDNN calls.
+    const ConvPlan* chosen = nullptr;
+    int first_ok = -1;
+    for (int k = 0; k < found && !chosen; ++k) {
+      if (perf[k].status != CUDNN_STATUS_SUCCESS || perf[k].memory > kWorkspaceLimit) continue;
+      if (first_ok < 0) first_ok = k;
+      if (dtype_ != DType::f32)
+        FN_GPU_CHECK(cudnnSetConvolutionMathType(c.conv.get(), perf[k].mathType));
+      c.algo = perf[k].algo;
+      c.workspace = perf[k].memory;
+      if (run_fused(c, s, xv.data, yv.data) == CUDNN_STATUS_SUCCESS) chosen = &c;
+    }
+    if (!chosen) {
+      if (first_ok < 0)
+        fail("node '", s.output, "': cuDNN found no convolution algorithm for batch ", n, " (",
+             dtype_name(dtype_), ")");
+      if (dtype_ != DType::f32)
+        FN_GPU_CHECK(cudnnSetConvolutionMathType(c.conv.get(), perf[first_ok].mathType));
+      c.algo = perf[first_ok].algo;
+      c.workspace = perf[first_ok].memory;
+      c.fused = false;
+    }
+    return c;
+  }
+
+  cudnnStatus_t run_fused(const ConvPlan& c, const Step& s, const void* x, void* y) {
+    const float one = 1.0f, zero = 0.0f;
+    return cudnnConvolutionBiasActivationForward(
+        cudnn_.get(), &one, c.x.get(), x, c.w.get(), s.w.data(), c.conv.get(), c.algo,
+        ctx_.workspace(c.workspace), c.workspace, &zero, c.y.get(), y, c.bias.get(), s.b.data(),
+        c.act.get(), c.y.get(), y);
+  }
+
+  void run_conv(const ConvPlan& c, const Step& s, int64_t n) {
+    const void* x = view(s.inputs[0], n).data;
+    void* y = view(s.output, n).data;
+    if (c.fused) {
+      FN_GPU_CHECK(run_fused(c, s, x, y));
+      return;
+    }
+    const float one = 1.0f, zero = 0.0f;
+    FN_GPU_CHECK(cudnnConvolutionForward(cudnn_.get(), &one, c.x.get(), x, c.w.get(), s.w.data(),
+                                         c.conv.get(), c.algo, ctx_.workspace(c.workspace),
+                                         c.workspace, &zero, c.y.get(), y));
+    FN_GPU_CHECK(cudnnAddTensor(cudnn_.get(), &one, c.bias.get(), s.b.data(), &one, c.y.get(), y));
+    if (s.relu)
+      FN_GPU_CHECK(cudnnActivationForward(cudnn_.get(), c.act.get(), &one, c.y.get(), y, &zero,
+                                          c.y.get(), y));
+  }
+
+  // ---- per batch: run --------------------------------------------------------------------------
+  void run_steps(Plan& p) {
+    const int64_t n = p.n;
+    cudaStream_t st = ctx_.stream();
+    for (size_t i = 0; i < steps_.size(); ++i) {
+      const Step& s = steps_[i];
+      switch (s.kind) {
+        case StepKind::conv:
+          run_conv(p.convs.at(i), s, n);
+          break;
+        case StepKind::pool:
+          launch_pool2d(view(s.inputs[0], n), view(s.output, n), s.pool, s.node->kernel,
+                        s.node->stride, s.node->pad, st);
+          break;
+        case StepKind::lrn:
+          launch_lrn(view(s.inputs[0], n), view(s.output, n), s.node->size,
+                     static_cast<float>(s.node->alpha), static_cast<float>(s.node->beta_pow),
+                     static_cast<float>(s.node->k), st);
+          break;
+        case StepKind::concat:
+          run_concat(s, n);
+          break;
+        case StepKind::head:
+          launch_pooled_dense_head(view(s.inputs[0], n), s.head_wt.data(), s.head_b.data(), s.out,
+                                   s.l2norm, s.eps, output_.data(), st);
+          break;
+      }
+    }
+    if (placement_.at(graph_.output).slot >= 0)  // a truncated graph: export the value
+      launch_copy_centred(view(graph_.output, n),
+                          f32_nchw(output_.data(), n, shapes_.at(graph_.output)), st);
+  }
+
+  // Inputs aliased into this concat's slot are already in place; the rest (smaller maps, or
+  // values already living in another concat) are copied, centred, into their slice.
+  void run_concat(const Step& s, int64_t n) {
+    const Placement& out = placement_.at(s.output);
+    const Shape& os = shapes_.at(s.output);
+    const Slot& slot = slots_[out.slot];
+    void* base = arena_.data() + slot.offset * n * static_cast<int64_t>(dtype_size(dtype_));
+    int64_t c0 = 0;
+    for (const auto& in : s.inputs) {
+      const Shape& is = shapes_.at(in);
+      const Placement& p = placement_.at(in);
+      if (!(p.slot == out.slot && p.c0 == c0))
+        launch_copy_centred(view(in, n),
+                            packed_view(base, dtype_, layout_, n, is[0], os[1], os[2], slot.c, c0),
+                            ctx_.stream());
+      c0 += is[0];
+    }
+  }
+
+  void execute(Plan& p) {
+    cudaStream_t st = ctx_.stream();
+    if (p.graph && p.generation == generation_) {
+      FN_GPU_CHECK(cudaGraphLaunch(p.graph.get(), st));
+      return;
+    }
+    if (use_graphs_ && !p.graph_failed && p.eager_runs > 0 && capture(p)) {
+      FN_GPU_CHECK(cudaGraphLaunch(p.graph.get(), st));
+      return;
+    }
+    run_steps(p);
+    ++p.eager_runs;
+  }
+
+  // Records run_steps into a CUDA graph. On failure (a library call that refuses capture)
+  // the plan stays eager: correct, only slower — reported once on stderr.
+  bool capture(Plan& p) {
+    cudaStream_t st = ctx_.stream();
+    cudaGraph_t g = nullptr;
+    std::string why;
+    FN_GPU_CHECK(cudaStreamBeginCapture(st, cudaStreamCaptureModeThreadLocal));
+    try {
+      run_steps(p);
+    } catch (const Error& e) {
+      why = e.what();
+    }
+    const cudaError_t end = cudaStreamEndCapture(st, &g);
+    cudaGraphExec_t exec = nullptr;
+    if (why.empty() && end == cudaSuccess) {
+      const cudaError_t inst = cudaGraphInstantiate(&exec, g, 0);
+      if (inst != cudaSuccess) why = cudaGetErrorString(inst);
+    } else if (why.empty()) {
+      why = cudaGetErrorString(end);
+    }
+    if (g) cudaGraphDestroy(g);
+    if (!why.empty()) {
+      cudaGetLastError();
+      p.graph_failed = true;
+      std::fprintf(stderr,
+                   "facenet: CUDA graph capture failed for batch %lld, running eagerly: %s\n",
+                   static_cast<long long>(p.n), why.c_str());
+      return false;
+    }
+    p.graph.reset(exec);
+    p.generation = generation_;
+    return true;
+  }
+
+  // ---- I/O -------------------------------------------------------------------------------------
+  void upload_input(const float* x, int64_t n) {
+    const int64_t count = in_per_image_ * n;
+    if (dtype_ == DType::f32 && layout_ == Layout::nchw) {
+      FN_GPU_CHECK(cudaMemcpyAsync(input_.data(), x, count * sizeof(float), cudaMemcpyHostToDevice,
+                                   ctx_.stream()));
+      return;
+    }
+    staging_f32_.resize(std::max(staging_f32_.size(), static_cast<size_t>(count)));
+    staging_f32_.upload(x, count, ctx_.stream());
+    launch_copy_centred(f32_nchw(staging_f32_.data(), n, graph_.input_shape), input_view(n),
+                        ctx_.stream());
+  }
+
+  void download_output(float* y, int64_t n) {
+    output_.download(y, static_cast<size_t>(out_dim_ * n), ctx_.stream());
+    ctx_.synchronize();
+  }
+
+  Graph graph_;
+  DType dtype_;
+  Layout layout_;
+  bool use_graphs_;
+  GpuContext ctx_;
+  UniqueCudnn cudnn_;
+  std::map<std::string, Shape> shapes_;
+  std::vector<Step> steps_;
+  std::map<std::string, Placement> placement_;
+  std::set<std::string> aliased_;
+  std::vector<Slot> slots_;
+  int64_t arena_per_image_ = 0, in_per_image_ = 0, out_dim_ = 0;
+  std::size_t weight_bytes_ = 0, workspace_bytes_ = 0;
+
+  int64_t capacity_ = 0;  // images the arena and I/O buffers hold
+  int generation_ = 0;    // bumped whenever a buffer a graph captured may have moved
+  DeviceBuffer<unsigned char> arena_, input_;
+  DeviceBuffer<float> output_, staging_f32_;
+  DeviceBuffer<uint8_t> staging_u8_;
+  std::map<int64_t, std::unique_ptr<Plan>> plans_;
+};
+
+}  // namespace
+
+std::unique_ptr<CudaBackend> make_cuda_backend(const Model& model, const BackendOptions& options) {
+  return std::make_unique<CudaBackendImpl>(model, options);
+}
+
+}  // namespace facenet

@@ -1,0 +1,342 @@
+// The Inception ops cuDNN lacks (pooling, LRN, centred copy, input conversion, fused head).
+#include <cuda_bf16.h>
+#include <cuda_fp16.h>
+
+#include "engine/cuda_util.h"
+#include "kernels/inception_ops.h"
+
+namespace facenet {
+
+std::size_t dtype_size(DType t) {
+  return t == DType::f32 ? 4 : 2;
+}
+
+const char* dtype_name(DType t) {
+  switch (t) {
+    case DType::f32:
+      return "fp32";
+    case DType::f16:
+      return "fp16";
+    case DType::bf16:
+      return "bf16";
+  }
+  return "?";
+}
+
+TensorView4 packed_view(void* data, DType dtype, Layout layout, int64_t n, int64_t c, int64_t h,
+                        int64_t w, int64_t c_total, int64_t c0) {
+  TensorView4 v;
+  v.dtype = dtype;
+  v.n = n, v.c = c, v.h = h, v.w = w;
+  v.sn = c_total * h * w;
+  if (layout == Layout::nchw) {
+    v.sc = h * w, v.sh = w, v.sw = 1;
+  } else {
+    v.sc = 1, v.sh = w * c_total, v.sw = c_total;
+  }
+  v.data = static_cast<char*>(data) + c0 * v.sc * static_cast<int64_t>(dtype_size(dtype));
+  return v;
+}
+
+namespace {
+
+constexpr int kThreads = 256;
+
+__device__ __forceinline__ float to_float(float v) {
+  return v;
+}
+__device__ __forceinline__ float to_float(__half v) {
+  return __half2float(v);
+}
+__device__ __forceinline__ float to_float(__nv_bfloat16 v) {
+  return __bfloat162float(v);
+}
+template <typename T>
+__device__ __forceinline__ T from_float(float v);
+template <>
+__device__ __forceinline__ float from_float<float>(float v) {
+  return v;
+}
+template <>
+__device__ __forceinline__ __half from_float<__half>(float v) {
+  return __float2half_rn(v);
+}
+template <>
+__device__ __forceinline__ __nv_bfloat16 from_float<__nv_bfloat16>(float v) {
+  return __float2bfloat16_rn(v);
+}
+
+// Device-side copy of a TensorView4 without the host-only helpers.
+struct View {
+  int64_t n, c, h, w, sn, sc, sh, sw;
+  bool channels_last;  // sc == 1: enumerate c fastest so that neighbouring threads coalesce
+};
+
+View device_view(const TensorView4& t) {
+  return {t.n, t.c, t.h, t.w, t.sn, t.sc, t.sh, t.sw, t.sc == 1 && t.c > 1};
+}
+
+struct Index4 {
+  int64_t n, c, h, w;
+};
+
+// Linear thread index -> logical (n, c, h, w), in the view's memory-friendly order.
+__device__ __forceinline__ Index4 decompose(int64_t i, const View& v) {
+  Index4 r;
+  if (v.channels_last) {
+    r.c = i % v.c, i /= v.c;
+    r.w = i % v.w, i /= v.w;
+    r.h = i % v.h, r.n = i / v.h;
+  } else {
+    r.w = i % v.w, i /= v.w;
+    r.h = i % v.h, i /= v.h;
+    r.c = i % v.c, r.n = i / v.c;
+  }
+  return r;
+}
+
+__device__ __forceinline__ int64_t offset(const View& v, int64_t n, int64_t c, int64_t h,
+                                          int64_t w) {
+  return n * v.sn + c * v.sc + h * v.sh + w * v.sw;
+}
+
+int blocks_for(int64_t count) {
+  return static_cast<int>((count + kThreads - 1) / kThreads);
+}
+
+// Calls fn(T{}) with T the C++ type of `t`.
+template <typename Fn>
+void dispatch(DType t, Fn&& fn) {
+  switch (t) {
+    case DType::f32:
+      return fn(float{});
+    case DType::f16:
+      return fn(__half{});
+    case DType::bf16:
+      return fn(__nv_bfloat16{});
+  }
+}
+
+void require(bool ok, const char* what) {
+  if (!ok) fail("inception_ops: ", what);
+}
+
+// Floor-mode output size of a k/s/p window (as graph.cpp's pooled_size; kernels/ does not
+// link the engine).
+int64_t window_output(int64_t in, int kernel, int stride, int pad) {
+  return (in + 2 * pad - kernel) / stride + 1;
+}
+
+// ---- pooling ----------------------------------------------------------------------------
+// x: (n, c, h, w) strided, y: (n, c, ho, wo) strided, same dtype. One thread owns one output
+// element and reads its k x k window (clipped to the map; clipped cells are padding: they
+// never win a max, count as zero for avg and l2). Accumulates in float.
+template <typename T>
+__global__ void pool2d_kernel(const T* __restrict__ x, View xv, T* __restrict__ y, View yv,
+                              PoolKind kind, int kernel, int stride, int pad) {
+  const int64_t i = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x;
+  if (i >= yv.n * yv.c * yv.h * yv.w) return;
+  const Index4 o = decompose(i, yv);
+  const int64_t h0 = o.h * stride - pad, w0 = o.w * stride - pad;
+  float acc = kind == PoolKind::max ? -INFINITY : 0.0f;
+  for (int dy = 0; dy < kernel; ++dy) {
+    const int64_t hh = h0 + dy;
+    if (hh < 0 || hh >= xv.h) continue;
+    for (int dx = 0; dx < kernel; ++dx) {
+      const int64_t ww = w0 + dx;
+      if (ww < 0 || ww >= xv.w) continue;
+      const float v = to_float(x[offset(xv, o.n, o.c, hh, ww)]);
+      if (kind == PoolKind::max)
+        acc = fmaxf(acc, v);
+      else
+        acc += kind == PoolKind::l2 ? v * v : v;
+    }
+  }
+  if (kind == PoolKind::avg) acc /= static_cast<float>(kernel * kernel);
+  if (kind == PoolKind::l2) acc = sqrtf(acc);
+  y[offset(yv, o.n, o.c, o.h, o.w)] = from_float<T>(acc);
+}
+
+// ---- LRN ---------------------------------------------------------------------------------
+// x, y: (n, c, h, w) strided, same dtype and shape. One thread owns one output element and
+// reads the <= size channel neighbours at its pixel (they are L1/L2 hits for its neighbours).
+template <typename T>
+__global__ void lrn_kernel(const T* __restrict__ x, View xv, T* __restrict__ y, View yv, int size,
+                           float alpha_over_size, float beta, float k) {
+  const int64_t i = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x;
+  if (i >= yv.n * yv.c * yv.h * yv.w) return;
+  const Index4 o = decompose(i, yv);
+  const int64_t half = size / 2;
+  const int64_t lo = o.c - half > 0 ? o.c - half : 0;
+  const int64_t hi = o.c + half < xv.c - 1 ? o.c + half : xv.c - 1;
+  float ss = 0.0f;
+  for (int64_t j = lo; j <= hi; ++j) {
+    const float v = to_float(x[offset(xv, o.n, j, o.h, o.w)]);
+    ss += v * v;
+  }
+  const float v = to_float(x[offset(xv, o.n, o.c, o.h, o.w)]);
+  y[offset(yv, o.n, o.c, o.h, o.w)] = from_float<T>(v * powf(k + alpha_over_size * ss, -beta));
+}
+
+// ---- centred copy ------------------------------------------------------------------------
+// x: (n, c, h, w), y: (n, c, H, W), any dtypes/strides. One thread owns one element of y:
+// the x element it maps to (shifted by floor((H-h)/2), floor((W-w)/2)) or zero on the border.
+template <typename Tin, typename Tout>
+__global__ void copy_centred_kernel(const Tin* __restrict__ x, View xv, Tout* __restrict__ y,
+                                    View yv) {
+  const int64_t i = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x;
+  if (i >= yv.n * yv.c * yv.h * yv.w) return;
+  const Index4 o = decompose(i, yv);
+  const int64_t sh = o.h - (yv.h - xv.h) / 2, sw = o.w - (yv.w - xv.w) / 2;
+  const bool inside = sh >= 0 && sh < xv.h && sw >= 0 && sw < xv.w;
+  const float v = inside ? to_float(x[offset(xv, o.n, o.c, sh, sw)]) : 0.0f;
+  y[offset(yv, o.n, o.c, o.h, o.w)] = from_float<Tout>(v);
+}
+
+// ---- input conversion --------------------------------------------------------------------
+// bgr: n x h x w x 3 uint8, contiguous. y: (n, 3, h, w) strided. One thread owns one element
+// of y and reads one byte.
+template <typename T>
+__global__ void bgr8_to_input_kernel(const uint8_t* __restrict__ bgr, T* __restrict__ y, View yv,
+                                     float scale, bool rgb) {
+  const int64_t i = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x;
+  if (i >= yv.n * yv.c * yv.h * yv.w) return;
+  const Index4 o = decompose(i, yv);
+  const int64_t src_c = rgb ? 2 - o.c : o.c;
+  const uint8_t v = bgr[((o.n * yv.h + o.h) * yv.w + o.w) * 3 + src_c];
+  y[offset(yv, o.n, o.c, o.h, o.w)] = from_float<T>(static_cast<float>(v) * scale);
+}
+
+// ---- fused head --------------------------------------------------------------------------
+// x: (n, c, h, w) strided; wt: [c][out] float32 (the dense weight transposed, so that the
+// threads of a warp read consecutive outputs); b: [out]; y: n x out float32.
+// One block owns kHeadImages images: it averages their c channels into shared memory, then
+// thread t computes outputs t, t+blockDim, ... for all of them at once (each weight read once
+// per block, not once per image), then one warp per image reduces |e|^2 and normalises.
+constexpr int kHeadImages = 8;
+constexpr int kHeadThreads = 256;
+
+template <typename T>
+__global__ void pooled_dense_head_kernel(const T* __restrict__ x, View xv,
+                                         const float* __restrict__ wt, const float* __restrict__ b,
+                                         int out, bool l2norm, float eps, float* __restrict__ y) {
+  extern __shared__ float smem[];
+  float* pooled = smem;                    // [kHeadImages][c]
+  float* emb = smem + kHeadImages * xv.c;  // [kHeadImages][out]
+  const int64_t img0 = static_cast<int64_t>(blockIdx.x) * kHeadImages;
+  const int images = static_cast<int>(xv.n - img0 < kHeadImages ? xv.n - img0 : kHeadImages);
+  const float inv_area = 1.0f / static_cast<float>(xv.h * xv.w);
+  for (int64_t i = threadIdx.x; i < images * xv.c; i += blockDim.x) {
+    const int64_t m = i / xv.c, c = i % xv.c;
+    float s = 0.0f;
+    for (int64_t hh = 0; hh < xv.h; ++hh)
+      for (int64_t ww = 0; ww < xv.w; ++ww) s += to_float(x[offset(xv, img0 + m, c, hh, ww)]);
+    pooled[m * xv.c + c] = s * inv_area;
+  }
+  __syncthreads();
+  for (int o = threadIdx.x; o < out; o += blockDim.x) {
+    float acc[kHeadImages];
+    for (int m = 0; m < kHeadImages; ++m) acc[m] = b[o];
+    for (int64_t c = 0; c < xv.c; ++c) {
+      const float wv = wt[c * out + o];
+#pragma unroll
+      for (int m = 0; m < kHeadImages; ++m) acc[m] += wv * pooled[m * xv.c + c];
+    }
+    for (int m = 0; m < images; ++m) emb[m * out + o] = acc[m];
+  }
+  __syncthreads();
+  const int warp = threadIdx.x / 32, lane = threadIdx.x % 32, warps = blockDim.x / 32;
+  for (int m = warp; m < images; m += warps) {
+    float ss = 0.0f;
+    for (int o = lane; o < out; o += 32) ss += emb[m * out + o] * emb[m * out + o];
+    for (int d = 16; d > 0; d /= 2) ss += __shfl_xor_sync(0xffffffffu, ss, d);
+    const float scale = l2norm ? rsqrtf(fmaxf(ss, eps)) : 1.0f;
+    for (int o = lane; o < out; o += 32) y[(img0 + m) * out + o] = emb[m * out + o] * scale;
+  }
+}
+
+}  // namespace
+
+void launch_pool2d(const TensorView4& x, const TensorView4& y, PoolKind kind, int kernel,
+                   int stride, int pad, cudaStream_t stream) {
+  require(x.dtype == y.dtype, "pool2d: x and y must share a dtype");
+  require(x.n == y.n && x.c == y.c, "pool2d: x and y must agree in n and c");
+  require(kernel >= 1 && stride >= 1 && pad >= 0 && pad < kernel, "pool2d: bad window");
+  require(y.h == window_output(x.h, kernel, stride, pad) &&
+              y.w == window_output(x.w, kernel, stride, pad),
+          "pool2d: y's size is not the pooled size of x");
+  const int64_t count = y.count();
+  if (count == 0) return;
+  dispatch(x.dtype, [&](auto t) {
+    using T = decltype(t);
+    pool2d_kernel<T><<<blocks_for(count), kThreads, 0, stream>>>(
+        static_cast<const T*>(x.data), device_view(x), static_cast<T*>(y.data), device_view(y),
+        kind, kernel, stride, pad);
+  });
+  FN_LAUNCH_CHECK("pool2d_kernel");
+}
+
+void launch_lrn(const TensorView4& x, const TensorView4& y, int size, float alpha, float beta,
+                float k, cudaStream_t stream) {
+  require(x.dtype == y.dtype, "lrn: x and y must share a dtype");
+  require(x.n == y.n && x.c == y.c && x.h == y.h && x.w == y.w, "lrn: x and y shapes differ");
+  require(size >= 1, "lrn: size must be >= 1");
+  const int64_t count = y.count();
+  if (count == 0) return;
+  dispatch(x.dtype, [&](auto t) {
+    using T = decltype(t);
+    lrn_kernel<T><<<blocks_for(count), kThreads, 0, stream>>>(
+        static_cast<const T*>(x.data), device_view(x), static_cast<T*>(y.data), device_view(y),
+        size, alpha / static_cast<float>(size), beta, k);
+  });
+  FN_LAUNCH_CHECK("lrn_kernel");
+}
+
+void launch_copy_centred(const TensorView4& x, const TensorView4& y, cudaStream_t stream) {
+  require(x.n == y.n && x.c == y.c, "copy_centred: x and y must agree in n and c");
+  require(y.h >= x.h && y.w >= x.w, "copy_centred: y is smaller than x");
+  const int64_t count = y.count();
+  if (count == 0) return;
+  dispatch(x.dtype, [&](auto tin) {
+    dispatch(y.dtype, [&](auto tout) {
+      using Tin = decltype(tin);
+      using Tout = decltype(tout);
+      copy_centred_kernel<Tin, Tout><<<blocks_for(count), kThreads, 0, stream>>>(
+          static_cast<const Tin*>(x.data), device_view(x), static_cast<Tout*>(y.data),
+          device_view(y));
+    });
+  });
+  FN_LAUNCH_CHECK("copy_centred_kernel");
+}
+
+void launch_bgr8_to_input(const uint8_t* bgr, const TensorView4& y, float scale, bool rgb,
+                          cudaStream_t stream) {
+  require(bgr != nullptr, "bgr8_to_input: null input");
+  require(y.c == 3, "bgr8_to_input: y must have 3 channels");
+  const int64_t count = y.count();
+  if (count == 0) return;
+  dispatch(y.dtype, [&](auto t) {
+    using T = decltype(t);
+    bgr8_to_input_kernel<T><<<blocks_for(count), kThreads, 0, stream>>>(
+        bgr, static_cast<T*>(y.data), device_view(y), scale, rgb);
+  });
+  FN_LAUNCH_CHECK("bgr8_to_input_kernel");
+}
+
+void launch_pooled_dense_head(const TensorView4& x, const float* wt, const float* b, int out,
+                              bool l2norm, float eps, float* y, cudaStream_t stream) {
+  require(wt != nullptr && b != nullptr && y != nullptr, "pooled_dense_head: null pointer");
+  require(out >= 1, "pooled_dense_head: out must be >= 1");
+  const std::size_t smem = sizeof(float) * kHeadImages * static_cast<std::size_t>(x.c + out);
+  require(smem <= 48 * 1024, "pooled_dense_head: channels + outputs exceed shared memory");
+  if (x.n == 0) return;
+  const int blocks = static_cast<int>((x.n + kHeadImages - 1) / kHeadImages);
+  dispatch(x.dtype, [&](auto t) {
+    using T = decltype(t);
+    pooled_dense_head_kernel<T><<<blocks, kHeadThreads, smem, stream>>>(
+        static_cast<const T*>(x.data), device_view(x), wt, b, out, l2norm, eps, y);
+  });
+  FN_LAUNCH_CHECK("pooled_dense_head_kernel");
+}
+
+}  // namespace facenet

@@ -1,12 +1,8 @@
 // facenet: the command-line front end. Parses arguments and prints; all logic is in engine/.
-#include <unistd.h>
-
-#include <CLI/CLI.hpp>
-#include <cstdio>
 #include <fstream>
 #include <iomanip>
-#include <iostream>
 
+#include "apps/cli_common.h"
 #include "engine/backend.h"
 #include "engine/convert_openface.h"
 #include "engine/encode.h"
@@ -87,23 +83,6 @@ struct EncodeArgs {
   std::vector<std::string> inputs;
 };
 
-class ProgressBar {
- public:
-  explicit ProgressBar(bool enabled) : enabled_(enabled) {}
-  void update(size_t done, size_t total) {
-    if (!enabled_) return;
-    std::fprintf(stderr, "\rencoding %zu/%zu (%.0f%%)", done, total,
-                 100.0 * done / std::max<size_t>(total, 1));
-    std::fflush(stderr);
-  }
-  void finish() {
-    if (enabled_) std::fputc('\n', stderr);
-  }
-
- private:
-  bool enabled_;
-};
-
 int run_encode(const EncodeArgs& a) {
   if (a.format == "npy" && a.output.empty())
     fail("--format npy needs -o <file.npy> (binary output is not written to a terminal)");
@@ -126,7 +105,7 @@ int run_encode(const EncodeArgs& a) {
   const int64_t dim = model.embedding_dim();
   std::vector<float> all;
   std::vector<std::string> all_paths;
-  ProgressBar progress(isatty(fileno(stderr)) && files.size() > static_cast<size_t>(a.batch));
+  cli::Progress progress("encoding", files.size() > static_cast<size_t>(a.batch));
   EncodeCallbacks cb;
   cb.on_batch = [&](const std::vector<fs::path>& paths, const std::vector<float>& emb) {
     for (size_t i = 0; i < paths.size(); ++i) {
@@ -142,14 +121,11 @@ int run_encode(const EncodeArgs& a) {
     }
     out->flush();  // what is done is kept even if a later batch fails hard
   };
-  cb.on_error = [&](const fs::path&, const std::string& reason) {
-    progress.finish();
-    std::cerr << "facenet encode: skipped " << reason << "\n";
-  };
+  cb.on_error = cli::report_skipped("encode", progress);
   cb.on_progress = [&](size_t done, size_t total) { progress.update(done, total); };
   const EncodeStats stats =
       encode_files(*backend, input_spec(model.graph), dim, files, a.batch, cb);
-  progress.finish();
+  progress.break_line();
   if (a.format == "npy") {
     write_npy(a.output, all.data(), static_cast<int64_t>(all_paths.size()), dim);
     const fs::path list = fs::path(a.output).replace_extension(".paths.txt");
@@ -243,6 +219,7 @@ int main(int argc, char** argv) {
   add_info(app);
   add_encode(app, exit_code);
   add_bench(app);
+  cli::add_gallery_commands(app, exit_code);
   try {
     app.parse(argc, argv);
   } catch (const CLI::ParseError& e) {

@@ -69,6 +69,22 @@ ParamCounts count_params(const Model& m) {
   return c;
 }
 
+uint64_t model_fingerprint(const Model& m) {
+  uint64_t h = 1469598103934665603ull;
+  auto mix = [&h](const void* data, size_t bytes) {
+    const auto* p = static_cast<const unsigned char*>(data);
+    for (size_t i = 0; i < bytes; ++i) h = (h ^ p[i]) * 1099511628211ull;
+  };
+  const std::string graph = graph_to_json(m.graph).dump();
+  mix(graph.data(), graph.size());
+  for (const auto& [name, t] : m.tensors) {
+    mix(name.data(), name.size());
+    mix(t.shape.data(), t.shape.size() * sizeof(int64_t));
+    mix(t.data.data(), t.data.size() * sizeof(float));
+  }
+  return h;
+}
+
 std::string model_summary(const Model& m) {
   std::ostringstream os;
   const Graph& g = m.graph;

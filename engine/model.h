@@ -32,6 +32,10 @@ struct ParamCounts {
 };
 ParamCounts count_params(const Model& model);
 
+// FNV-1a 64 over the graph JSON and every tensor (name, shape, bytes): equal for the same
+// network and weights, different when any weight differs.
+uint64_t model_fingerprint(const Model& model);
+
 // A readable table: layer, op, output shape, parameters; then totals.
 std::string model_summary(const Model& model);
 

@@ -1,0 +1,105 @@
+// Recognition on top of the encoder, the gallery and the k-NN index: one-shot enrolment,
+// 1:1 verification and 1:K identification. Distances reported here are plain L2 (not
+// squared) between L2-normalised embeddings.
+#pragma once
+
+#include <filesystem>
+#include <functional>
+#include <memory>
+#include <nlohmann/json.hpp>
+#include <string>
+#include <vector>
+
+#include "engine/backend.h"
+#include "engine/gallery.h"
+#include "engine/image_io.h"
+#include "engine/model.h"
+
+namespace facenet {
+
+// The tutorial's threshold on plain L2 distance.
+constexpr double kDefaultThreshold = 0.7;
+
+// Identifies the producing model in a gallery: graph name, variant and a fingerprint of the
+// weights, so embeddings of different weights under the same name never mix.
+EmbeddingSpec embedding_spec(const Model& model);
+
+// An encoder ready to use: the model, its backend and its input rule.
+class Encoder {
+ public:
+  Encoder(const std::filesystem::path& model_path, const BackendOptions& options);
+  const Model& model() const { return model_; }
+  EmbeddingSpec spec() const { return embedding_spec(model_); }
+  int64_t dim() const { return model_.embedding_dim(); }
+  // Encodes files in batches; unreadable files go to `on_error` and are skipped. Returns the
+  // embeddings (row per encoded file) and fills `encoded` with the files they belong to.
+  std::vector<float> encode(const std::vector<std::filesystem::path>& files,
+                            std::vector<std::filesystem::path>& encoded,
+                            const std::function<void(const std::filesystem::path&,
+                                                     const std::string&)>& on_error,
+                            int batch = 64);
+
+ private:
+  Model model_;
+  std::unique_ptr<Backend> backend_;
+};
+
+struct Verification {
+  std::string name;
+  double distance = 0;  // min plain L2 over the identity's embeddings
+  double threshold = kDefaultThreshold;
+  bool match = false;
+  nlohmann::json to_json() const;
+};
+
+// 1:1: is `probe` (dim floats) the person `name` of the gallery?
+Verification verify(Gallery& gallery, const EmbeddingSpec& spec, const std::string& name,
+                    const float* probe, double threshold);
+
+struct Candidate {
+  std::string name;
+  double distance = 0;  // plain L2 to the identity's nearest embedding
+};
+
+struct Identification {
+  std::string best;  // best identity, or "unknown" when its distance exceeds the threshold
+  double distance = 0;
+  std::vector<Candidate> top;  // top-k identities, nearest first, one entry per identity
+  nlohmann::json to_json(const std::string& image, double threshold) const;
+};
+
+// 1:K over a loaded gallery: the k-NN index is built once, probes are searched as one batch.
+class Identifier {
+ public:
+  Identifier(GalleryMatrix gallery, Device device);
+  ~Identifier();
+  // probes: n x dim. k: identities per probe in `top`.
+  std::vector<Identification> identify(const float* probes, int64_t n, int k, double threshold);
+  size_t rows() const { return gallery_.rows(); }
+
+ private:
+  struct Index;
+  GalleryMatrix gallery_;
+  std::unique_ptr<Index> index_;
+  int64_t max_per_identity_ = 1;
+};
+
+// Enrols `name` from image files in one transaction. Returns the identity.
+Identity enroll_images(Gallery& gallery, Encoder& encoder, const std::string& name,
+                       const std::vector<std::filesystem::path>& files,
+                       const std::function<void(const std::filesystem::path&,
+                                                const std::string&)>& on_error);
+
+struct BulkReport {
+  int64_t people = 0, embeddings = 0, failed_files = 0, skipped_people = 0;
+};
+
+// Bulk enrolment from a folder per person (`root/<name>/*.jpg`), committed in batches: a
+// crash loses at most the last uncommitted batch. `on_progress(done_people, total_people)`.
+BulkReport enroll_from_dirs(Gallery& gallery, Encoder& encoder,
+                            const std::filesystem::path& root,
+                            const std::function<void(const std::filesystem::path&,
+                                                     const std::string&)>& on_error,
+                            const std::function<void(size_t, size_t)>& on_progress);
+
+}  // namespace facenet

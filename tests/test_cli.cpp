@@ -1,59 +1,18 @@
 // The facenet CLI as a user meets it: good and bad inputs, output formats, exit codes.
-#include <sys/wait.h>
-#include <unistd.h>
-
 #include <fstream>
 #include <nlohmann/json.hpp>
 #include <sstream>
 
 #include "engine/npy.h"
-#include "tests/model_fixture.h"
+#include "tests/cli_fixture.h"
 
 namespace facenet {
 namespace {
 
 namespace fs = std::filesystem;
-
-struct CliResult {
-  int status = -1;
-  std::string out, err;
-};
-
-std::string slurp(const fs::path& p) {
-  std::ifstream in(p);
-  std::stringstream ss;
-  ss << in.rdbuf();
-  return ss.str();
-}
-
-class Cli : public ::testing::Test {
- protected:
-  void SetUp() override {
-    dir_ = fs::temp_directory_path() /
-           ("facenet-cli-" + std::to_string(getpid()) + "-" +
-            ::testing::UnitTest::GetInstance()->current_test_info()->name());
-    fs::create_directories(dir_);
-  }
-  void TearDown() override { fs::remove_all(dir_); }
-
-  CliResult run(const std::string& args) {
-    const fs::path out = dir_ / "stdout.txt", err = dir_ / "stderr.txt";
-    const std::string cmd =
-        "'" + test::cli_path() + "' " + args + " >'" + out.string() + "' 2>'" + err.string() + "'";
-    const int raw = std::system(cmd.c_str());
-    CliResult r;
-    r.status = WIFEXITED(raw) ? WEXITSTATUS(raw) : -1;
-    r.out = slurp(out);
-    r.err = slurp(err);
-    return r;
-  }
-
-  std::string model() { return test::converted_model("openface").string(); }
-  std::string happy(const std::string& f) {
-    return test::shared_path("data/happy-house/images/" + f).string();
-  }
-  fs::path dir_;
-};
+using test::Cli;
+using test::CliResult;
+using test::slurp;
 
 TEST_F(Cli, BadFilesAreNamedAndTheRestIsStillEncoded) {
   std::ofstream(dir_ / "notes.jpg") << "this is text, not a JPEG";

@@ -13,20 +13,9 @@
 namespace facenet {
 namespace {
 
-namespace fs = std::filesystem;
+using test::expect_error;
 
-// Expects `fn` to throw facenet::Error whose message contains every fragment.
-template <typename Fn>
-void expect_error(Fn&& fn, std::initializer_list<std::string> fragments) {
-  try {
-    fn();
-    ADD_FAILURE() << "no error thrown";
-  } catch (const Error& e) {
-    for (const auto& f : fragments)
-      EXPECT_NE(std::string(e.what()).find(f), std::string::npos)
-          << "message '" << e.what() << "' lacks '" << f << "'";
-  }
-}
+namespace fs = std::filesystem;
 
 class CorruptedWeights : public ::testing::Test {
  protected:

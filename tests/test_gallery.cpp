@@ -21,6 +21,8 @@
 namespace facenet {
 namespace {
 
+using test::expect_error;
+
 namespace fs = std::filesystem;
 
 const EmbeddingSpec kSpec{"nn4.small2.v1", 128};
@@ -31,19 +33,6 @@ std::vector<float> synthetic(size_t n, int d, uint32_t seed) {
   std::vector<float> x(n * static_cast<size_t>(d));
   for (float& v : x) v = normal(rng);
   return x;
-}
-
-// Runs `fn`, which must throw facenet::Error whose message holds every one of `parts`.
-void expect_error(const std::function<void()>& fn, const std::vector<std::string>& parts) {
-  try {
-    fn();
-  } catch (const Error& e) {
-    const std::string msg = e.what();
-    for (const auto& part : parts)
-      EXPECT_NE(msg.find(part), std::string::npos) << "'" << part << "' not in: " << msg;
-    return;
-  }
-  ADD_FAILURE() << "no facenet::Error thrown";
 }
 
 class GalleryTest : public ::testing::Test {

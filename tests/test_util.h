@@ -5,7 +5,11 @@
 
 #include <cstdlib>
 #include <filesystem>
+#include <functional>
 #include <string>
+#include <vector>
+
+#include "engine/error.h"
 
 #include "engine/gpu.h"
 
@@ -25,6 +29,19 @@ inline std::filesystem::path shared_path(const std::string& rel) {
 // The facenet CLI built alongside the tests.
 inline std::string cli_path() {
   return FACENET_CLI_PATH;
+}
+
+// Runs `fn`, which must throw facenet::Error whose message holds every one of `parts`.
+inline void expect_error(const std::function<void()>& fn, const std::vector<std::string>& parts) {
+  try {
+    fn();
+  } catch (const Error& e) {
+    const std::string msg = e.what();
+    for (const auto& part : parts)
+      EXPECT_NE(msg.find(part), std::string::npos) << "'" << part << "' not in: " << msg;
+    return;
+  }
+  ADD_FAILURE() << "no facenet::Error thrown";
 }
 
 }  // namespace facenet::test

@@ -169,9 +169,11 @@ SqliteDb open_connection(const std::string& path, int flags) {
   return db;
 }
 
+// A gallery whose model is not fixed yet holds nothing: that is reported as "empty" by the
+// callers, not as a model mismatch.
 void require_same_model(const std::string& path, const EmbeddingSpec& have,
                         const std::string& want) {
-  if (!want.empty() && want != have.model)
+  if (!want.empty() && !have.model.empty() && want != have.model)
     fail("gallery '", path, "' holds embeddings of model '", have.model, "', not model '", want,
          "'");
 }
@@ -591,7 +593,8 @@ GalleryMatrix Gallery::load_all(const std::string& model) {
     m.spec = read_spec();
     require_same_model(path_, m.spec, model);
     const int64_t n = count(stmts_->count_embeddings, kCountEmbeddings);
-    if (n == 0) fail("gallery '", path_, "' is empty: no embeddings enrolled yet");
+    if (n == 0 || m.spec.model.empty())
+      fail("gallery '", path_, "' is empty: no embeddings enrolled yet");
     reserve_rows(m, static_cast<size_t>(n));
     StmtScope rows(
         prepare(stmts_->all_rows, "SELECT id, identity_id, vector FROM embeddings ORDER BY id"));

@@ -10,6 +10,7 @@
 #include "engine/error.h"
 #include "engine/model.h"
 #include "engine/npy.h"
+#include "engine/triplet_bench.h"
 
 namespace fs = std::filesystem;
 using namespace facenet;
@@ -173,6 +174,41 @@ void add_encode(CLI::App& app, int& exit_code) {
 }
 
 // ---- bench ---------------------------------------------------------------------------------
+void add_bench_triplet(CLI::App* bench) {
+  auto* tri = bench->add_subcommand(
+      "triplet", "Triplet loss + gradient per batch size and mining mode, vs a PyTorch peer");
+  auto o = std::make_shared<TripletBenchOptions>();
+  auto batches = std::make_shared<std::string>("256,1024,2048,4096,8192");
+  auto modes = std::make_shared<std::string>("batch_all,batch_hard,semi_hard");
+  auto no_peer = std::make_shared<bool>(false);
+  tri->add_option("--batch", *batches, "Comma-separated batch sizes B")->capture_default_str();
+  tri->add_option("--dim", o->dim, "Embedding dimension d")->capture_default_str();
+  tri->add_option("--modes", *modes, "Comma-separated: batch_all, batch_hard, semi_hard")
+      ->capture_default_str();
+  tri->add_option("--device", o->device, "cpu | cuda")
+      ->check(CLI::IsMember({"cpu", "cuda"}))
+      ->capture_default_str();
+  tri->add_option("--margin", o->margin, "Margin alpha")->capture_default_str();
+  tri->add_option("--per-class", o->per_class, "Samples per identity in a batch")
+      ->capture_default_str();
+  tri->add_option("--repeats", o->repeats, "Timed repeats")->capture_default_str();
+  tri->add_option("--warmup", o->warmup, "Untimed warm-up runs")->capture_default_str();
+  tri->add_option("--threads", o->threads, "CPU threads for us and the peer (0 = all cores)")
+      ->capture_default_str();
+  tri->add_flag("--deterministic", o->deterministic, "cuda: fixed-order reductions");
+  tri->add_flag("--check", o->check, "cuda: also run the CPU reference and report the difference");
+  tri->add_flag("--no-peer", *no_peer, "Skip the PyTorch peer (tools/peer_triplet_torch.py)");
+  tri->callback([=] {
+    o->batches.clear();
+    for (int b : parse_int_list(*batches, "--batch")) o->batches.push_back(b);
+    o->modes.clear();
+    std::stringstream ss(*modes);
+    for (std::string m; std::getline(ss, m, ',');) o->modes.push_back(parse_mining(m));
+    o->peer = !*no_peer;
+    std::cout << run_triplet_bench(*o).dump(2) << "\n";
+  });
+}
+
 void add_bench(CLI::App& app) {
   auto* bench = app.add_subcommand("bench", "Benchmarks printing JSON");
   bench->require_subcommand(1);
@@ -205,6 +241,7 @@ void add_bench(CLI::App& app) {
     o->peer = !*no_peer;
     std::cout << run_encode_bench(*o).dump(2) << "\n";
   });
+  add_bench_triplet(bench);
 }
 
 }  // namespace

@@ -1,0 +1,168 @@
+// Gallery CLI end to end: the happy-house tutorial scenario (enrol 12 people, verify, identify),
+// bulk enrolment from a folder per person, and the errors a user can run into. With the
+// stand-in nn4.small2 weights the identities mean nothing: these tests check the plumbing and
+// that every reported distance is the true L2 distance between the embeddings.
+#include <cmath>
+#include <map>
+#include <nlohmann/json.hpp>
+
+#include "engine/gallery.h"
+#include "tests/cli_fixture.h"
+
+namespace facenet {
+namespace {
+
+namespace fs = std::filesystem;
+
+const char* kPeople[] = {"danielle",   "younes",   "tian",  "andrew", "kian",   "dan",
+                         "sebastiano", "bertrand", "kevin", "felix",  "benoit", "arnaud"};
+
+std::vector<nlohmann::json> json_lines(const std::string& text) {
+  std::vector<nlohmann::json> out;
+  std::istringstream in(text);
+  for (std::string line; std::getline(in, line);) out.push_back(nlohmann::json::parse(line));
+  return out;
+}
+
+double l2(const std::vector<double>& a, const std::vector<double>& b) {
+  double ss = 0;
+  for (size_t i = 0; i < a.size(); ++i) ss += (a[i] - b[i]) * (a[i] - b[i]);
+  return std::sqrt(ss);
+}
+
+class Recognition : public test::Cli {
+ protected:
+  std::string gallery() { return (dir_ / "g.db").string(); }
+  std::string image_of(const std::string& person) {
+    return happy(person == "danielle" ? person + ".png" : person + ".jpg");
+  }
+  // Embeddings of the happy-house images straight from `facenet encode`, by file stem.
+  std::map<std::string, std::vector<double>> embeddings() {
+    const auto r = run("encode --model " + model() + " " +
+                       test::shared_path("data/happy-house/images").string());
+    EXPECT_EQ(r.status, 0) << r.err;
+    std::map<std::string, std::vector<double>> out;
+    for (const auto& j : json_lines(r.out))
+      out[fs::path(j["image"].get<std::string>()).stem().string()] =
+          j["embedding"].get<std::vector<double>>();
+    return out;
+  }
+  void enrol_tutorial_people() {
+    for (const char* p : kPeople) {
+      const auto r = run("enroll --create --gallery " + gallery() + " --model " + model() +
+                         " --name " + p + " " + image_of(p));
+      ASSERT_EQ(r.status, 0) << r.err;
+      EXPECT_EQ(nlohmann::json::parse(r.out)["name"], p);
+    }
+  }
+};
+
+TEST_F(Recognition, TutorialScenarioReportsTrueDistances) {
+  enrol_tutorial_people();
+  const auto emb = embeddings();
+
+  const auto stats = run("gallery stats --gallery " + gallery());
+  ASSERT_EQ(stats.status, 0) << stats.err;
+  const auto s = nlohmann::json::parse(stats.out);
+  EXPECT_EQ(s["identities"], 12);
+  EXPECT_EQ(s["embeddings"], 12);
+  EXPECT_EQ(s["dim"], 128);
+  EXPECT_NE(s["model"].get<std::string>().find("nn4.small2.v1/openface#"), std::string::npos);
+
+  const auto v = run("verify --gallery " + gallery() + " --model " + model() + " --name younes " +
+                     happy("camera_0.jpg"));
+  ASSERT_EQ(v.status, 0) << v.err;
+  const auto vj = nlohmann::json::parse(v.out);
+  EXPECT_EQ(vj["name"], "younes");
+  EXPECT_DOUBLE_EQ(vj["threshold"].get<double>(), 0.7);
+  const double d = l2(emb.at("camera_0"), emb.at("younes"));
+  EXPECT_NEAR(vj["distance"].get<double>(), d, 1e-5);
+  EXPECT_EQ(vj["match"].get<bool>(), d <= 0.7);
+
+  const auto id =
+      run("identify --gallery " + gallery() + " --model " + model() + " --k 3 " +
+          happy("camera_0.jpg") + " " + happy("camera_1.jpg") + " " + happy("camera_2.jpg") + " " +
+          happy("camera_3.jpg") + " " + happy("camera_4.jpg") + " " + happy("camera_5.jpg"));
+  ASSERT_EQ(id.status, 0) << id.err;
+  const auto rows = json_lines(id.out);
+  ASSERT_EQ(rows.size(), 6u);
+  for (const auto& row : rows) {
+    const std::string probe = fs::path(row["image"].get<std::string>()).stem().string();
+    // The true nearest identity by brute force over the 12 enrolled embeddings.
+    std::vector<std::pair<double, std::string>> all;
+    for (const char* p : kPeople) all.push_back({l2(emb.at(probe), emb.at(p)), p});
+    std::sort(all.begin(), all.end());
+    ASSERT_EQ(row["top"].size(), 3u) << probe;
+    for (int i = 0; i < 3; ++i) {
+      EXPECT_EQ(row["top"][i]["name"], all[i].second) << probe << " rank " << i;
+      EXPECT_NEAR(row["top"][i]["distance"].get<double>(), all[i].first, 1e-5);
+    }
+    EXPECT_EQ(row["identity"], all[0].first <= 0.7 ? all[0].second : "unknown") << probe;
+  }
+
+  // A strict threshold turns every answer into "unknown".
+  const auto strict = run("identify --threshold 0.01 --gallery " + gallery() + " --model " +
+                          model() + " " + happy("camera_0.jpg"));
+  EXPECT_EQ(nlohmann::json::parse(strict.out)["identity"], "unknown");
+}
+
+TEST_F(Recognition, BulkEnrolmentFromFolders) {
+  const auto root = test::shared_path("data/krasserm-lfw10/images").string();
+  const auto r = run("enroll --create --gallery " + gallery() + " --model " + model() +
+                     " --from-dirs " + root);
+  ASSERT_EQ(r.status, 0) << r.err;
+  const auto j = nlohmann::json::parse(r.out);
+  EXPECT_EQ(j["people"], 10);
+  EXPECT_EQ(j["embeddings"], 100);
+  const auto list = json_lines(run("gallery list --gallery " + gallery()).out);
+  ASSERT_EQ(list.size(), 10u);
+  EXPECT_EQ(list[0]["name"], "Ariel_Sharon");
+  EXPECT_EQ(list[0]["embeddings"], 10);
+  // An enrolled image is its own nearest neighbour at distance ~0.
+  const auto id = run("identify --gallery " + gallery() + " --model " + model() + " " + root +
+                      "/Colin_Powell/Colin_Powell_0003.jpg");
+  const auto row = nlohmann::json::parse(id.out);
+  EXPECT_EQ(row["identity"], "Colin_Powell");
+  EXPECT_LT(row["distance"].get<double>(), 1e-3);
+  // Removal takes the person and every embedding.
+  const auto rm = run("gallery remove --gallery " + gallery() + " --name Colin_Powell");
+  ASSERT_EQ(rm.status, 0) << rm.err;
+  EXPECT_EQ(nlohmann::json::parse(rm.out)["embeddings"], 10);
+  EXPECT_EQ(json_lines(run("gallery list --gallery " + gallery()).out).size(), 9u);
+}
+
+TEST_F(Recognition, UserMistakesAreClearErrors) {
+  // Empty gallery.
+  ASSERT_EQ(run("gallery create --gallery " + gallery()).status, 0);
+  auto r = run("identify --gallery " + gallery() + " --model " + model() + " " + happy("tian.jpg"));
+  EXPECT_EQ(r.status, 2);
+  EXPECT_NE(r.err.find("empty"), std::string::npos) << r.err;
+
+  enrol_tutorial_people();
+  // Unknown name.
+  r = run("verify --gallery " + gallery() + " --model " + model() + " --name nobody " +
+          happy("camera_0.jpg"));
+  EXPECT_EQ(r.status, 2);
+  EXPECT_NE(r.err.find("nobody"), std::string::npos) << r.err;
+  // Wrong model: the coursera variant has other weights' fingerprint and graph.
+  const std::string other = test::converted_model("coursera").string();
+  r = run("identify --gallery " + gallery() + " --model " + other + " " + happy("tian.jpg"));
+  EXPECT_EQ(r.status, 2);
+  EXPECT_NE(r.err.find("coursera"), std::string::npos) << r.err;
+  r = run("enroll --gallery " + gallery() + " --model " + other + " --name x " + happy("tian.jpg"));
+  EXPECT_EQ(r.status, 2);
+  EXPECT_NE(r.err.find("refusing"), std::string::npos) << r.err;
+  // Corrupt gallery file.
+  const auto bad = dir_ / "bad.db";
+  std::ofstream(bad) << std::string(4096, 'x');
+  r = run("gallery list --gallery " + bad.string());
+  EXPECT_EQ(r.status, 2);
+  EXPECT_NE(r.err.find("bad.db"), std::string::npos) << r.err;
+  // Missing gallery.
+  r = run("gallery stats --gallery " + (dir_ / "none.db").string());
+  EXPECT_EQ(r.status, 2);
+  EXPECT_NE(r.err.find("does not exist"), std::string::npos) << r.err;
+}
+
+}  // namespace
+}  // namespace facenet

@@ -19,6 +19,14 @@ namespace facenet {
 
 namespace {
 
+// Pixels uniform in [0, 1]: the model-only benchmarks need no real faces.
+std::vector<float> synthetic_input(int64_t count, std::mt19937& rng) {
+  std::uniform_real_distribution<float> uni(0.0f, 1.0f);
+  std::vector<float> x(count);
+  for (auto& v : x) v = uni(rng);
+  return x;
+}
+
 std::string batch_list(const std::vector<int>& batches) {
   std::string s;
   for (int b : batches) s += (s.empty() ? "" : ",") + std::to_string(b);
@@ -69,10 +77,8 @@ nlohmann::json run_cuda_bench(const EncodeBenchOptions& o, const Model& model) {
   UniqueEvent start = make_event(), stop = make_event();
   nlohmann::json results = nlohmann::json::array();
   std::mt19937 rng(1234);
-  std::uniform_real_distribution<float> uni(0.0f, 1.0f);
   for (int b : o.batches) {
-    std::vector<float> x(per_image * b), y(dim * b);
-    for (auto& v : x) v = uni(rng);
+    std::vector<float> x = synthetic_input(per_image * b, rng), y(dim * b);
     backend->prepare(b, x.data());
     for (int i = 0; i < o.warmup; ++i) backend->forward_resident(b);
     std::vector<double> seconds;
@@ -163,10 +169,8 @@ nlohmann::json run_encode_bench(const EncodeBenchOptions& o) {
 
   nlohmann::json results = nlohmann::json::array();
   std::mt19937 rng(1234);
-  std::uniform_real_distribution<float> uni(0.0f, 1.0f);
   for (int b : o.batches) {
-    std::vector<float> x(per_image * b), y(dim * b);
-    for (auto& v : x) v = uni(rng);
+    std::vector<float> x = synthetic_input(per_image * b, rng), y(dim * b);
     const TimingStats t =
         time_repeats([&] { backend->forward(x.data(), b, y.data()); }, o.warmup, o.repeats);
     results.push_back({{"batch", b},

@@ -3,6 +3,7 @@
 #include <cuda_fp16.h>
 
 #include "engine/cuda_util.h"
+#include "kernels/dtype_convert.cuh"
 #include "kernels/inception_ops.h"
 
 namespace facenet {
@@ -41,30 +42,6 @@ TensorView4 packed_view(void* data, DType dtype, Layout layout, int64_t n, int64
 namespace {
 
 constexpr int kThreads = 256;
-
-__device__ __forceinline__ float to_float(float v) {
-  return v;
-}
-__device__ __forceinline__ float to_float(__half v) {
-  return __half2float(v);
-}
-__device__ __forceinline__ float to_float(__nv_bfloat16 v) {
-  return __bfloat162float(v);
-}
-template <typename T>
-__device__ __forceinline__ T from_float(float v);
-template <>
-__device__ __forceinline__ float from_float<float>(float v) {
-  return v;
-}
-template <>
-__device__ __forceinline__ __half from_float<__half>(float v) {
-  return __float2half_rn(v);
-}
-template <>
-__device__ __forceinline__ __nv_bfloat16 from_float<__nv_bfloat16>(float v) {
-  return __float2bfloat16_rn(v);
-}
 
 // Device-side copy of a TensorView4 without the host-only helpers.
 struct View {

@@ -6,6 +6,7 @@
 #include <algorithm>
 
 #include "engine/cuda_util.h"
+#include "kernels/dtype_convert.cuh"
 
 namespace facenet {
 namespace {
@@ -265,23 +266,6 @@ __global__ void knn_keys_to_results_kernel(const uint64_t* __restrict__ keys, in
   const bool empty = key == kKnnEmptyKey;
   distances[i] = empty ? __int_as_float(0x7f800000) : __uint_as_float(key >> 32);
   labels[i] = empty ? -1 : ids[key & 0xffffffffu];
-}
-
-template <typename T>
-__device__ __forceinline__ T from_float(float v);
-template <>
-__device__ __forceinline__ float from_float<float>(float v) {
-  return v;
-}
-template <>
-__device__ __forceinline__ __half from_float<__half>(float v) {
-  return __float2half_rn(v);
-}
-__device__ __forceinline__ float to_float(float v) {
-  return v;
-}
-__device__ __forceinline__ float to_float(__half v) {
-  return __half2float(v);
 }
 
 // Gallery rows in: src fp32 [n][dim]; dst T [n][dim] (nullable); norms [n] (nullable) get the

@@ -52,4 +52,18 @@ inline double max_abs_error(const std::vector<float>& got, const std::vector<Gol
   return err;
 }
 
+// The golden file names blocks by their concat node, the stem by "stem" (node pool2).
+inline std::string block_node(const std::string& block) {
+  return block == "stem" ? "pool2" : block;
+}
+
+// `full` cut after `node`: the node's activation becomes the output (localises a mismatch).
+inline Model truncated_after(const Model& full, const std::string& node) {
+  Model m = full;
+  m.graph.nodes.resize(m.graph.index_of(node) + 1);
+  m.graph.output = node;
+  validate_model(m);
+  return m;
+}
+
 }  // namespace facenet::test

@@ -288,11 +288,7 @@ TEST(GpuBlocks, EveryBlockMatchesCpu) {
   const auto imgs = test::golden("openface");
   const std::vector<float> x = test::load_inputs(full, {imgs[0], imgs[1]});
   for (const auto& [block, stats] : imgs[0].blocks.items()) {
-    const std::string node = block == "stem" ? "pool2" : block;
-    Model m = full;
-    m.graph.nodes.resize(m.graph.index_of(node) + 1);
-    m.graph.output = node;
-    validate_model(m);
+    const Model m = test::truncated_after(full, test::block_node(block));
     const int64_t size = element_count(m.shapes.back());
     std::vector<float> cpu(2 * size), gpu(2 * size);
     make_backend(m, {})->forward(x.data(), 2, cpu.data());

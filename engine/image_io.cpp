@@ -19,13 +19,17 @@ InputSpec input_spec(const Graph& g) {
   s.width = static_cast<int>(g.input_shape[2]);
   s.scale = static_cast<float>(g.preprocess.value("scale", 1.0 / 255.0));
   s.rgb = g.preprocess.value("color", "rgb") == "rgb";
+  if (g.preprocess.contains("mean")) {
+    const auto m = g.preprocess.at("mean").get<std::vector<double>>();
+    if (m.size() != 3) fail("model preprocess: 'mean' must have 3 values (one per channel)");
+    for (int c = 0; c < 3; ++c) s.mean[c] = static_cast<float>(m[c]);
+  }
   if (s.channels != 3) fail("model input has ", s.channels, " channels; only 3 are supported");
   return s;
 }
 
-namespace {
-
-void to_input(const cv::Mat& decoded, const std::string& what, const InputSpec& spec, float* out) {
+void image_to_input(const cv::Mat& decoded, const std::string& what, const InputSpec& spec,
+                    float* out) {
   if (decoded.empty()) fail(what, ": not a decodable image");
   cv::Mat img = decoded;
   if (img.cols != spec.width || img.rows != spec.height)
@@ -36,12 +40,11 @@ void to_input(const cv::Mat& decoded, const std::string& what, const InputSpec& 
     for (int x = 0; x < spec.width; ++x) {
       const cv::Vec3b& bgr = row[x];
       for (int c = 0; c < 3; ++c)
-        out[c * hw + y * spec.width + x] = bgr[spec.rgb ? 2 - c : c] * spec.scale;
+        out[c * hw + y * spec.width + x] =
+            (static_cast<float>(bgr[spec.rgb ? 2 - c : c]) - spec.mean[c]) * spec.scale;
     }
   }
 }
-
-}  // namespace
 
 void decode_image(const std::vector<unsigned char>& bytes, const std::string& what,
                   const InputSpec& spec, float* out) {
@@ -52,16 +55,36 @@ void decode_image(const std::vector<unsigned char>& bytes, const std::string& wh
   } catch (const cv::Exception& e) {
     fail(what, ": not a decodable image (", e.what(), ")");
   }
-  to_input(decoded, what, spec, out);
+  image_to_input(decoded, what, spec, out);
 }
 
-void load_image(const std::filesystem::path& path, const InputSpec& spec, float* out) {
+namespace {
+
+std::vector<unsigned char> read_bytes(const std::filesystem::path& path) {
   std::ifstream in(path, std::ios::binary);
   if (!in) fail(path.string(), ": cannot open (missing or unreadable)");
   std::vector<unsigned char> bytes((std::istreambuf_iterator<char>(in)),
                                    std::istreambuf_iterator<char>());
   if (in.bad()) fail(path.string(), ": read error");
-  decode_image(bytes, path.string(), spec, out);
+  if (bytes.empty()) fail(path.string(), ": empty file");
+  return bytes;
+}
+
+}  // namespace
+
+cv::Mat read_image(const std::filesystem::path& path) {
+  cv::Mat decoded;
+  try {
+    decoded = cv::imdecode(read_bytes(path), cv::IMREAD_COLOR);
+  } catch (const cv::Exception& e) {
+    fail(path.string(), ": not a decodable image (", e.what(), ")");
+  }
+  if (decoded.empty()) fail(path.string(), ": not a decodable image");
+  return decoded;
+}
+
+void load_image(const std::filesystem::path& path, const InputSpec& spec, float* out) {
+  decode_image(read_bytes(path), path.string(), spec, out);
 }
 
 std::vector<std::filesystem::path> expand_inputs(const std::vector<std::string>& args) {

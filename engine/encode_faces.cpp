@@ -2,6 +2,9 @@
 #include "engine/encode_faces.h"
 
 #include <algorithm>
+#include <cctype>
+#include <cmath>
+#include <limits>
 
 #include "engine/error.h"
 #include "engine/image_io.h"
@@ -105,6 +108,34 @@ PhotoStats encode_photos(Backend& backend, const Model& model, const FaceAligner
     if (cb.on_progress) cb.on_progress(start + n, files.size());
   }
   return stats;
+}
+
+Match nearest_identity(const std::vector<std::string>& names,
+                       const std::vector<std::vector<float>>& gallery,
+                       const std::vector<float>& query, double threshold) {
+  FN_ASSERT(names.size() == gallery.size());
+  if (gallery.empty()) fail("no faces enrolled");
+  Match best;
+  best.distance = std::numeric_limits<double>::infinity();
+  for (size_t i = 0; i < gallery.size(); ++i) {
+    if (gallery[i].size() != query.size()) fail("embedding sizes differ");
+    double d2 = 0;
+    for (size_t k = 0; k < query.size(); ++k) {
+      const double d = static_cast<double>(gallery[i][k]) - query[k];
+      d2 += d * d;
+    }
+    if (std::sqrt(d2) < best.distance) best = {names[i], std::sqrt(d2), i};
+  }
+  if (best.distance > threshold) best.name.clear();
+  return best;
+}
+
+std::string identity_from_path(const std::filesystem::path& p) {
+  std::string s = p.stem().string();
+  size_t end = s.size();
+  while (end > 0 && std::isdigit(static_cast<unsigned char>(s[end - 1]))) --end;
+  if (end < s.size() && end > 0 && (s[end - 1] == '-' || s[end - 1] == '_')) s.resize(end - 1);
+  return s;
 }
 
 }  // namespace facenet

@@ -54,4 +54,19 @@ PhotoStats encode_photos(Backend& backend, const Model& model, const FaceAligner
                          const std::vector<std::filesystem::path>& files, const FaceOptions& opt,
                          int batch, const PhotoCallbacks& callbacks);
 
+// Nearest enrolled identity by L2 distance; `name` is empty when nothing is within
+// `threshold` (distance and index still name the nearest).
+struct Match {
+  std::string name;
+  double distance = 0;
+  size_t index = 0;
+};
+Match nearest_identity(const std::vector<std::string>& names,
+                       const std::vector<std::vector<float>>& gallery,
+                       const std::vector<float>& query, double threshold);
+
+// The identity a file name stands for: the stem without a trailing "-<digits>" or
+// "_<digits>" (lennon-1.jpg -> lennon, George_W_Bush_0001.jpg -> George_W_Bush).
+std::string identity_from_path(const std::filesystem::path& p);
+
 }  // namespace facenet

@@ -67,7 +67,7 @@ TEST(FaceAlign, NoFaceImageGivesNoFaces) {
   EXPECT_TRUE(aligner.detect(blank, 1).empty());
 }
 
-TEST(FaceAlign, ChipsHaveTheModelSizesAndOpenFaceMapsItsLandmarksToTheTemplate) {
+TEST(FaceAlign, ChipsHaveTheModelSizesAndHoldContent) {
   FN_REQUIRE_LANDMARK_MODELS();
   const FaceAligner aligner;
   const cv::Mat img = read_image(example("clapton-2.jpg"));

@@ -14,18 +14,39 @@ namespace {
 
 struct Common {
   std::string gallery, model, device = "cpu";
-  double threshold = kDefaultThreshold;
+  double threshold = -1;  // < 0: the model's own (preprocess.threshold), else 0.7
+  AlignOptions align;
 };
+
+double threshold_for(const Common& o, const Encoder& e) {
+  return o.threshold >= 0 ? o.threshold
+                          : e.model().graph.preprocess.value("threshold", kDefaultThreshold);
+}
 
 void add_gallery_option(CLI::App* c, Common& o) {
   c->add_option("--gallery", o.gallery, "Gallery file (SQLite)")->required();
 }
 
-void add_model_options(CLI::App* c, Common& o) {
+void add_model_options(CLI::App* c, Common& o, const char* default_pick) {
   c->add_option("--model", o.model, "Model file (.safetensors)")->required();
   c->add_option("--device", o.device, "cpu | cuda")
       ->check(CLI::IsMember({"cpu", "cuda"}))
       ->capture_default_str();
+  o.align.pick = "none";
+  c->add_option("--align", o.align.pick,
+                std::string("none: images are aligned face crops; largest | all: raw photos, "
+                            "faces detected and aligned as the model file says (") +
+                    default_pick + " is the usual choice here)")
+      ->check(CLI::IsMember({"none", "largest", "all"}))
+      ->capture_default_str();
+  c->add_option("--dlib-models", o.align.dlib_models, "With --align: folder of dlib's models");
+  c->add_option("--upsample", o.align.upsample, "With --align: detector upsampling (0-3)")
+      ->capture_default_str();
+}
+
+void add_threshold_option(CLI::App* c, Common& o, const char* what) {
+  c->add_option("--threshold", o.threshold,
+                std::string(what) + " (plain L2; default: the model's own, else 0.7)");
 }
 
 BackendOptions backend_options(const Common& o) {
@@ -35,14 +56,15 @@ BackendOptions backend_options(const Common& o) {
 }
 
 void print_stats(const GalleryStats& s, const std::string& path) {
-  nlohmann::json j = {{"gallery", path},
-                      {"identities", s.identities},
-                      {"embeddings", s.embeddings},
-                      {"model", s.spec.model.empty() ? nlohmann::json() : nlohmann::json(s.spec.model)},
-                      {"dim", s.spec.dim},
-                      {"file_bytes", s.file_bytes},
-                      {"schema_version", s.schema_version},
-                      {"created_at", s.created_at}};
+  nlohmann::json j = {
+      {"gallery", path},
+      {"identities", s.identities},
+      {"embeddings", s.embeddings},
+      {"model", s.spec.model.empty() ? nlohmann::json() : nlohmann::json(s.spec.model)},
+      {"dim", s.spec.dim},
+      {"file_bytes", s.file_bytes},
+      {"schema_version", s.schema_version},
+      {"created_at", s.created_at}};
   std::cout << j.dump(2) << "\n";
 }
 
@@ -94,15 +116,16 @@ void add_gallery(CLI::App& app) {
 
 void add_enroll(CLI::App& app, int& exit_code) {
   auto* e = app.add_subcommand(
-      "enroll", "Enrol a person from images (one-shot: nothing is retrained), or many people "
-                "from a folder per person");
+      "enroll",
+      "Enrol a person from images (one-shot: nothing is retrained), or many people "
+      "from a folder per person");
   auto o = std::make_shared<Common>();
   auto name = std::make_shared<std::string>();
   auto from_dirs = std::make_shared<std::string>();
   auto images = std::make_shared<std::vector<std::string>>();
   auto create = std::make_shared<bool>(false);
   add_gallery_option(e, *o);
-  add_model_options(e, *o);
+  add_model_options(e, *o, "largest");
   e->add_option("--name", *name, "The person's name");
   e->add_option("--from-dirs", *from_dirs,
                 "Bulk: <root>/<name>/<images>, one sub-directory per person, committed in "
@@ -114,7 +137,7 @@ void add_enroll(CLI::App& app, int& exit_code) {
       fail("enroll needs either --name <name> <images...> or --from-dirs <root>");
     if (*create && !fs::exists(o->gallery)) Gallery::create(o->gallery);
     Gallery gal = Gallery::open(o->gallery, GalleryMode::kWrite);
-    Encoder encoder(o->model, backend_options(*o));
+    Encoder encoder(o->model, backend_options(*o), o->align);
     Progress progress("enrolling", true);
     auto on_error = report_skipped("enroll", progress);
     size_t failures = 0;
@@ -136,25 +159,22 @@ void add_enroll(CLI::App& app, int& exit_code) {
       return;
     }
     const Identity id = enroll_images(gal, encoder, *name, expand_inputs(*images), counting);
-    std::cout << nlohmann::json({{"name", id.name}, {"id", id.id}, {"embeddings", id.embeddings}})
-                     .dump()
-              << "\n";
+    std::cout
+        << nlohmann::json({{"name", id.name}, {"id", id.id}, {"embeddings", id.embeddings}}).dump()
+        << "\n";
     if (failures) exit_code = 1;
   });
 }
 
-// Encodes the probe images; returns the embeddings and the images they belong to.
-std::vector<float> encode_probes(Encoder& encoder, const std::vector<std::string>& args,
-                                 std::vector<fs::path>& encoded, const char* command,
-                                 size_t& failures) {
+// Encodes the probe images (skipped ones are named on stderr and counted).
+EncodedRows encode_probes(Encoder& encoder, const std::vector<std::string>& args,
+                          const char* command, size_t& skipped) {
   Progress progress(command, false);
-  auto on_error = report_skipped(command, progress);
-  const auto files = expand_inputs(args);
-  std::vector<float> emb = encoder.encode(files, encoded, [&](const fs::path& p, const std::string& w) {
-    ++failures;
-    on_error(p, w);
+  auto report = report_skipped(command, progress);
+  return encoder.encode(expand_inputs(args), [&](const fs::path& p, const std::string& why) {
+    ++skipped;
+    report(p, why);
   });
-  return emb;
 }
 
 void add_verify(CLI::App& app, int& exit_code) {
@@ -163,22 +183,24 @@ void add_verify(CLI::App& app, int& exit_code) {
   auto name = std::make_shared<std::string>();
   auto image = std::make_shared<std::string>();
   add_gallery_option(v, *o);
-  add_model_options(v, *o);
+  add_model_options(v, *o, "largest");
   v->add_option("--name", *name, "Claimed identity")->required();
-  v->add_option("--threshold", o->threshold, "Match when the plain L2 distance is <= this")
-      ->capture_default_str();
+  add_threshold_option(v, *o, "Match when the distance is <= this");
   v->add_option("image", *image, "Probe image")->required();
-  v->footer("Prints {\"name\", \"distance\", \"threshold\", \"match\"}: distance is the plain L2\n"
-            "(not squared) distance to the person's nearest enrolled embedding.");
+  v->footer(
+      "Prints {\"name\", \"distance\", \"threshold\", \"match\"}: distance is the plain L2\n"
+      "(not squared) distance to the person's nearest enrolled embedding.");
   v->callback([=, &exit_code] {
     Gallery gal = Gallery::open(o->gallery, GalleryMode::kRead);
-    Encoder encoder(o->model, backend_options(*o));
+    Encoder encoder(o->model, backend_options(*o), o->align);
     gal.find_identity(*name);  // unknown name: fail before encoding
-    std::vector<fs::path> encoded;
-    size_t failures = 0;
-    const auto emb = encode_probes(encoder, {*image}, encoded, "verify", failures);
-    if (encoded.empty()) fail("verify: the probe image could not be used");
-    std::cout << verify(gal, encoder.spec(), *name, emb.data(), o->threshold).to_json().dump()
+    size_t skipped = 0;
+    const EncodedRows probe = encode_probes(encoder, {*image}, "verify", skipped);
+    if (probe.rows() == 0) fail("verify: no usable face in ", *image);
+    std::cout << verify(gal, encoder.spec(), *name, probe.embeddings.data(),
+                        threshold_for(*o, encoder))
+                     .to_json()
+                     .dump()
               << "\n";
     exit_code = 0;
   });
@@ -190,26 +212,31 @@ void add_identify(CLI::App& app, int& exit_code) {
   auto k = std::make_shared<int>(5);
   auto images = std::make_shared<std::vector<std::string>>();
   add_gallery_option(id, *o);
-  add_model_options(id, *o);
+  add_model_options(id, *o, "all");
   id->add_option("--k", *k, "Identities listed per probe (best embedding per identity)")
       ->check(CLI::Range(1, 1024))
       ->capture_default_str();
-  id->add_option("--threshold", o->threshold,
-                 "Best identity only when its plain L2 distance is <= this, else \"unknown\"")
-      ->capture_default_str();
+  add_threshold_option(id, *o, "Best identity only when its distance is <= this, else \"unknown\"");
   id->add_option("images", *images, "Probe images or directories")->required();
+  id->footer(
+      "One JSON line per probe (per face with --align): image, [face, box], identity,\n"
+      "distance (plain L2), threshold and the top-k identities with their distances.");
   id->callback([=, &exit_code] {
     Gallery gal = Gallery::open(o->gallery, GalleryMode::kRead);
-    Encoder encoder(o->model, backend_options(*o));
+    Encoder encoder(o->model, backend_options(*o), o->align);
     Identifier identifier(gal.load_all(encoder.spec().model), parse_device(o->device));
-    std::vector<fs::path> encoded;
-    size_t failures = 0;
-    const auto emb = encode_probes(encoder, *images, encoded, "identify", failures);
-    const auto results =
-        identifier.identify(emb.data(), static_cast<int64_t>(encoded.size()), *k, o->threshold);
-    for (size_t i = 0; i < results.size(); ++i)
-      std::cout << results[i].to_json(encoded[i].string(), o->threshold).dump() << "\n";
-    exit_code = failures ? 1 : 0;
+    size_t skipped = 0;
+    const EncodedRows probes = encode_probes(encoder, *images, "identify", skipped);
+    const double threshold = threshold_for(*o, encoder);
+    const auto results = identifier.identify(probes.embeddings.data(),
+                                             static_cast<int64_t>(probes.rows()), *k, threshold);
+    for (size_t i = 0; i < results.size(); ++i) {
+      nlohmann::json line = {{"image", probes.files[i].string()}};
+      if (!probes.faces[i].is_null()) line.update(probes.faces[i]);
+      line.update(results[i].to_json(threshold));
+      std::cout << line.dump() << "\n";
+    }
+    exit_code = skipped ? 1 : 0;
   });
 }
 

@@ -3,6 +3,9 @@
 #include <iomanip>
 
 #include "apps/cli_common.h"
+#ifdef FACENET_HAS_DLIB
+#include "apps/cli_faces.h"
+#endif
 #include "engine/backend.h"
 #include "engine/convert_openface.h"
 #include "engine/encode.h"
@@ -80,11 +83,31 @@ void add_info(CLI::App& app) {
 // ---- encode --------------------------------------------------------------------------------
 struct EncodeArgs {
   std::string model, device = "cpu", format = "jsonl", output, precision = "fp32";
-  int batch = 64, threads = 0;
+  std::string align = "none", dlib_models;
+  int batch = 64, threads = 0, upsample = 0;
   std::vector<std::string> inputs;
 };
 
 int run_encode(const EncodeArgs& a) {
+  if (a.align != "none") {
+#ifndef FACENET_HAS_DLIB
+    fail("--align ", a.align, ": this build has no face detection (built without dlib)");
+#else
+    cli::PhotoEncodeArgs p;
+    p.model = a.model;
+    p.align = a.align;
+    p.dlib_models = a.dlib_models;
+    p.format = a.format;
+    p.output = a.output;
+    p.backend.device = parse_device(a.device);
+    p.backend.threads = a.threads;
+    p.backend.precision = a.precision;
+    p.batch = a.batch;
+    p.upsample = a.upsample;
+    p.inputs = a.inputs;
+    return cli::run_encode_photos(p);
+#endif
+  }
   if (a.format == "npy" && a.output.empty())
     fail("--format npy needs -o <file.npy> (binary output is not written to a terminal)");
   const Model model = load_model(a.model);
@@ -145,7 +168,8 @@ int run_encode(const EncodeArgs& a) {
 }
 
 void add_encode(CLI::App& app, int& exit_code) {
-  auto* enc = app.add_subcommand("encode", "Encode face images (aligned crops) into embeddings");
+  auto* enc = app.add_subcommand(
+      "encode", "Encode faces (aligned crops, or raw photos with --align) into embeddings");
   auto a = std::make_shared<EncodeArgs>();
   enc->add_option("--model", a->model, "Model file (.safetensors)")->required();
   enc->add_option("--device", a->device, "cpu | cuda | cpu-reference (slow oracle)")
@@ -164,12 +188,27 @@ void add_encode(CLI::App& app, int& exit_code) {
       ->check(CLI::IsMember({"jsonl", "npy"}))
       ->capture_default_str();
   enc->add_option("-o,--output", a->output, "Output file (default: jsonl on stdout)");
+  enc->add_option("--align", a->align,
+                  "none: inputs are aligned crops; largest | all: inputs are raw photos, faces "
+                  "are detected (dlib HOG) and aligned as the model file says")
+      ->check(CLI::IsMember({"none", "largest", "all"}))
+      ->capture_default_str();
+  enc->add_option("--dlib-models", a->dlib_models,
+                  "With --align: folder of dlib's landmark models (default: $FACENET_DLIB_MODELS "
+                  "or weights/cache/dlib)");
+  enc->add_option("--upsample", a->upsample, "With --align: detector upsampling (0-3)")
+      ->check(CLI::Range(0, 3))
+      ->capture_default_str();
   enc->add_option("inputs", a->inputs, "Image files and/or directories (searched recursively)")
       ->required();
   enc->footer(
-      "Input rule: 8-bit decode, BGR->RGB, resize to the model input (96x96) only if needed,\n"
-      "scale 1/255. Unreadable files are named on stderr, the others are still encoded, and\n"
-      "the exit status is 1. Embeddings are L2-normalised; compare with plain L2 distance.");
+      "Input rule: 8-bit decode, BGR->RGB, resize to the model input only if needed, then the\n"
+      "model's normalisation. Unreadable files are named on stderr, the others are still\n"
+      "encoded, and the exit status is 1. With --align, each output line is one face:\n"
+      "{\"image\", \"face\", \"box\": [left, top, right, bottom], \"embedding\"}; a photo without "
+      "a\n"
+      "face is named on stderr (exit status stays 0). nn4.small2 embeddings are\n"
+      "L2-normalised; dlib ResNet ones are dlib's raw descriptors (match: L2 <= 0.6).");
   enc->callback([a, &exit_code] { exit_code = run_encode(*a); });
 }
 
@@ -257,6 +296,9 @@ int main(int argc, char** argv) {
   add_encode(app, exit_code);
   add_bench(app);
   cli::add_gallery_commands(app, exit_code);
+#ifdef FACENET_HAS_DLIB
+  cli::add_face_commands(app, exit_code);
+#endif
   try {
     app.parse(argc, argv);
   } catch (const CLI::ParseError& e) {

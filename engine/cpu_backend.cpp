@@ -1,7 +1,8 @@
-// Fast CPU backend. At load: BatchNorm folded into the preceding conv, ReLU fused into its
-// epilogue, concat inputs of full size aliased to their channel slice of the concat buffer
-// (no copy), only the zero-padded branches copied. Per call: the batch runs in micro-batches
-// through preallocated CNHW buffers; GEMMs through OpenBLAS, other ops through OpenMP.
+// Fast CPU backend. At load: BatchNorm and per-channel affine folded into the preceding conv,
+// ReLU fused into its epilogue (or into a residual add), concat inputs of full size aliased to
+// their channel slice of the concat buffer (no copy), only the zero-padded branches copied.
+// Per call: the batch runs in micro-batches through preallocated CNHW buffers; GEMMs through
+// OpenBLAS, other ops through OpenMP.
 #include "engine/cpu_backend.h"
 
 #include <omp.h>
@@ -110,6 +111,11 @@ class CpuBackend final : public Backend {
       s.inputs = n.inputs;
       s.output = n.name;
       s.node = &n;
+      // The next node is `op`, reads the current step's output and is its sole consumer.
+      auto sole_next = [&](OpType op) {
+        return i + 1 < nodes.size() && nodes[i + 1].op == op &&
+               nodes[i + 1].inputs[0] == nodes[i].name && uses[nodes[i].name] == 1;
+      };
       if (n.op == OpType::conv || n.op == OpType::dense) {
         s.w = m.tensors.at(n.weight).data;
         s.b = m.tensors.at(n.bias).data;
@@ -117,28 +123,32 @@ class CpuBackend final : public Backend {
         s.kernel = n.op == OpType::conv ? n.kernel : 1;
         s.stride = n.stride;
         s.pad = n.pad;
-        // Fuse a following BatchNorm, then a following ReLU, when they are sole consumers.
-        auto sole_next = [&](OpType op) {
-          return i + 1 < nodes.size() && nodes[i + 1].op == op &&
-                 nodes[i + 1].inputs[0] == nodes[i].name && uses[nodes[i].name] == 1;
-        };
+        // Fold a following BatchNorm or affine, then fuse a following ReLU, when each is
+        // the sole consumer.
+        const int64_t per_out = static_cast<int64_t>(s.w.size()) / s.out;
         if (sole_next(OpType::batchnorm)) {
-          ++i;
-          const Node& bn = nodes[i];
-          fold_batchnorm(s.w, s.b, static_cast<int64_t>(s.w.size()) / s.out,
-                         m.tensors.at(bn.gamma).data.data(), m.tensors.at(bn.beta).data.data(),
-                         m.tensors.at(bn.mean).data.data(), m.tensors.at(bn.var).data.data(),
-                         bn.eps);
+          const Node& bn = nodes[++i];
+          fold_batchnorm(s.w, s.b, per_out, m.tensors.at(bn.gamma).data.data(),
+                         m.tensors.at(bn.beta).data.data(), m.tensors.at(bn.mean).data.data(),
+                         m.tensors.at(bn.var).data.data(), bn.eps);
           s.output = bn.name;
+        } else if (sole_next(OpType::affine)) {
+          const Node& af = nodes[++i];
+          fold_affine(s.w, s.b, per_out, m.tensors.at(af.gamma).data.data(),
+                      m.tensors.at(af.beta).data.data());
+          s.output = af.name;
         }
-        if (sole_next(OpType::relu)) {
-          ++i;
-          s.relu = true;
-          s.output = nodes[i].name;
-        }
+      } else if (n.op == OpType::affine) {
+        s.w = m.tensors.at(n.gamma).data;
+        s.b = m.tensors.at(n.beta).data;
       } else if (n.op == OpType::batchnorm) {
         fail("node '", n.name, "': BatchNorm not directly after a conv/dense is not supported ",
              "by the cpu backend");
+      }
+      if ((n.op == OpType::conv || n.op == OpType::dense || n.op == OpType::add) &&
+          sole_next(OpType::relu)) {
+        s.relu = true;
+        s.output = nodes[++i].name;
       }
       steps_.push_back(std::move(s));
     }
@@ -229,6 +239,12 @@ class CpuBackend final : public Backend {
         }
         case OpType::relu:
           for (int64_t i = 0; i < d.size(); ++i) out[i] = std::max(a[i], 0.0f);
+          break;
+        case OpType::affine:
+          affine_channels(a, d.c, nb * d.plane(), s.w.data(), s.b.data(), out);
+          break;
+        case OpType::add:
+          add_padded(a, d, ptr(ws, s.inputs[1], nb), dims(s.inputs[1], nb), s.relu, out);
           break;
         case OpType::maxpool:
         case OpType::avgpool:

@@ -171,6 +171,40 @@ void l2norm_columns(const float* x, int64_t d, int64_t n, double eps, float* y) 
   }
 }
 
+void add_padded(const float* a, const PlanarDims& da, const float* b, const PlanarDims& db,
+                bool relu, float* y) {
+  const PlanarDims dy{std::max(da.c, db.c), da.n, std::max(da.h, db.h), std::max(da.w, db.w)};
+  const float floor = relu ? 0.0f : -std::numeric_limits<float>::infinity();
+  if (da.c == db.c && da.h == db.h && da.w == db.w) {
+    const int64_t size = dy.size();
+#pragma omp parallel for schedule(static)
+    for (int64_t i = 0; i < size; ++i) y[i] = std::max(a[i] + b[i], floor);
+    return;
+  }
+  // Element (c, img, r, col) of a tensor with dims d, or 0 outside it.
+  auto value = [](const float* t, const PlanarDims& d, int64_t c, int64_t img, int64_t r,
+                  int64_t col) {
+    return c < d.c && r < d.h && col < d.w ? t[((c * d.n + img) * d.h + r) * d.w + col] : 0.0f;
+  };
+#pragma omp parallel for collapse(2) schedule(static)
+  for (int64_t c = 0; c < dy.c; ++c)
+    for (int64_t img = 0; img < dy.n; ++img) {
+      float* dst = y + (c * dy.n + img) * dy.plane();
+      for (int64_t r = 0; r < dy.h; ++r)
+        for (int64_t col = 0; col < dy.w; ++col)
+          dst[r * dy.w + col] =
+              std::max(value(a, da, c, img, r, col) + value(b, db, c, img, r, col), floor);
+    }
+}
+
+void affine_channels(const float* x, int64_t channels, int64_t per_channel, const float* gamma,
+                     const float* beta, float* y) {
+#pragma omp parallel for schedule(static)
+  for (int64_t c = 0; c < channels; ++c)
+    for (int64_t i = 0; i < per_channel; ++i)
+      y[c * per_channel + i] = gamma[c] * x[c * per_channel + i] + beta[c];
+}
+
 void nchw_to_cnhw(const float* x, int64_t n, int64_t c, int64_t hw, float* y) {
 #pragma omp parallel for collapse(2) schedule(static)
   for (int64_t i = 0; i < n; ++i)
@@ -194,6 +228,15 @@ void fold_batchnorm(std::vector<float>& w, std::vector<float>& b, int64_t per_ou
     for (int64_t i = 0; i < per_out; ++i)
       w[o * per_out + i] = static_cast<float>(w[o * per_out + i] * scale);
     b[o] = static_cast<float>((b[o] - static_cast<double>(mean[o])) * scale + beta[o]);
+  }
+}
+
+void fold_affine(std::vector<float>& w, std::vector<float>& b, int64_t per_out, const float* gamma,
+                 const float* beta) {
+  const int64_t out = static_cast<int64_t>(b.size());
+  for (int64_t o = 0; o < out; ++o) {
+    for (int64_t i = 0; i < per_out; ++i) w[o * per_out + i] *= gamma[o];
+    b[o] = b[o] * gamma[o] + beta[o];
   }
 }
 

@@ -43,6 +43,15 @@ void dense_gemm(const float* x, int64_t in, int64_t n, const float* w, const flo
 // Columns of x[d][n] L2-normalised (x / sqrt(max(sum x^2, eps))), written as rows y[n][d].
 void l2norm_columns(const float* x, int64_t d, int64_t n, double eps, float* y);
 
+// y = a + b over CNHW data, optionally ReLU'd. y has dims max(a, b) per axis (same n); an
+// element of the smaller input outside its extent counts as 0 (dlib's add_prev rule).
+void add_padded(const float* a, const PlanarDims& da, const float* b, const PlanarDims& db,
+                bool relu, float* y);
+
+// Per-channel y = gamma_c * x + beta_c over CNHW data (`per_channel` floats per channel).
+void affine_channels(const float* x, int64_t channels, int64_t per_channel, const float* gamma,
+                     const float* beta, float* y);
+
 // NCHW <-> CNHW for `n` images of c x h x w.
 void nchw_to_cnhw(const float* x, int64_t n, int64_t c, int64_t hw, float* y);
 void cnhw_to_nchw(const float* x, int64_t n, int64_t c, int64_t hw, float* y);
@@ -52,5 +61,10 @@ void cnhw_to_nchw(const float* x, int64_t n, int64_t c, int64_t hw, float* y);
 void fold_batchnorm(std::vector<float>& w, std::vector<float>& b, int64_t per_out,
                     const float* gamma, const float* beta, const float* mean, const float* var,
                     double eps);
+
+// Folds a per-channel affine (y = gamma * x + beta) into the preceding conv/dense:
+// w'[o] = w[o] * gamma[o], b'[o] = b[o] * gamma[o] + beta[o].
+void fold_affine(std::vector<float>& w, std::vector<float>& b, int64_t per_out, const float* gamma,
+                 const float* beta);
 
 }  // namespace facenet

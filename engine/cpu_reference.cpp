@@ -106,6 +106,37 @@ HostTensor relu_direct(const HostTensor& x) {
   return y;
 }
 
+HostTensor affine_direct(const HostTensor& x, const HostTensor& gamma, const HostTensor& beta) {
+  const Dims4 d = dims(x);
+  HostTensor y(x.shape);
+  for (int64_t n = 0; n < d.n; ++n)
+    for (int64_t c = 0; c < d.c; ++c)
+      for (int64_t i = 0; i < d.h * d.w; ++i) {
+        const int64_t idx = (n * d.c + c) * d.h * d.w + i;
+        y.data[idx] =
+            static_cast<float>(static_cast<double>(gamma.data[c]) * x.data[idx] + beta.data[c]);
+      }
+  return y;
+}
+
+HostTensor add_direct(const HostTensor& a, const HostTensor& b) {
+  const Dims4 da = dims(a), db = dims(b);
+  FN_ASSERT(da.n == db.n);
+  HostTensor y({da.n, std::max(da.c, db.c), std::max(da.h, db.h), std::max(da.w, db.w)});
+  const Dims4 e = dims(y);
+  auto value = [](const HostTensor& t, const Dims4& d, int64_t n, int64_t c, int64_t yy,
+                  int64_t xx) {
+    return c < d.c && yy < d.h && xx < d.w ? static_cast<double>(t.data[at(d, n, c, yy, xx)]) : 0.0;
+  };
+  for (int64_t n = 0; n < e.n; ++n)
+    for (int64_t c = 0; c < e.c; ++c)
+      for (int64_t yy = 0; yy < e.h; ++yy)
+        for (int64_t xx = 0; xx < e.w; ++xx)
+          y.data[at(e, n, c, yy, xx)] =
+              static_cast<float>(value(a, da, n, c, yy, xx) + value(b, db, n, c, yy, xx));
+  return y;
+}
+
 HostTensor maxpool_direct(const HostTensor& x, int kernel, int stride, int pad) {
   return pool_direct(x, kernel, stride, pad, PoolKind::max);
 }
@@ -214,6 +245,12 @@ class ReferenceBackend final : public Backend {
           break;
         case OpType::relu:
           out = relu_direct(a);
+          break;
+        case OpType::affine:
+          out = affine_direct(a, t.at(node.gamma), t.at(node.beta));
+          break;
+        case OpType::add:
+          out = add_direct(a, values.at(node.inputs[1]));
           break;
         case OpType::maxpool:
           out = maxpool_direct(a, node.kernel, node.stride, node.pad);

@@ -15,6 +15,11 @@ HostTensor conv2d_direct(const HostTensor& x, const HostTensor& w, const HostTen
 HostTensor batchnorm_direct(const HostTensor& x, const HostTensor& gamma, const HostTensor& beta,
                             const HostTensor& mean, const HostTensor& var, double eps);
 HostTensor relu_direct(const HostTensor& x);
+// Per-channel y = gamma_c * x + beta_c.
+HostTensor affine_direct(const HostTensor& x, const HostTensor& gamma, const HostTensor& beta);
+// y = a + b with output dims max(a, b) per axis; a missing element of the smaller input is 0
+// (dlib's add_prev: the smaller tensor sits at the start of every axis).
+HostTensor add_direct(const HostTensor& a, const HostTensor& b);
 // Max pooling: padded cells never win. Average pooling divides by kernel^2 (padding counts
 // as zeros). L2 pooling: sqrt of the window's sum of squares.
 HostTensor maxpool_direct(const HostTensor& x, int kernel, int stride, int pad);

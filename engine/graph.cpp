@@ -17,7 +17,7 @@ constexpr OpEntry kOps[] = {
     {OpType::conv, "conv"},       {OpType::batchnorm, "batchnorm"}, {OpType::relu, "relu"},
     {OpType::maxpool, "maxpool"}, {OpType::avgpool, "avgpool"},     {OpType::l2pool, "l2pool"},
     {OpType::lrn, "lrn"},         {OpType::concat, "concat"},       {OpType::dense, "dense"},
-    {OpType::l2norm, "l2norm"},
+    {OpType::l2norm, "l2norm"},   {OpType::affine, "affine"},       {OpType::add, "add"},
 };
 
 OpType op_from_name(const std::string& s, const std::string& node) {
@@ -30,15 +30,15 @@ bool is_pool(OpType op) {
   return op == OpType::maxpool || op == OpType::avgpool || op == OpType::l2pool;
 }
 
-const HostTensor& param(const TensorMap& t, const Node& n, const std::string& name,
-                        const Shape& expected) {
-  auto it = t.find(name);
-  if (name.empty() || it == t.end())
+// Checks a parameter tensor's presence and shape; no-op when `t` is null (shapes only).
+void param(const TensorMap* t, const Node& n, const std::string& name, const Shape& expected) {
+  if (!t) return;
+  auto it = t->find(name);
+  if (name.empty() || it == t->end())
     fail("node '", n.name, "': parameter tensor '", name, "' is missing from the model");
   if (it->second.shape != expected)
     fail("node '", n.name, "': tensor '", name, "' has shape ", shape_string(it->second.shape),
          ", expected ", shape_string(expected));
-  return it->second;
 }
 
 }  // namespace
@@ -85,6 +85,9 @@ nlohmann::json graph_to_json(const Graph& g) {
                   {"var", n.var},
                   {"eps", n.eps}});
         break;
+      case OpType::affine:
+        j.update({{"gamma", n.gamma}, {"beta", n.beta}});
+        break;
       case OpType::maxpool:
       case OpType::avgpool:
       case OpType::l2pool:
@@ -98,6 +101,7 @@ nlohmann::json graph_to_json(const Graph& g) {
         break;
       case OpType::relu:
       case OpType::concat:
+      case OpType::add:
         break;
     }
     nodes.push_back(std::move(j));
@@ -142,6 +146,10 @@ Graph graph_from_json(const nlohmann::json& j) {
         n.mean = jn.at("mean").get<std::string>();
         n.var = jn.at("var").get<std::string>();
       }
+      if (n.op == OpType::affine) {
+        n.gamma = jn.at("gamma").get<std::string>();
+        n.beta = jn.at("beta").get<std::string>();
+      }
       n.eps = jn.value("eps", n.op == OpType::l2norm ? 1e-12 : 1e-5);
       if (n.op == OpType::lrn) {
         n.size = jn.value("size", 5);
@@ -163,7 +171,10 @@ int64_t pooled_size(int64_t in, int kernel, int stride, int pad) {
   return span < 0 ? -1 : span / stride + 1;
 }
 
-std::vector<Shape> infer_shapes(const Graph& g, const TensorMap& t) {
+namespace {
+
+// Shape inference; parameter tensors are checked when `t` is not null.
+std::vector<Shape> infer_shapes_checked(const Graph& g, const TensorMap* t) {
   std::vector<Shape> shapes(g.nodes.size());
   auto shape_of = [&](const std::string& name) -> const Shape& {
     int i = g.index_of(name);
@@ -175,7 +186,9 @@ std::vector<Shape> infer_shapes(const Graph& g, const TensorMap& t) {
     for (const auto& in : n.inputs)
       if (g.index_of(in) >= static_cast<int>(i))
         fail("node '", n.name, "' uses '", in, "' before it is computed");
-    if (n.op != OpType::concat && n.inputs.size() != 1)
+    if (n.op == OpType::add && n.inputs.size() != 2)
+      fail("node '", n.name, "' (add) takes exactly two inputs");
+    if (n.op != OpType::concat && n.op != OpType::add && n.inputs.size() != 1)
       fail("node '", n.name, "' (", op_name(n.op), ") takes exactly one input");
     const Shape& x = shape_of(n.inputs[0]);
     Shape y = x;
@@ -189,6 +202,14 @@ std::vector<Shape> infer_shapes(const Graph& g, const TensorMap& t) {
       case OpType::batchnorm:
         for (const auto* p : {&n.gamma, &n.beta, &n.mean, &n.var}) param(t, n, *p, {x[0]});
         break;
+      case OpType::affine:
+        for (const auto* p : {&n.gamma, &n.beta}) param(t, n, *p, {x[0]});
+        break;
+      case OpType::add: {
+        const Shape& b = shape_of(n.inputs[1]);
+        y = {std::max(x[0], b[0]), std::max(x[1], b[1]), std::max(x[2], b[2])};
+        break;
+      }
       case OpType::maxpool:
       case OpType::avgpool:
       case OpType::l2pool:
@@ -226,6 +247,16 @@ std::vector<Shape> infer_shapes(const Graph& g, const TensorMap& t) {
     shapes[i] = y;
   }
   return shapes;
+}
+
+}  // namespace
+
+std::vector<Shape> infer_shapes(const Graph& g, const TensorMap& tensors) {
+  return infer_shapes_checked(g, &tensors);
+}
+
+std::vector<Shape> infer_shapes(const Graph& g) {
+  return infer_shapes_checked(g, nullptr);
 }
 
 int64_t count_macs(const Graph& g, const std::vector<Shape>& shapes) {

@@ -11,7 +11,21 @@
 
 namespace facenet {
 
-enum class OpType { conv, batchnorm, relu, maxpool, avgpool, l2pool, lrn, concat, dense, l2norm };
+enum class OpType {
+  conv,
+  batchnorm,
+  relu,
+  maxpool,
+  avgpool,
+  l2pool,
+  lrn,
+  concat,
+  dense,
+  l2norm,
+  affine,  // per-channel y = gamma_c * x + beta_c (dlib's affine_ layer in CONV mode)
+  add,     // y = a + b; output dims are the larger of each; the smaller input counts as
+           // zero beyond its extent (channels/rows/columns at the end: dlib's add_prev rule)
+};
 
 const char* op_name(OpType op);
 
@@ -28,7 +42,7 @@ struct Node {
   int pad = 0;
   // conv / dense / batchnorm parameter tensors (names in the model file).
   std::string weight, bias;            // conv, dense (dense weight [out, in])
-  std::string gamma, beta, mean, var;  // batchnorm
+  std::string gamma, beta, mean, var;  // batchnorm (all four), affine (gamma, beta)
   double eps = 1e-5;                   // batchnorm, l2norm
   // lrn across channels (Torch/PyTorch convention: alpha is divided by size):
   // y_c = x_c / (k + alpha/size * sum_{|j-c|<=size/2} x_j^2)^beta
@@ -58,6 +72,9 @@ using TensorMap = std::map<std::string, HostTensor>;
 // tensor's presence and shape against the graph; throws facenet::Error naming the node and
 // tensor on a mismatch.
 std::vector<Shape> infer_shapes(const Graph& g, const TensorMap& tensors);
+// Same without parameter tensors (their shapes are not checked): what a converter needs to
+// know the shapes it must fill.
+std::vector<Shape> infer_shapes(const Graph& g);
 
 // Output spatial size of a k/s/p window op (floor mode), or -1 when the window never fits.
 int64_t pooled_size(int64_t in, int kernel, int stride, int pad);

@@ -19,14 +19,18 @@ InputSpec input_spec(const Graph& g) {
   s.width = static_cast<int>(g.input_shape[2]);
   s.scale = static_cast<float>(g.preprocess.value("scale", 1.0 / 255.0));
   s.rgb = g.preprocess.value("color", "rgb") == "rgb";
+  if (g.preprocess.contains("mean")) {
+    const auto m = g.preprocess.at("mean").get<std::vector<double>>();
+    if (m.size() != 3) fail("model preprocess: 'mean' must have 3 values (one per channel)");
+    for (int c = 0; c < 3; ++c) s.mean[c] = static_cast<float>(m[c]);
+  }
   if (s.channels != 3) fail("model input has ", s.channels, " channels; only 3 are supported");
   return s;
 }
 
 namespace {
 
-cv::Mat decode_resized(const std::vector<unsigned char>& bytes, const std::string& what,
-                       const InputSpec& spec) {
+cv::Mat decode_bgr(const std::vector<unsigned char>& bytes, const std::string& what) {
   if (bytes.empty()) fail(what, ": empty file");
   cv::Mat img;
   try {
@@ -35,33 +39,51 @@ cv::Mat decode_resized(const std::vector<unsigned char>& bytes, const std::strin
     fail(what, ": not a decodable image (", e.what(), ")");
   }
   if (img.empty()) fail(what, ": not a decodable image");
-  if (img.cols != spec.width || img.rows != spec.height)
-    cv::resize(img, img, cv::Size(spec.width, spec.height), 0, 0, cv::INTER_LINEAR);
   return img;
 }
 
-void to_input(const cv::Mat& img, const InputSpec& spec, float* out) {
+cv::Mat resized(const cv::Mat& img, const InputSpec& spec) {
+  if (img.cols == spec.width && img.rows == spec.height) return img;
+  cv::Mat out;
+  cv::resize(img, out, cv::Size(spec.width, spec.height), 0, 0, cv::INTER_LINEAR);
+  return out;
+}
+
+std::vector<unsigned char> read_bytes(const std::filesystem::path& path) {
+  std::ifstream in(path, std::ios::binary);
+  if (!in) fail(path.string(), ": cannot open (missing or unreadable)");
+  std::vector<unsigned char> bytes((std::istreambuf_iterator<char>(in)),
+                                   std::istreambuf_iterator<char>());
+  if (in.bad()) fail(path.string(), ": read error");
+  return bytes;
+}
+
+}  // namespace
+
+void image_to_input(const cv::Mat& decoded, const std::string& what, const InputSpec& spec,
+                    float* out) {
+  if (decoded.empty()) fail(what, ": not a decodable image");
+  const cv::Mat img = resized(decoded, spec);
   const int hw = spec.height * spec.width;
   for (int y = 0; y < spec.height; ++y) {
     const cv::Vec3b* row = img.ptr<cv::Vec3b>(y);
     for (int x = 0; x < spec.width; ++x) {
       const cv::Vec3b& bgr = row[x];
       for (int c = 0; c < 3; ++c)
-        out[c * hw + y * spec.width + x] = bgr[spec.rgb ? 2 - c : c] * spec.scale;
+        out[c * hw + y * spec.width + x] =
+            (static_cast<float>(bgr[spec.rgb ? 2 - c : c]) - spec.mean[c]) * spec.scale;
     }
   }
 }
 
-}  // namespace
-
 void decode_image(const std::vector<unsigned char>& bytes, const std::string& what,
                   const InputSpec& spec, float* out) {
-  to_input(decode_resized(bytes, what, spec), spec, out);
+  image_to_input(decode_bgr(bytes, what), what, spec, out);
 }
 
 void decode_image_bgr8(const std::vector<unsigned char>& bytes, const std::string& what,
                        const InputSpec& spec, unsigned char* out) {
-  const cv::Mat img = decode_resized(bytes, what, spec);
+  const cv::Mat img = resized(decode_bgr(bytes, what), spec);
   for (int y = 0; y < spec.height; ++y)
     std::copy_n(img.ptr<unsigned char>(y), spec.width * 3, out + y * spec.width * 3);
 }
@@ -79,13 +101,12 @@ std::vector<unsigned char> synthetic_jpeg(int height, int width, unsigned seed) 
   return out;
 }
 
+cv::Mat read_image(const std::filesystem::path& path) {
+  return decode_bgr(read_bytes(path), path.string());
+}
+
 void load_image(const std::filesystem::path& path, const InputSpec& spec, float* out) {
-  std::ifstream in(path, std::ios::binary);
-  if (!in) fail(path.string(), ": cannot open (missing or unreadable)");
-  std::vector<unsigned char> bytes((std::istreambuf_iterator<char>(in)),
-                                   std::istreambuf_iterator<char>());
-  if (in.bad()) fail(path.string(), ": read error");
-  decode_image(bytes, path.string(), spec, out);
+  decode_image(read_bytes(path), path.string(), spec, out);
 }
 
 std::vector<std::filesystem::path> expand_inputs(const std::vector<std::string>& args) {

@@ -1,10 +1,13 @@
 // Image decoding and the model's input rule: 8-bit decode (OpenCV), BGR->RGB, resize to the
-// input size only when needed (bilinear), scale (1/255), CHW float32.
+// input size only when needed (bilinear), y = (x - mean_c) * scale, CHW float32.
 #pragma once
 
 #include <filesystem>
 #include <string>
 #include <vector>
+
+#include <array>
+#include <opencv2/core.hpp>
 
 #include "engine/graph.h"
 
@@ -13,6 +16,7 @@ namespace facenet {
 struct InputSpec {
   int channels = 3, height = 96, width = 96;
   float scale = 1.0f / 255.0f;
+  std::array<float, 3> mean{0.f, 0.f, 0.f};  // per input channel, in 0..255 pixel units
   bool rgb = true;
 };
 
@@ -21,6 +25,12 @@ InputSpec input_spec(const Graph& g);
 // Decodes `path` and writes C*H*W floats to `out`. Throws facenet::Error naming the file
 // (unreadable, empty, not an image).
 void load_image(const std::filesystem::path& path, const InputSpec& spec, float* out);
+
+// An 8-bit BGR image (e.g. an aligned face chip) -> C*H*W floats by the input rule.
+void image_to_input(const cv::Mat& bgr, const std::string& what, const InputSpec& spec, float* out);
+
+// Decodes a file as 8-bit BGR (alpha dropped); throws facenet::Error naming the file.
+cv::Mat read_image(const std::filesystem::path& path);
 
 // Same, from encoded bytes in memory (`what` names the source in errors).
 void decode_image(const std::vector<unsigned char>& bytes, const std::string& what,

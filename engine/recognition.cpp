@@ -10,6 +10,10 @@
 #include "engine/encode.h"
 #include "engine/error.h"
 #include "engine/knn.h"
+#ifdef FACENET_HAS_DLIB
+#include "engine/encode_faces.h"
+#include "engine/face_align.h"
+#endif
 
 namespace facenet {
 
@@ -25,21 +29,69 @@ EmbeddingSpec embedding_spec(const Model& model) {
   return s;
 }
 
-Encoder::Encoder(const fs::path& model_path, const BackendOptions& options)
-    : model_(load_model(model_path)), backend_(make_backend(model_, options)) {}
+std::string EncodedRows::source(size_t row) const {
+  return faces[row].is_null() ? files[row].string()
+                              : files[row].string() + "#" + faces[row]["face"].dump();
+}
 
-std::vector<float> Encoder::encode(
-    const std::vector<fs::path>& files, std::vector<fs::path>& encoded,
-    const std::function<void(const fs::path&, const std::string&)>& on_error, int batch) {
-  std::vector<float> out;
-  encoded.clear();
-  EncodeCallbacks cb;
-  cb.on_batch = [&](const std::vector<fs::path>& paths, const std::vector<float>& emb) {
-    encoded.insert(encoded.end(), paths.begin(), paths.end());
-    out.insert(out.end(), emb.begin(), emb.begin() + paths.size() * dim());
+#ifdef FACENET_HAS_DLIB
+struct Encoder::Faces {
+  FaceAligner aligner;
+  FaceOptions options;
+  Faces(const AlignOptions& a)
+      : aligner(a.dlib_models.empty() ? default_dlib_models_dir() : fs::path(a.dlib_models)) {
+    options.pick = parse_face_pick(a.pick);
+    options.upsample = a.upsample;
+  }
+};
+#else
+struct Encoder::Faces {};
+#endif
+
+Encoder::Encoder(const fs::path& model_path, const BackendOptions& options,
+                 const AlignOptions& align)
+    : model_(load_model(model_path)), backend_(make_backend(model_, options)) {
+  if (align.pick == "none") return;
+#ifdef FACENET_HAS_DLIB
+  model_alignment(model_.graph);  // the model must say how its faces are aligned
+  faces_ = std::make_unique<Faces>(align);
+#else
+  fail("--align ", align.pick, ": this build has no face detection (built without dlib)");
+#endif
+}
+
+Encoder::~Encoder() = default;
+
+EncodedRows Encoder::encode(const std::vector<fs::path>& files, const SkipReporter& on_skip,
+                            int batch) {
+  EncodedRows out;
+  const int64_t d = dim();
+  if (!faces_) {
+    EncodeCallbacks cb;
+    cb.on_batch = [&](const std::vector<fs::path>& paths, const std::vector<float>& emb) {
+      out.files.insert(out.files.end(), paths.begin(), paths.end());
+      out.faces.resize(out.files.size());
+      out.embeddings.insert(out.embeddings.end(), emb.begin(), emb.begin() + paths.size() * d);
+    };
+    cb.on_error = on_skip;
+    encode_files(*backend_, input_spec(model_.graph), d, files, batch, cb);
+    return out;
+  }
+#ifdef FACENET_HAS_DLIB
+  PhotoCallbacks cb;
+  cb.on_photo = [&](const PhotoResult& r) {
+    if (!r.error.empty()) return on_skip(r.path, r.error);
+    if (r.faces.empty()) return on_skip(r.path, "no face found in " + r.path.string());
+    for (size_t i = 0; i < r.faces.size(); ++i) {
+      const FaceBox& b = r.faces[i].face.box;
+      out.files.push_back(r.path);
+      out.faces.push_back({{"face", i}, {"box", {b.left, b.top, b.right, b.bottom}}});
+      out.embeddings.insert(out.embeddings.end(), r.faces[i].embedding.begin(),
+                            r.faces[i].embedding.end());
+    }
   };
-  cb.on_error = on_error;
-  encode_files(*backend_, input_spec(model_.graph), dim(), files, batch, cb);
+  encode_photos(*backend_, model_, faces_->aligner, files, faces_->options, batch, cb);
+#endif
   return out;
 }
 
@@ -70,11 +122,14 @@ Verification verify(Gallery& gallery, const EmbeddingSpec& spec, const std::stri
   return v;
 }
 
-nlohmann::json Identification::to_json(const std::string& image, double threshold) const {
+nlohmann::json Identification::to_json(double threshold) const {
   nlohmann::json top_json = nlohmann::json::array();
   for (const auto& c : top) top_json.push_back({{"name", c.name}, {"distance", c.distance}});
-  return {{"image", image},        {"identity", best},         {"distance", distance},
-          {"distance_kind", "l2"}, {"threshold", threshold}, {"top", top_json}};
+  return {{"identity", best},
+          {"distance", distance},
+          {"distance_kind", "l2"},
+          {"threshold", threshold},
+          {"top", top_json}};
 }
 
 // The index over gallery rows; labels are row numbers.
@@ -109,7 +164,8 @@ Identifier::Identifier(GalleryMatrix gallery, Device device)
     index_->cpu->add(gallery_.vectors.data(), n, dim);
   }
   std::unordered_map<int64_t, int64_t> per;
-  for (int64_t id : gallery_.identity_ids) max_per_identity_ = std::max(max_per_identity_, ++per[id]);
+  for (int64_t id : gallery_.identity_ids)
+    max_per_identity_ = std::max(max_per_identity_, ++per[id]);
 }
 
 Identifier::~Identifier() = default;
@@ -144,43 +200,47 @@ std::vector<Identification> Identifier::identify(const float* probes, int64_t n,
   return out;
 }
 
+namespace {
+std::vector<std::string> sources_of(const EncodedRows& rows) {
+  std::vector<std::string> out;
+  for (size_t r = 0; r < rows.rows(); ++r) out.push_back(rows.source(r));
+  return out;
+}
+}  // namespace
+
 Identity enroll_images(Gallery& gallery, Encoder& encoder, const std::string& name,
-                       const std::vector<fs::path>& files,
-                       const std::function<void(const fs::path&, const std::string&)>& on_error) {
-  std::vector<fs::path> encoded;
-  const std::vector<float> emb = encoder.encode(files, encoded, on_error);
-  if (encoded.empty()) fail("no usable image to enrol '", name, "'");
-  std::vector<std::string> sources;
-  for (const auto& p : encoded) sources.push_back(p.string());
-  return gallery.enroll(name, encoder.spec(), emb.data(), encoded.size(), sources);
+                       const std::vector<fs::path>& files, const SkipReporter& on_skip) {
+  const EncodedRows rows = encoder.encode(files, on_skip);
+  if (rows.rows() == 0) fail("no usable image to enrol '", name, "'");
+  return gallery.enroll(name, encoder.spec(), rows.embeddings.data(), rows.rows(),
+                        sources_of(rows));
 }
 
 BulkReport enroll_from_dirs(Gallery& gallery, Encoder& encoder, const fs::path& root,
-                            const std::function<void(const fs::path&, const std::string&)>& on_error,
+                            const SkipReporter& on_skip,
                             const std::function<void(size_t, size_t)>& on_progress) {
   if (!fs::is_directory(root)) fail("--from-dirs: ", root.string(), " is not a directory");
   std::vector<fs::path> people;
   for (const auto& e : fs::directory_iterator(root))
     if (e.is_directory()) people.push_back(e.path());
   std::sort(people.begin(), people.end());
-  if (people.empty()) fail("--from-dirs: ", root.string(), " has no sub-directory (one per person)");
+  if (people.empty())
+    fail("--from-dirs: ", root.string(), " has no sub-directory (one per person)");
   BulkReport report;
   BulkEnroller bulk = gallery.bulk_enroller(encoder.spec());
-  auto counting_error = [&](const fs::path& p, const std::string& why) {
+  auto counting_skip = [&](const fs::path& p, const std::string& why) {
     ++report.failed_files;
-    if (on_error) on_error(p, why);
+    if (on_skip) on_skip(p, why);
   };
   for (size_t i = 0; i < people.size(); ++i) {
-    const auto files = expand_inputs({people[i].string()});
-    std::vector<fs::path> encoded;
-    const std::vector<float> emb = encoder.encode(files, encoded, counting_error);
-    if (encoded.empty()) {
+    const EncodedRows rows = encoder.encode(expand_inputs({people[i].string()}), counting_skip);
+    if (rows.rows() == 0) {
       ++report.skipped_people;
-      if (on_error) on_error(people[i], "no usable image; person not enrolled");
+      if (on_skip)
+        on_skip(people[i], people[i].string() + ": no usable image; person not enrolled");
     } else {
-      std::vector<std::string> sources;
-      for (const auto& p : encoded) sources.push_back(p.string());
-      bulk.add(people[i].filename().string(), emb.data(), encoded.size(), sources);
+      bulk.add(people[i].filename().string(), rows.embeddings.data(), rows.rows(),
+               sources_of(rows));
     }
     if (on_progress) on_progress(i + 1, people.size());
   }

@@ -24,24 +24,44 @@ constexpr double kDefaultThreshold = 0.7;
 // weights, so embeddings of different weights under the same name never mix.
 EmbeddingSpec embedding_spec(const Model& model);
 
-// An encoder ready to use: the model, its backend and its input rule.
+// How the encoder's inputs are taken: as aligned face crops (none), or as raw photos whose
+// faces are detected and aligned the way the model file says (largest face / every face).
+struct AlignOptions {
+  std::string pick = "none";  // none | largest | all
+  std::string dlib_models;    // folder of dlib's landmark models; empty: the default
+  int upsample = 0;           // detector upsampling
+};
+
+// Rows of embeddings with where each came from.
+struct EncodedRows {
+  std::vector<float> embeddings;             // rows x dim
+  std::vector<std::filesystem::path> files;  // per row
+  std::vector<nlohmann::json> faces;         // per row: null for crops, {"face", "box"} else
+  size_t rows() const { return files.size(); }
+  std::string source(size_t row) const;  // "path" or "path#face"
+};
+
+using SkipReporter = std::function<void(const std::filesystem::path&, const std::string&)>;
+
+// An encoder ready to use: the model, its backend, its input rule, optionally face alignment.
 class Encoder {
  public:
-  Encoder(const std::filesystem::path& model_path, const BackendOptions& options);
+  Encoder(const std::filesystem::path& model_path, const BackendOptions& options,
+          const AlignOptions& align = {});
+  ~Encoder();
   const Model& model() const { return model_; }
   EmbeddingSpec spec() const { return embedding_spec(model_); }
   int64_t dim() const { return model_.embedding_dim(); }
-  // Encodes files in batches; unreadable files go to `on_error` and are skipped. Returns the
-  // embeddings (row per encoded file) and fills `encoded` with the files they belong to.
-  std::vector<float> encode(const std::vector<std::filesystem::path>& files,
-                            std::vector<std::filesystem::path>& encoded,
-                            const std::function<void(const std::filesystem::path&,
-                                                     const std::string&)>& on_error,
-                            int batch = 64);
+  // Encodes files in batches; an unreadable file, or a photo without a face, goes to
+  // `on_skip` and yields no row.
+  EncodedRows encode(const std::vector<std::filesystem::path>& files, const SkipReporter& on_skip,
+                     int batch = 64);
 
  private:
+  struct Faces;
   Model model_;
   std::unique_ptr<Backend> backend_;
+  std::unique_ptr<Faces> faces_;  // null without alignment
 };
 
 struct Verification {
@@ -65,7 +85,7 @@ struct Identification {
   std::string best;  // best identity, or "unknown" when its distance exceeds the threshold
   double distance = 0;
   std::vector<Candidate> top;  // top-k identities, nearest first, one entry per identity
-  nlohmann::json to_json(const std::string& image, double threshold) const;
+  nlohmann::json to_json(double threshold) const;
 };
 
 // 1:K over a loaded gallery: the k-NN index is built once, probes are searched as one batch.
@@ -87,8 +107,7 @@ class Identifier {
 // Enrols `name` from image files in one transaction. Returns the identity.
 Identity enroll_images(Gallery& gallery, Encoder& encoder, const std::string& name,
                        const std::vector<std::filesystem::path>& files,
-                       const std::function<void(const std::filesystem::path&,
-                                                const std::string&)>& on_error);
+                       const SkipReporter& on_skip);
 
 struct BulkReport {
   int64_t people = 0, embeddings = 0, failed_files = 0, skipped_people = 0;
@@ -96,10 +115,8 @@ struct BulkReport {
 
 // Bulk enrolment from a folder per person (`root/<name>/*.jpg`), committed in batches: a
 // crash loses at most the last uncommitted batch. `on_progress(done_people, total_people)`.
-BulkReport enroll_from_dirs(Gallery& gallery, Encoder& encoder,
-                            const std::filesystem::path& root,
-                            const std::function<void(const std::filesystem::path&,
-                                                     const std::string&)>& on_error,
+BulkReport enroll_from_dirs(Gallery& gallery, Encoder& encoder, const std::filesystem::path& root,
+                            const SkipReporter& on_skip,
                             const std::function<void(size_t, size_t)>& on_progress);
 
 }  // namespace facenet

@@ -137,6 +137,50 @@ TEST(Lrn, MatchesReferenceAcrossChannelEdges) {
   }
 }
 
+// dlib's add_prev rule: output dims are the larger of each input, missing elements are 0.
+TEST(AddPadded, MatchesReferenceForEqualAndMismatchedShapes) {
+  struct Case {
+    Shape a, b;
+  } cases[] = {{{2, 4, 5, 5}, {2, 4, 5, 5}},   // identity skip
+               {{2, 8, 3, 3}, {2, 4, 4, 4}},   // dlib ResNet 128->256 stage: 3x3 conv + 4x4 pool
+               {{3, 6, 4, 4}, {3, 6, 4, 4}}};  // same dims again (fast path)
+  for (const auto& c : cases) {
+    const HostTensor a = random_tensor(c.a, 31), b = random_tensor(c.b, 32);
+    for (bool relu : {false, true}) {
+      HostTensor ref = add_direct(a, b);
+      if (relu) ref = relu_direct(ref);
+      const std::vector<float> ac = to_cnhw(a), bc = to_cnhw(b);
+      std::vector<float> y(ref.size());
+      add_padded(ac.data(), {c.a[1], c.a[0], c.a[2], c.a[3]}, bc.data(),
+                 {c.b[1], c.b[0], c.b[2], c.b[3]}, relu, y.data());
+      EXPECT_EQ(normalized_error(from_cnhw(y, ref.shape), ref), 0.0)
+          << shape_string(c.a) << " + " << shape_string(c.b) << " relu " << relu;
+    }
+  }
+  // The zero-extension itself: a 1x1x1x1 tensor plus a 1x2x2x2 one.
+  const HostTensor y = add_direct(HostTensor({1, 1, 1, 1}, {5.f}),
+                                  HostTensor({1, 2, 2, 2}, {1, 2, 3, 4, 5, 6, 7, 8}));
+  EXPECT_EQ(y.data, (std::vector<float>{6, 2, 3, 4, 5, 6, 7, 8}));
+}
+
+TEST(Affine, FoldedIntoConvMatchesConvThenAffine) {
+  const HostTensor x = random_tensor({2, 3, 9, 9}, 41);
+  const HostTensor w = random_tensor({5, 3, 3, 3}, 42), b = random_tensor({5}, 43);
+  const HostTensor g = random_tensor({5}, 44), be = random_tensor({5}, 45);
+  const HostTensor ref = affine_direct(conv2d_direct(x, w, b, 2, 0), g, be);
+  std::vector<float> wf = w.data, bf = b.data, col;
+  fold_affine(wf, bf, 27, g.data.data(), be.data.data());
+  const std::vector<float> xc = to_cnhw(x);
+  std::vector<float> y(ref.size());
+  conv_gemm(xc.data(), {3, 2, 9, 9}, wf.data(), bf.data(), 5, 3, 2, 0, false, y.data(), col);
+  EXPECT_LT(normalized_error(from_cnhw(y, ref.shape), ref), 1e-5);
+  std::vector<float> ya(ref.size());
+  const std::vector<float> rc = to_cnhw(conv2d_direct(x, w, b, 2, 0));
+  affine_channels(rc.data(), 5, 2 * ref.shape[2] * ref.shape[3], g.data.data(), be.data.data(),
+                  ya.data());
+  EXPECT_LT(normalized_error(from_cnhw(ya, ref.shape), ref), 1e-6);
+}
+
 TEST(CopyCentred, MatchesReferenceConcatPadding) {
   const HostTensor big = random_tensor({2, 3, 12, 12}, 21);
   const HostTensor small = random_tensor({2, 4, 5, 5}, 22);

@@ -7,6 +7,11 @@
 #include <nlohmann/json.hpp>
 
 #include "engine/gallery.h"
+#ifdef FACENET_HAS_DLIB
+#include <opencv2/imgcodecs.hpp>
+
+#include "engine/face_align.h"
+#endif
 #include "tests/cli_fixture.h"
 
 namespace facenet {
@@ -163,6 +168,52 @@ TEST_F(Recognition, UserMistakesAreClearErrors) {
   EXPECT_EQ(r.status, 2);
   EXPECT_NE(r.err.find("does not exist"), std::string::npos) << r.err;
 }
+
+#ifdef FACENET_HAS_DLIB
+// The README's main job with the real dlib ResNet: raw photos in, faces detected and aligned,
+// the right people named. Needs the fetched dlib models (tools/test.sh fetches them).
+TEST_F(Recognition, RawPhotosWithTheDlibResNetNameTheRightPeople) {
+  const fs::path dat = default_dlib_models_dir() / "dlib_face_recognition_resnet_model_v1.dat";
+  if (!fs::exists(dat)) GTEST_SKIP() << dat << " missing: run weights/fetch_dlib_models.sh";
+  const std::string model = (dir_ / "dlib.safetensors").string();
+  ASSERT_EQ(run("convert dlib-resnet " + dat.string() + " -o " + model).status, 0);
+  const std::string ex = test::shared_path("data/openface-examples/images/examples/").string();
+  const std::string common = " --gallery " + gallery() + " --model " + model;
+  for (const char* p : {"lennon-1:lennon", "clapton-1:clapton", "adams:adams", "carell:carell"}) {
+    const std::string spec = p;
+    const auto r =
+        run("enroll --create --align largest" + common + " --name " +
+            spec.substr(spec.find(':') + 1) + " " + ex + spec.substr(0, spec.find(':')) + ".jpg");
+    ASSERT_EQ(r.status, 0) << r.err;
+  }
+  const auto v = run("verify --align largest" + common + " --name lennon " + ex + "lennon-2.jpg");
+  ASSERT_EQ(v.status, 0) << v.err;
+  EXPECT_TRUE(nlohmann::json::parse(v.out)["match"].get<bool>()) << v.out;
+  EXPECT_DOUBLE_EQ(nlohmann::json::parse(v.out)["threshold"].get<double>(), 0.6);  // dlib's
+
+  const auto id = run("identify --align all" + common + " " + ex + "lennon-2.jpg " + ex +
+                      "clapton-2.jpg " + ex + "longoria-cooper.jpg");
+  ASSERT_EQ(id.status, 0) << id.err;
+  const auto rows = json_lines(id.out);
+  ASSERT_EQ(rows.size(), 4u) << id.out;  // longoria-cooper.jpg holds two faces
+  EXPECT_EQ(rows[0]["identity"], "lennon");
+  EXPECT_EQ(rows[1]["identity"], "clapton");
+  EXPECT_EQ(rows[2]["identity"], "unknown");  // not enrolled
+  EXPECT_EQ(rows[3]["identity"], "unknown");
+  EXPECT_EQ(rows[2]["face"], 0);
+  EXPECT_EQ(rows[3]["face"], 1);
+  EXPECT_EQ(rows[3]["box"].size(), 4u);
+
+  // A photo without a face is reported and skipped, not fatal.
+  const fs::path blank = dir_ / "blank.png";
+  cv::imwrite(blank.string(), cv::Mat(200, 200, CV_8UC3, cv::Scalar(128, 128, 128)));
+  const auto none =
+      run("identify --align all" + common + " " + blank.string() + " " + ex + "clapton-2.jpg");
+  EXPECT_EQ(none.status, 1);
+  EXPECT_NE(none.err.find("no face found"), std::string::npos) << none.err;
+  EXPECT_EQ(json_lines(none.out).size(), 1u);
+}
+#endif
 
 }  // namespace
 }  // namespace facenet

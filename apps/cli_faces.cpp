@@ -1,0 +1,283 @@
+// facenet CLI: the commands that take raw photos (detection, alignment, LFW evaluation).
+#include "apps/cli_faces.h"
+
+#include <unistd.h>
+
+#include <chrono>
+#include <cstdio>
+#include <fstream>
+#include <iostream>
+#include <memory>
+#include <nlohmann/json.hpp>
+
+#include "engine/dlib_resnet.h"
+#include "engine/encode_faces.h"
+#include "engine/error.h"
+#include "engine/image_io.h"
+#include "engine/lfw_eval.h"
+#include "engine/model.h"
+#include "engine/npy.h"
+
+namespace fs = std::filesystem;
+
+namespace facenet::cli {
+
+namespace {
+
+nlohmann::json points_json(const std::vector<cv::Point2f>& pts) {
+  nlohmann::json a = nlohmann::json::array();
+  for (const auto& p : pts) a.push_back({p.x, p.y});
+  return a;
+}
+
+nlohmann::json box_json(const FaceBox& b) {
+  return {b.left, b.top, b.right, b.bottom};
+}
+
+fs::path models_dir(const std::string& given) {
+  return given.empty() ? default_dlib_models_dir() : fs::path(given);
+}
+
+// ---- convert dlib-resnet -------------------------------------------------------------------
+void add_convert_dlib(CLI::App& app) {
+  CLI::App* convert = app.get_subcommand("convert");
+  auto* sub = convert->add_subcommand(
+      "dlib-resnet",
+      "dlib_face_recognition_resnet_model_v1.dat (dlib's 128-d face ResNet, 150x150 chips) -> "
+      "safetensors model");
+  auto dat = std::make_shared<std::string>();
+  auto out = std::make_shared<std::string>();
+  sub->add_option("dat", *dat, "The .dat file (weights/fetch_dlib_models.sh fetches it)")
+      ->required();
+  sub->add_option("-o,--output", *out, "Model file to write (.safetensors)")->required();
+  sub->callback([dat, out] {
+    const Model m = convert_dlib_resnet(*dat);
+    save_model(*out, m);
+    std::cerr << "wrote " << *out << ": " << m.graph.name << ", " << m.tensors.size()
+              << " tensors, " << count_params(m).learned << " learned parameters\n";
+  });
+}
+
+// ---- detect --------------------------------------------------------------------------------
+struct DetectArgs {
+  std::string dlib_models;
+  int upsample = 0;
+  std::vector<std::string> inputs;
+};
+
+int run_detect(const DetectArgs& a) {
+  const FaceAligner aligner(models_dir(a.dlib_models));
+  const auto files = expand_inputs(a.inputs);
+  if (files.empty()) fail("no images found in the given inputs");
+  std::vector<nlohmann::json> lines(files.size());
+  std::vector<std::string> errors(files.size());
+#pragma omp parallel for schedule(dynamic)
+  for (size_t i = 0; i < files.size(); ++i) {
+    try {
+      const cv::Mat img = read_image(files[i]);
+      nlohmann::json faces = nlohmann::json::array();
+      for (const Face& f : aligner.detect(img, a.upsample))
+        faces.push_back({{"box", box_json(f.box)},
+                         {"score", f.score},
+                         {"landmarks68", points_json(f.landmarks)},
+                         {"landmarks5", points_json(f.landmarks5)}});
+      lines[i] = {{"image", files[i].string()},
+                  {"width", img.cols},
+                  {"height", img.rows},
+                  {"faces", faces}};
+    } catch (const std::exception& e) {
+      errors[i] = e.what();
+    }
+  }
+  int failed = 0;
+  for (size_t i = 0; i < files.size(); ++i) {
+    if (!errors[i].empty()) {
+      std::cerr << "facenet detect: skipped " << errors[i] << "\n";
+      ++failed;
+      continue;
+    }
+    std::cout << lines[i].dump() << "\n";
+  }
+  return failed ? 1 : 0;
+}
+
+void add_detect(CLI::App& app, int& exit_code) {
+  auto* det = app.add_subcommand(
+      "detect", "Detect faces in photos (dlib HOG) and print boxes and landmarks as JSON lines");
+  auto a = std::make_shared<DetectArgs>();
+  det->add_option("--dlib-models", a->dlib_models,
+                  "Folder with the dlib .dat files (default: $FACENET_DLIB_MODELS or "
+                  "weights/cache/dlib)");
+  det->add_option("--upsample", a->upsample,
+                  "Double the image this many times before detecting (finds smaller faces; "
+                  "slower)")
+      ->check(CLI::Range(0, 3))
+      ->capture_default_str();
+  det->add_option("inputs", a->inputs, "Image files and/or directories")->required();
+  det->footer(
+      "One line per image: {\"image\", \"width\", \"height\", \"faces\": [{\"box\": [left, top,\n"
+      "right, bottom] (inclusive pixels), \"score\", \"landmarks68\": [[x, y] x 68],\n"
+      "\"landmarks5\": [[x, y] x 5]}]}, largest face first. An image without faces has\n"
+      "\"faces\": []. Unreadable files are named on stderr and the exit status is 1.");
+  det->callback([a, &exit_code] { exit_code = run_detect(*a); });
+}
+
+// ---- eval lfw ------------------------------------------------------------------------------
+struct EvalArgs {
+  std::string model, pairs, images, output, plot, dlib_models, device = "cpu";
+  int batch = 64, threads = 0;
+};
+
+int run_eval_lfw(const EvalArgs& a) {
+  const Model model = load_model(a.model);
+  BackendOptions bo;
+  bo.device = parse_device(a.device);
+  bo.threads = a.threads;
+  auto backend = make_backend(model, bo);
+  const FaceAligner aligner(models_dir(a.dlib_models));
+  LfwOptions opt;
+  opt.batch = a.batch;
+  const bool tty = isatty(fileno(stderr));
+  int last_decile = -1;
+  const auto t0 = std::chrono::steady_clock::now();
+  opt.on_progress = [&](size_t done, size_t total) {
+    const double s = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+    const int decile = static_cast<int>(10 * done / std::max<size_t>(total, 1));
+    if (!tty && decile == last_decile) return;
+    last_decile = decile;
+    std::fprintf(stderr, "%simages %zu/%zu (%.0f%%), %.0f s, ~%.0f s left%s", tty ? "\r" : "", done,
+                 total, 100.0 * done / total, s, s / done * (total - done), tty ? "" : "\n");
+  };
+  const nlohmann::json report = evaluate_lfw(*backend, model, aligner, a.pairs, a.images, opt);
+  if (tty) std::fputc('\n', stderr);
+  if (!a.output.empty()) {
+    std::ofstream out(a.output, std::ios::trunc);
+    out << report.dump(2) << "\n";
+    if (!out) fail("cannot write ", a.output);
+  }
+  if (!a.plot.empty()) write_roc_png(a.plot, report);
+  const auto& d = report.at("distance");
+  const auto& l = report.at("learned_similarity");
+  const auto& im = report.at("images");
+  std::printf(
+      "LFW View 2, %s (%s)\n"
+      "  images: %d total, %d detected, %d fallback box, %d failed\n"
+      "  L2 distance:       accuracy %.2f%% +- %.2f%%, AUC %.5f, EER %.2f%%, TAR@FAR=1e-3 %.2f%%\n"
+      "  learned |fi - fj|: accuracy %.2f%% +- %.2f%%, AUC %.5f, EER %.2f%%, TAR@FAR=1e-3 %.2f%%\n"
+      "  time: %.1f s (encode %.1f s)\n",
+      report.at("model").at("name").get<std::string>().c_str(), backend->name().c_str(),
+      im.at("total").get<int>(), im.at("detected").get<int>(), im.at("fallback_box").get<int>(),
+      im.at("failed").get<int>(), 100 * d.at("accuracy").at("mean").get<double>(),
+      100 * d.at("accuracy").at("std").get<double>(), d.at("roc").at("auc").get<double>(),
+      100 * d.at("roc").at("eer").get<double>(),
+      100 * d.at("roc").at("tar_at_far_1e-3").get<double>(),
+      100 * l.at("accuracy").at("mean").get<double>(),
+      100 * l.at("accuracy").at("std").get<double>(), l.at("roc").at("auc").get<double>(),
+      100 * l.at("roc").at("eer").get<double>(),
+      100 * l.at("roc").at("tar_at_far_1e-3").get<double>(),
+      report.at("seconds").at("total").get<double>(),
+      report.at("seconds").at("encode").get<double>());
+  return 0;
+}
+
+void add_eval(CLI::App& app, int& exit_code) {
+  auto* eval = app.add_subcommand("eval", "Evaluate a model on a benchmark");
+  eval->require_subcommand(1);
+  auto* lfw = eval->add_subcommand(
+      "lfw", "LFW View 2 verification from raw photos: detect, align, encode, 10-fold protocol");
+  auto a = std::make_shared<EvalArgs>();
+  lfw->add_option("--model", a->model, "Model file (.safetensors)")->required();
+  lfw->add_option("--pairs", a->pairs, "LFW View 2 pairs.txt")->required();
+  lfw->add_option("--images", a->images, "Folder of <name>/<name>_NNNN.jpg images")->required();
+  lfw->add_option("-o,--output", a->output, "JSON report to write");
+  lfw->add_option("--plot", a->plot, "ROC curve PNG to write");
+  lfw->add_option("--device", a->device, "cpu | cuda | cpu-reference")
+      ->check(CLI::IsMember({"cpu", "cuda", "cpu-reference"}))
+      ->capture_default_str();
+  lfw->add_option("--batch", a->batch, "Photos per forward pass")
+      ->check(CLI::PositiveNumber)
+      ->capture_default_str();
+  lfw->add_option("--threads", a->threads, "CPU threads (0 = all cores)")->capture_default_str();
+  lfw->add_option("--dlib-models", a->dlib_models, "Folder of dlib's landmark models");
+  lfw->footer(
+      "Accuracy: threshold on the L2 distance chosen on the other 9 folds, mean +- std over\n"
+      "the 10 test folds; ROC/AUC/EER/TAR over all 6000 pairs. Learned similarity: logistic\n"
+      "regression on |f_i - f_j| fitted on each split's 9 training folds. A photo where no face\n"
+      "is found (even after upsampling) is aligned from a fixed central box and counted.");
+  lfw->callback([a, &exit_code] { exit_code = run_eval_lfw(*a); });
+}
+
+}  // namespace
+
+// ---- encode --align ------------------------------------------------------------------------
+int run_encode_photos(const PhotoEncodeArgs& a) {
+  if (a.format == "npy" && a.output.empty())
+    fail("--format npy needs -o <file.npy> (binary output is not written to a terminal)");
+  const Model model = load_model(a.model);
+  model_alignment(model.graph);  // fail early when the model names no alignment
+  auto backend = make_backend(model, a.backend);
+  const FaceAligner aligner(models_dir(a.dlib_models));
+  const auto files = expand_inputs(a.inputs);
+  if (files.empty()) fail("no images found in the given inputs");
+  std::ofstream file_out;
+  std::ostream* out = &std::cout;
+  if (a.format == "jsonl" && !a.output.empty()) {
+    file_out.open(a.output, std::ios::trunc);
+    if (!file_out) fail("cannot write ", a.output);
+    out = &file_out;
+  }
+  FaceOptions opt;
+  opt.pick = parse_face_pick(a.align);
+  opt.upsample = a.upsample;
+  std::vector<float> all;
+  std::vector<std::string> rows;
+  PhotoCallbacks cb;
+  cb.on_photo = [&](const PhotoResult& r) {
+    if (!r.error.empty()) {
+      std::cerr << "facenet encode: skipped " << r.error << "\n";
+      return;
+    }
+    if (r.faces.empty())
+      std::cerr << "facenet encode: no face found in " << r.path.string() << "\n";
+    for (size_t i = 0; i < r.faces.size(); ++i) {
+      const EncodedFace& f = r.faces[i];
+      if (a.format == "jsonl") {
+        *out << nlohmann::json{{"image", r.path.string()},
+                               {"face", i},
+                               {"box", box_json(f.face.box)},
+                               {"embedding", f.embedding}}
+                    .dump()
+             << "\n";
+      } else {
+        rows.push_back(r.path.string() + "#" + std::to_string(i));
+        all.insert(all.end(), f.embedding.begin(), f.embedding.end());
+      }
+    }
+    out->flush();
+  };
+  const bool tty = isatty(fileno(stderr));
+  cb.on_progress = [&](size_t done, size_t total) {
+    if (tty) std::fprintf(stderr, "\rencoding photos %zu/%zu", done, total);
+  };
+  const PhotoStats s = encode_photos(*backend, model, aligner, files, opt, a.batch, cb);
+  if (tty) std::fputc('\n', stderr);
+  const int64_t dim = model.embedding_dim();
+  if (a.format == "npy") {
+    write_npy(a.output, all.data(), static_cast<int64_t>(rows.size()), dim);
+    const fs::path list = fs::path(a.output).replace_extension(".paths.txt");
+    std::ofstream l(list, std::ios::trunc);
+    for (const auto& p : rows) l << p << "\n";
+    if (!l) fail("cannot write ", list.string());
+  }
+  std::cerr << "facenet encode: " << s.photos << " photo(s), " << s.faces << " face(s) encoded, "
+            << s.no_face << " without a face, " << s.failed << " unreadable\n";
+  return s.failed ? 1 : 0;
+}
+
+void add_face_commands(CLI::App& app, int& exit_code) {
+  add_convert_dlib(app);
+  add_detect(app, exit_code);
+  add_eval(app, exit_code);
+}
+
+}  // namespace facenet::cli

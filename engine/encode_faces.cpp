@@ -1,0 +1,113 @@
+// Photo pipeline: parallel decode/detect/align per batch, then one batched forward pass.
+#include "engine/encode_faces.h"
+
+#include <algorithm>
+#include <cctype>
+#include <cmath>
+#include <limits>
+
+#include "engine/error.h"
+#include "engine/image_io.h"
+
+namespace facenet {
+
+FacePick parse_face_pick(const std::string& s) {
+  if (s == "largest") return FacePick::largest;
+  if (s == "all") return FacePick::all;
+  if (s == "centre" || s == "center") return FacePick::centre;
+  fail("unknown face choice '", s, "' (expected largest, all or centre)");
+}
+
+namespace {
+
+// The faces of one photo that `opt` asks for, each marked whether it is the fallback box.
+std::vector<std::pair<Face, bool>> find_faces(const FaceAligner& aligner, const cv::Mat& img,
+                                              const FaceOptions& opt) {
+  std::vector<Face> faces = aligner.detect(img, opt.upsample);
+  if (faces.empty() && opt.retry_upsampled) faces = aligner.detect(img, opt.upsample + 1);
+  std::vector<std::pair<Face, bool>> out;
+  if (faces.empty()) {
+    if (opt.fallback) out.emplace_back(aligner.landmarks(img, *opt.fallback), true);
+    return out;
+  }
+  if (opt.pick == FacePick::all) {
+    for (auto& f : faces) out.emplace_back(std::move(f), false);
+  } else if (opt.pick == FacePick::largest) {
+    out.emplace_back(std::move(faces.front()), false);  // detect() sorts largest first
+  } else {
+    const double cx = img.cols / 2.0, cy = img.rows / 2.0;
+    auto dist = [&](const Face& f) {
+      const double x = (f.box.left + f.box.right) / 2.0 - cx;
+      const double y = (f.box.top + f.box.bottom) / 2.0 - cy;
+      return x * x + y * y;
+    };
+    out.emplace_back(
+        *std::min_element(faces.begin(), faces.end(),
+                          [&](const Face& a, const Face& b) { return dist(a) < dist(b); }),
+        false);
+  }
+  return out;
+}
+
+}  // namespace
+
+PhotoStats encode_photos(Backend& backend, const Model& model, const FaceAligner& aligner,
+                         const std::vector<std::filesystem::path>& files, const FaceOptions& opt,
+                         int batch, const PhotoCallbacks& cb) {
+  if (batch < 1) fail("--batch must be >= 1 (got ", batch, ")");
+  const Alignment alignment = model_alignment(model.graph);
+  const InputSpec spec = input_spec(model.graph);
+  const int64_t per_image = element_count(model.graph.input_shape);
+  const int64_t dim = model.embedding_dim();
+  PhotoStats stats;
+  std::vector<float> input, output;
+  for (size_t start = 0; start < files.size(); start += batch) {
+    const int64_t n = std::min<int64_t>(batch, files.size() - start);
+    std::vector<PhotoResult> results(n);
+    std::vector<std::vector<cv::Mat>> chips(n);
+#pragma omp parallel for schedule(dynamic)
+    for (int64_t i = 0; i < n; ++i) {
+      PhotoResult& r = results[i];
+      r.path = files[start + i];
+      try {
+        const cv::Mat img = read_image(r.path);
+        for (auto& [face, fallback] : find_faces(aligner, img, opt)) {
+          chips[i].push_back(FaceAligner::align(img, face, alignment));
+          r.faces.push_back({std::move(face), fallback, {}});
+        }
+      } catch (const std::exception& e) {
+        r.error = e.what();
+        r.faces.clear();
+        chips[i].clear();
+      }
+    }
+    int64_t total = 0;
+    for (const auto& c : chips) total += static_cast<int64_t>(c.size());
+    input.resize(std::max<int64_t>(total, 1) * per_image);
+    int64_t k = 0;
+    for (const auto& c : chips)
+      for (const auto& chip : c)
+        image_to_input(chip, "face chip", spec, input.data() + k++ * per_image);
+    output.resize(total * dim);
+    if (total) backend.forward(input.data(), total, output.data());
+    k = 0;
+    for (auto& r : results) {
+      for (auto& f : r.faces) {
+        f.embedding.assign(output.begin() + k * dim, output.begin() + (k + 1) * dim);
+        ++k;
+        stats.fallback += f.fallback;
+      }
+      ++stats.photos;
+      stats.faces += r.faces.size();
+      if (!r.error.empty())
+        ++stats.failed;
+      else if (r.faces.empty())
+        ++stats.no_face;
+      if (cb.on_photo) cb.on_photo(r);
+    }
+    if (cb.on_progress) cb.on_progress(start + n, files.size());
+  }
+  return stats;
+}
+
+}  // namespace facenet

@@ -1,0 +1,57 @@
+// Raw photos -> faces -> embeddings: decode, detect, align (as the model's preprocess says),
+// encode in batches. Per-photo results; a photo without a face is a result, not an error.
+#pragma once
+
+#include <filesystem>
+#include <functional>
+#include <optional>
+#include <string>
+#include <vector>
+
+#include "engine/backend.h"
+#include "engine/face_align.h"
+
+namespace facenet {
+
+enum class FacePick {
+  largest,  // the largest detected box (OpenFace's getLargestFaceBoundingBox)
+  all,      // every detected face
+  centre,   // the box whose centre is nearest the image centre (LFW: the labelled person)
+};
+FacePick parse_face_pick(const std::string& s);  // "largest" | "all" | "centre"
+
+struct FaceOptions {
+  FacePick pick = FacePick::largest;
+  int upsample = 0;                 // dlib pyramid_up count for the first detection try
+  bool retry_upsampled = false;     // no face: try once more with upsample + 1
+  std::optional<FaceBox> fallback;  // still none: use this box (landmarks still predicted)
+};
+
+struct EncodedFace {
+  Face face;
+  bool fallback = false;  // the box is FaceOptions::fallback, not a detection
+  std::vector<float> embedding;
+};
+
+struct PhotoResult {
+  std::filesystem::path path;
+  std::string error;               // non-empty: unreadable / undecodable (faces is empty)
+  std::vector<EncodedFace> faces;  // empty and no error: no face found
+};
+
+struct PhotoCallbacks {
+  std::function<void(const PhotoResult&)> on_photo;  // in input order
+  std::function<void(size_t done, size_t total)> on_progress;
+};
+
+struct PhotoStats {
+  size_t photos = 0, faces = 0, no_face = 0, failed = 0, fallback = 0;
+};
+
+// Photos are processed `batch` at a time: decode + detect + align on all cores (OpenMP), then
+// one forward pass over the batch's chips.
+PhotoStats encode_photos(Backend& backend, const Model& model, const FaceAligner& aligner,
+                         const std::vector<std::filesystem::path>& files, const FaceOptions& opt,
+                         int batch, const PhotoCallbacks& callbacks);
+
+}  // namespace facenet

@@ -1,0 +1,121 @@
+// dlib's face recognition ResNet through our converter and executors vs dlib's own forward pass
+// on the same aligned LFW chips (both computed here). Skips when the dlib models have not been
+// fetched (weights/fetch_dlib_models.sh; tools/test.sh fetches them, so CI runs this).
+#include <algorithm>
+#include <cmath>
+#include <cstdlib>
+
+#include "engine/backend.h"
+#include "engine/dlib_resnet.h"
+#include "engine/face_align.h"
+#include "engine/image_io.h"
+#include "tests/test_util.h"
+
+namespace facenet {
+namespace {
+
+std::filesystem::path resnet_dat() {
+  return default_dlib_models_dir() / "dlib_face_recognition_resnet_model_v1.dat";
+}
+
+#define FN_REQUIRE_DLIB_MODELS()                                                          \
+  do {                                                                                    \
+    if (!std::filesystem::exists(resnet_dat()))                                           \
+      GTEST_SKIP() << resnet_dat() << " missing: run weights/fetch_dlib_models.sh first"; \
+  } while (0)
+
+// The first image of each of the first `n` people (sorted) of the shared LFW copy, aligned as
+// dlib's ResNet expects. FACENET_DLIB_CHECK_FACES overrides n (the report used 64).
+std::vector<cv::Mat> lfw_chips(size_t n) {
+  if (const char* env = std::getenv("FACENET_DLIB_CHECK_FACES")) n = std::stoul(env);
+  const auto root = test::shared_path("data/lfw/lfw-deepfunneled");
+  std::vector<std::filesystem::path> people;
+  for (const auto& e : std::filesystem::directory_iterator(root)) people.push_back(e.path());
+  std::sort(people.begin(), people.end());
+  FaceAligner aligner;
+  std::vector<cv::Mat> chips;
+  for (const auto& dir : people) {
+    if (chips.size() == n) break;
+    std::vector<std::filesystem::path> files;
+    for (const auto& e : std::filesystem::directory_iterator(dir)) files.push_back(e.path());
+    std::sort(files.begin(), files.end());
+    const cv::Mat img = read_image(files.front());
+    const auto faces = aligner.detect(img);
+    if (faces.empty()) continue;
+    chips.push_back(FaceAligner::align(img, faces.front(), Alignment::dlib_chip_150));
+  }
+  EXPECT_EQ(chips.size(), n);
+  return chips;
+}
+
+std::vector<float> to_inputs(const Model& m, const std::vector<cv::Mat>& chips) {
+  const InputSpec spec = input_spec(m.graph);
+  const int64_t per = element_count(m.graph.input_shape);
+  std::vector<float> x(per * chips.size());
+  for (size_t i = 0; i < chips.size(); ++i)
+    image_to_input(chips[i], "chip", spec, x.data() + i * per);
+  return x;
+}
+
+double max_abs_diff(const std::vector<float>& a, const std::vector<float>& b) {
+  EXPECT_EQ(a.size(), b.size());
+  double m = 0;
+  for (size_t i = 0; i < std::min(a.size(), b.size()); ++i) {
+    EXPECT_TRUE(std::isfinite(a[i]));
+    m = std::max(m, std::fabs(static_cast<double>(a[i]) - b[i]));
+  }
+  return m;
+}
+
+TEST(DlibResnet, GraphHasDlibShapes) {
+  const Graph g = dlib_resnet_graph();
+  const auto shapes = infer_shapes(g);
+  EXPECT_EQ(shapes[g.index_of("pool1")], (Shape{32, 35, 35}));
+  EXPECT_EQ(shapes[g.index_of("res04_add")], (Shape{64, 17, 17}));  // 32 -> 64 zero-extended
+  EXPECT_EQ(shapes[g.index_of("res11_conv2_affine")], (Shape{256, 3, 3}));
+  EXPECT_EQ(shapes[g.index_of("res11_add")], (Shape{256, 4, 4}));  // 3x3 branch + 4x4 pool
+  EXPECT_EQ(shapes[g.index_of("res14_add")], (Shape{256, 2, 2}));
+  EXPECT_EQ(shapes.back(), (Shape{128, 1, 1}));
+}
+
+TEST(DlibResnet, EmbeddingsEqualDlibsOwnForward) {
+  FN_REQUIRE_DLIB_MODELS();
+  const auto path = std::filesystem::temp_directory_path() /
+                    ("facenet-test-dlib-" + std::to_string(::getpid()) + ".safetensors");
+  save_model(path, convert_dlib_resnet(resnet_dat()));
+  const Model m = load_model(path);  // through the file, as users do
+  std::filesystem::remove(path);
+  EXPECT_EQ(m.embedding_dim(), 128);
+
+  const std::vector<cv::Mat> chips = lfw_chips(6);
+  ASSERT_FALSE(chips.empty());
+  const std::vector<float> want = dlib_resnet_forward(resnet_dat(), chips);
+  double norm = 0;
+  for (int i = 0; i < 128; ++i) norm += want[i] * want[i];
+  EXPECT_GT(std::sqrt(norm), 0.1) << "dlib's descriptor is suspiciously small";
+
+  const std::vector<float> x = to_inputs(m, chips);
+  const int64_t n = static_cast<int64_t>(chips.size());
+  std::vector<float> got(n * 128);
+  BackendOptions opt;
+  opt.device = Device::cpu;
+  make_backend(m, opt)->forward(x.data(), n, got.data());
+  const double fast_err = max_abs_diff(got, want);
+  EXPECT_LE(fast_err, 1e-4) << n << " chips, cpu backend";
+
+  // The oracle on the first two chips only (plain loops are slow on 150x150).
+  const int64_t nr = std::min<int64_t>(2, n);
+  std::vector<float> ref(nr * 128);
+  opt.device = Device::cpu_reference;
+  make_backend(m, opt)->forward(x.data(), nr, ref.data());
+  const double ref_err =
+      max_abs_diff(ref, std::vector<float>(want.begin(), want.begin() + nr * 128));
+  EXPECT_LE(ref_err, 1e-4) << "cpu-reference backend";
+  std::printf(
+      "dlib ResNet vs dlib forward on %lld LFW chips: max abs error cpu %.3g, "
+      "cpu-reference %.3g (%lld chips)\n",
+      static_cast<long long>(n), fast_err, ref_err, static_cast<long long>(nr));
+}
+
+}  // namespace
+}  // namespace facenet

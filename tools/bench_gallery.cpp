@@ -1,11 +1,10 @@
 // Benchmark: bulk enrolment of synthetic embeddings into a fresh SQLite gallery, and load_all of
 // them back, against writing/reading the same matrix as one flat file (the I/O floor). JSON out.
 //
-//   bench_gallery [--rows 1000000] [--dim 128] [--per-person 10] [--commit-rows 8192]
-//                 [--repeats 3] [--dir /tmp] [--fsync] [--check]
-// --fsync commits with synchronous=FULL (survives power loss), default NORMAL (process crashes).
+// Options: facenet_bench_gallery --help.
 #include <unistd.h>
 
+#include <CLI/CLI.hpp>
 #include <algorithm>
 #include <chrono>
 #include <cstdio>
@@ -19,6 +18,7 @@
 #include <thread>
 #include <vector>
 
+#include "engine/bench_util.h"
 #include "engine/error.h"
 #include "engine/gallery.h"
 
@@ -29,6 +29,8 @@ using facenet::BulkOptions;
 using facenet::EmbeddingSpec;
 using facenet::Gallery;
 using facenet::GalleryMode;
+using facenet::summarize;
+using facenet::TimingStats;
 
 struct Args {
   int64_t rows = 1000000;
@@ -41,39 +43,6 @@ struct Args {
   bool check = false;
 };
 
-Args parse(int argc, char** argv) {
-  Args a;
-  for (int i = 1; i < argc; ++i) {
-    const std::string flag = argv[i];
-    auto value = [&]() -> std::string {
-      if (i + 1 >= argc) facenet::fail("missing value after ", flag);
-      return argv[++i];
-    };
-    if (flag == "--rows") {
-      a.rows = std::stoll(value());
-    } else if (flag == "--dim") {
-      a.dim = std::stoi(value());
-    } else if (flag == "--per-person") {
-      a.per_person = std::stoi(value());
-    } else if (flag == "--commit-rows") {
-      a.commit_rows = std::stoll(value());
-    } else if (flag == "--repeats") {
-      a.repeats = std::stoi(value());
-    } else if (flag == "--dir") {
-      a.dir = value();
-    } else if (flag == "--fsync") {
-      a.fsync = true;
-    } else if (flag == "--check") {
-      a.check = true;
-    } else {
-      facenet::fail("unknown argument ", flag, " (see the usage at the top of bench_gallery.cpp)");
-    }
-  }
-  if (a.rows <= 0 || a.dim <= 0 || a.per_person <= 0 || a.repeats <= 0)
-    facenet::fail("--rows, --dim, --per-person and --repeats must be positive");
-  return a;
-}
-
 double now_s() {
   return std::chrono::duration<double>(std::chrono::steady_clock::now().time_since_epoch()).count();
 }
@@ -81,15 +50,6 @@ double now_s() {
 void remove_gallery(const std::string& path) {
   std::error_code ec;
   for (const char* suffix : {"", "-wal", "-shm"}) fs::remove(path + suffix, ec);
-}
-
-struct Summary {
-  double median = 0, min = 0;
-};
-
-Summary summarize(std::vector<double> t) {
-  std::sort(t.begin(), t.end());
-  return {t[t.size() / 2], t.front()};
 }
 
 // One timed enrolment into a new gallery; returns seconds (create + all commits).
@@ -162,8 +122,8 @@ int run(const Args& a) {
   }
   remove_gallery(path);
 
-  const Summary e = summarize(enroll_s), l = summarize(load_s);
-  const Summary fw = summarize(flat_write_s), fr = summarize(flat_read_s);
+  const TimingStats e = summarize(enroll_s), l = summarize(load_s);
+  const TimingStats fw = summarize(flat_write_s), fr = summarize(flat_read_s);
   nlohmann::json out = {
       {"what", "gallery bulk enrolment + load_all (SQLite WAL)"},
       {"rows", a.rows},
@@ -172,19 +132,20 @@ int run(const Args& a) {
       {"commit_rows", a.commit_rows},
       {"synchronous", a.fsync ? "FULL" : "NORMAL"},
       {"dtype", "float32"},
-      {"device", "cpu (" + std::to_string(std::thread::hardware_concurrency()) + " threads)"},
+      {"device", "cpu"},
+      {"machine", facenet::machine_json()},
       {"dir", a.dir},
       {"repeats", a.repeats},
-      {"enroll_s", {{"median", e.median}, {"min", e.min}}},
-      {"enroll_rows_per_s", a.rows / e.median},
-      {"load_all_s", {{"median", l.median}, {"min", l.min}}},
-      {"load_all_rows_per_s", a.rows / l.median},
+      {"enroll_s", {{"median", e.median_s}, {"min", e.min_s}}},
+      {"enroll_rows_per_s", a.rows / e.median_s},
+      {"load_all_s", {{"median", l.median_s}, {"min", l.min_s}}},
+      {"load_all_rows_per_s", a.rows / l.median_s},
       {"file_bytes", file_bytes},
       {"peer", "flat float32 file write/read of the same matrix"},
-      {"peer_write_s", {{"median", fw.median}, {"min", fw.min}}},
-      {"peer_read_s", {{"median", fr.median}, {"min", fr.min}}},
-      {"enroll_vs_peer_write", e.median / fw.median},
-      {"load_vs_peer_read", l.median / fr.median},
+      {"peer_write_s", {{"median", fw.median_s}, {"min", fw.min_s}}},
+      {"peer_read_s", {{"median", fr.median_s}, {"min", fr.min_s}}},
+      {"enroll_vs_peer_write", e.median_s / fw.median_s},
+      {"load_vs_peer_read", l.median_s / fr.median_s},
   };
   if (a.check) out["check"] = check_ok ? "ok: load_all returned the enrolled matrix" : "FAILED";
   std::printf("%s\n", out.dump(2).c_str());
@@ -194,10 +155,33 @@ int run(const Args& a) {
 }  // namespace
 
 int main(int argc, char** argv) {
+  CLI::App app{
+      "Gallery benchmark: bulk enrolment of synthetic embeddings into a new SQLite "
+      "gallery and load_all of them, vs a flat-file write/read of the same matrix "
+      "(JSON on stdout)"};
+  Args a;
+  app.add_option("--rows", a.rows, "Embeddings to enrol")
+      ->check(CLI::PositiveNumber)
+      ->capture_default_str();
+  app.add_option("--dim", a.dim, "Embedding dimension")
+      ->check(CLI::PositiveNumber)
+      ->capture_default_str();
+  app.add_option("--per-person", a.per_person, "Embeddings per identity")
+      ->check(CLI::PositiveNumber)
+      ->capture_default_str();
+  app.add_option("--commit-rows", a.commit_rows, "Bulk enrolment batch size")
+      ->capture_default_str();
+  app.add_option("--repeats", a.repeats, "Timed repeats (after one untimed)")
+      ->check(CLI::PositiveNumber)
+      ->capture_default_str();
+  app.add_option("--dir", a.dir, "Folder for the temporary gallery")->capture_default_str();
+  app.add_flag("--fsync", a.fsync, "synchronous=FULL (survives power loss); default NORMAL");
+  app.add_flag("--check", a.check, "Check that load_all returns the enrolled matrix");
+  CLI11_PARSE(app, argc, argv);
   try {
-    return run(parse(argc, argv));
+    return run(a);
   } catch (const facenet::Error& e) {
-    std::fprintf(stderr, "bench_gallery: %s\n", e.what());
+    std::fprintf(stderr, "facenet_bench_gallery: %s\n", e.what());
     return 2;
   }
 }

@@ -1,14 +1,14 @@
-// OpenCV-based decoding and preprocessing.
+// Preprocessing for the model's input, over whichever decoder the build has (image_decode.h).
 #include "engine/image_io.h"
 
 #include <algorithm>
+#include <cstdint>
 #include <fstream>
 #include <iterator>
-#include <opencv2/imgcodecs.hpp>
-#include <opencv2/imgproc.hpp>
 #include <set>
 
 #include "engine/error.h"
+#include "engine/image_decode.h"
 
 namespace facenet {
 
@@ -25,32 +25,36 @@ InputSpec input_spec(const Graph& g) {
 
 namespace {
 
-cv::Mat decode_resized(const std::vector<unsigned char>& bytes, const std::string& what,
-                       const InputSpec& spec) {
-  if (bytes.empty()) fail(what, ": empty file");
-  cv::Mat img;
-  try {
-    img = cv::imdecode(bytes, cv::IMREAD_COLOR);  // 8-bit BGR, alpha dropped
-  } catch (const cv::Exception& e) {
-    fail(what, ": not a decodable image (", e.what(), ")");
-  }
-  if (img.empty()) fail(what, ": not a decodable image");
-  if (img.cols != spec.width || img.rows != spec.height)
-    cv::resize(img, img, cv::Size(spec.width, spec.height), 0, 0, cv::INTER_LINEAR);
+Bgr8Image decode_resized(const std::vector<unsigned char>& bytes, const std::string& what,
+                         const InputSpec& spec) {
+  Bgr8Image img = decode_bgr8(bytes, what);
+  if (img.width != spec.width || img.height != spec.height)
+    img = resize_bilinear(img, spec.height, spec.width);
   return img;
 }
 
-void to_input(const cv::Mat& img, const InputSpec& spec, float* out) {
+void to_input(const Bgr8Image& img, const InputSpec& spec, float* out) {
   const int hw = spec.height * spec.width;
-  for (int y = 0; y < spec.height; ++y) {
-    const cv::Vec3b* row = img.ptr<cv::Vec3b>(y);
-    for (int x = 0; x < spec.width; ++x) {
-      const cv::Vec3b& bgr = row[x];
-      for (int c = 0; c < 3; ++c)
-        out[c * hw + y * spec.width + x] = bgr[spec.rgb ? 2 - c : c] * spec.scale;
-    }
+  for (int i = 0; i < hw; ++i) {
+    const unsigned char* bgr = img.pixels.data() + 3 * i;
+    for (int c = 0; c < 3; ++c) out[c * hw + i] = bgr[spec.rgb ? 2 - c : c] * spec.scale;
   }
 }
+
+// cv::RNG's multiply-with-carry generator, so the synthetic image is the same whichever
+// decoder the build uses: state = lo32(state) * 4164903690 + hi32(state).
+class MultiplyWithCarry {
+ public:
+  explicit MultiplyWithCarry(uint64_t seed) : state_(seed ? seed : 0xffffffffu) {}
+  int uniform(int lo, int hi) {  // [lo, hi)
+    state_ = static_cast<uint64_t>(static_cast<uint32_t>(state_)) * 4164903690u +
+             static_cast<uint32_t>(state_ >> 32);
+    return static_cast<int>(static_cast<uint32_t>(state_) % static_cast<uint32_t>(hi - lo)) + lo;
+  }
+
+ private:
+  uint64_t state_;
+};
 
 }  // namespace
 
@@ -61,22 +65,23 @@ void decode_image(const std::vector<unsigned char>& bytes, const std::string& wh
 
 void decode_image_bgr8(const std::vector<unsigned char>& bytes, const std::string& what,
                        const InputSpec& spec, unsigned char* out) {
-  const cv::Mat img = decode_resized(bytes, what, spec);
-  for (int y = 0; y < spec.height; ++y)
-    std::copy_n(img.ptr<unsigned char>(y), spec.width * 3, out + y * spec.width * 3);
+  const Bgr8Image img = decode_resized(bytes, what, spec);
+  std::copy(img.pixels.begin(), img.pixels.end(), out);
 }
 
 std::vector<unsigned char> synthetic_jpeg(int height, int width, unsigned seed) {
-  cv::Mat img(height, width, CV_8UC3);
-  cv::RNG rng(seed);
+  Bgr8Image img;
+  img.height = height;
+  img.width = width;
+  img.pixels.resize(static_cast<size_t>(height) * width * 3);
+  MultiplyWithCarry rng(seed);
+  unsigned char* p = img.pixels.data();
   for (int y = 0; y < height; ++y)
     for (int x = 0; x < width; ++x)
       for (int c = 0; c < 3; ++c)
-        img.at<cv::Vec3b>(y, x)[c] =
-            cv::saturate_cast<unsigned char>((x * (c + 1) + y * (3 - c)) + rng.uniform(0, 40));
-  std::vector<unsigned char> out;
-  cv::imencode(".jpg", img, out);
-  return out;
+        *p++ = static_cast<unsigned char>(
+            std::clamp(x * (c + 1) + y * (3 - c) + rng.uniform(0, 40), 0, 255));
+  return encode_jpeg(img);
 }
 
 void load_image(const std::filesystem::path& path, const InputSpec& spec, float* out) {

@@ -1,5 +1,5 @@
-// Image decoding and the model's input rule: 8-bit decode (OpenCV), BGR->RGB, resize to the
-// input size only when needed (bilinear), scale (1/255), CHW float32.
+// Image decoding and the model's input rule: 8-bit decode (OpenCV, or libjpeg-turbo + libpng),
+// BGR->RGB, resize to the input size only when needed (bilinear), scale (1/255), CHW float32.
 #pragma once
 
 #include <filesystem>

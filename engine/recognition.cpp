@@ -9,6 +9,7 @@
 
 #include "engine/encode.h"
 #include "engine/error.h"
+#include "engine/gpu.h"
 #include "engine/knn.h"
 
 namespace facenet {

@@ -7,15 +7,16 @@
 // palette expanded, grey expanded, alpha dropped, as OpenCV's PngDecoder asks libpng to do
 // (a PNG eXIf orientation is ignored). The resize mirrors OpenCV's INTER_LINEAR for 8-bit
 // images (see resize_bilinear). Other formats (BMP, WebP, TIFF, PNM) need the OpenCV build.
-#include <jpeglib.h>
-#include <png.h>
 #include <algorithm>
 #include <cmath>
 #include <csetjmp>
 #include <cstdint>
-#include <cstdio>  // before jpeglib.h, which uses FILE and size_t
+#include <cstdio>
 #include <cstdlib>
 #include <cstring>
+
+#include <jpeglib.h>  // after <cstdio>: it uses FILE and size_t without including them
+#include <png.h>
 
 #include "engine/error.h"
 #include "engine/image_decode.h"

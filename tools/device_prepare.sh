@@ -44,6 +44,9 @@ rm -rf "${usr:?}"/{share/doc,share/man,share/lintian,bin}
 # Static linking only: drop shared objects and their dev links (dangling here anyway, since
 # the runtime packages are not extracted).
 find "$usr/lib" \( -name '*.so' -o -name '*.so.*' \) -exec rm -f {} +
+# Multiarch headers (jconfig.h, cblas_mangling.h) also at include/: the compiler searches
+# /usr/include/x86_64-linux-gnu by itself, but not that folder under a prefix.
+for h in "$usr/include/x86_64-linux-gnu"/*; do ln -s "x86_64-linux-gnu/${h##*/}" "$usr/include/"; done
 # What Debian's alternatives system would have linked: cblas.h and libblas.a at their usual
 # names (the reference BLAS holds the cblas_* functions too).
 ln -s x86_64-linux-gnu/cblas-netlib.h "$usr/include/cblas.h"

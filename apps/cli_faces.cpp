@@ -13,7 +13,7 @@
 #include "engine/dlib_resnet.h"
 #include "engine/encode_faces.h"
 #include "engine/error.h"
-#include "engine/image_io.h"
+#include "engine/image_cv.h"
 #include "engine/lfw_eval.h"
 #include "engine/model.h"
 #include "engine/npy.h"

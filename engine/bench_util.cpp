@@ -12,9 +12,8 @@
 #include <numeric>
 #include <thread>
 
+#include "engine/blas.h"
 #include "engine/error.h"
-
-extern "C" char* openblas_get_config(void);
 
 namespace facenet {
 
@@ -64,7 +63,7 @@ nlohmann::json machine_json() {
           {"cores", std::thread::hardware_concurrency()},
           {"hostname", host},
           {"date", date},
-          {"blas", openblas_get_config()}};
+          {"blas", blas_description()}};
 }
 
 nlohmann::json run_python_peer(const std::string& script, const std::vector<std::string>& args) {

@@ -11,10 +11,9 @@
 #include <map>
 #include <set>
 
+#include "engine/blas.h"
 #include "engine/cpu_ops.h"
 #include "engine/error.h"
-
-extern "C" void openblas_set_num_threads(int);
 
 namespace facenet {
 
@@ -68,7 +67,7 @@ class CpuBackend final : public Backend {
       ~OmpThreadsGuard() { omp_set_num_threads(saved); }
     } guard;
     omp_set_num_threads(1);
-    openblas_set_num_threads(workers > 1 ? 1 : threads_);
+    set_blas_num_threads(workers > 1 ? 1 : threads_);
     auto run_chunk = [&](Workspace& ws, int64_t c) {
       const int64_t i0 = c * micro, nb = std::min(micro, n - i0);
       ensure_buffers(ws, nb);

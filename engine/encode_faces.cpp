@@ -7,7 +7,7 @@
 #include <limits>
 
 #include "engine/error.h"
-#include "engine/image_io.h"
+#include "engine/image_cv.h"
 
 namespace facenet {
 

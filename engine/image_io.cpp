@@ -1,14 +1,14 @@
-// OpenCV-based decoding and preprocessing.
+// Preprocessing for the model's input, over whichever decoder the build has (image_decode.h).
 #include "engine/image_io.h"
 
 #include <algorithm>
+#include <cstdint>
 #include <fstream>
 #include <iterator>
-#include <opencv2/imgcodecs.hpp>
-#include <opencv2/imgproc.hpp>
 #include <set>
 
 #include "engine/error.h"
+#include "engine/image_decode.h"
 
 namespace facenet {
 
@@ -30,26 +30,78 @@ InputSpec input_spec(const Graph& g) {
 
 namespace {
 
-cv::Mat decode_bgr(const std::vector<unsigned char>& bytes, const std::string& what) {
-  if (bytes.empty()) fail(what, ": empty file");
-  cv::Mat img;
-  try {
-    img = cv::imdecode(bytes, cv::IMREAD_COLOR);  // 8-bit BGR, alpha dropped
-  } catch (const cv::Exception& e) {
-    fail(what, ": not a decodable image (", e.what(), ")");
-  }
-  if (img.empty()) fail(what, ": not a decodable image");
+Bgr8Image decode_resized(const std::vector<unsigned char>& bytes, const std::string& what,
+                         const InputSpec& spec) {
+  Bgr8Image img = decode_bgr8(bytes, what);
+  if (img.width != spec.width || img.height != spec.height)
+    img = resize_bilinear(img, spec.height, spec.width);
   return img;
 }
 
-cv::Mat resized(const cv::Mat& img, const InputSpec& spec) {
-  if (img.cols == spec.width && img.rows == spec.height) return img;
-  cv::Mat out;
-  cv::resize(img, out, cv::Size(spec.width, spec.height), 0, 0, cv::INTER_LINEAR);
-  return out;
+// `pixels`: spec.height x spec.width x 3 BGR.
+void to_input(const unsigned char* pixels, const InputSpec& spec, float* out) {
+  const int hw = spec.height * spec.width;
+  for (int i = 0; i < hw; ++i) {
+    const unsigned char* bgr = pixels + 3 * i;
+    for (int c = 0; c < 3; ++c)
+      out[c * hw + i] = (static_cast<float>(bgr[spec.rgb ? 2 - c : c]) - spec.mean[c]) * spec.scale;
+  }
 }
 
-std::vector<unsigned char> read_bytes(const std::filesystem::path& path) {
+// cv::RNG's multiply-with-carry generator, so the synthetic image is the same whichever
+// decoder the build uses: state = lo32(state) * 4164903690 + hi32(state).
+class MultiplyWithCarry {
+ public:
+  explicit MultiplyWithCarry(uint64_t seed) : state_(seed ? seed : 0xffffffffu) {}
+  int uniform(int lo, int hi) {  // [lo, hi)
+    state_ = static_cast<uint64_t>(static_cast<uint32_t>(state_)) * 4164903690u +
+             static_cast<uint32_t>(state_ >> 32);
+    return static_cast<int>(static_cast<uint32_t>(state_) % static_cast<uint32_t>(hi - lo)) + lo;
+  }
+
+ private:
+  uint64_t state_;
+};
+
+}  // namespace
+
+void decode_image(const std::vector<unsigned char>& bytes, const std::string& what,
+                  const InputSpec& spec, float* out) {
+  to_input(decode_resized(bytes, what, spec).pixels.data(), spec, out);
+}
+
+void bgr8_to_input(const unsigned char* bgr, int height, int width, const InputSpec& spec,
+                   float* out) {
+  if (height == spec.height && width == spec.width) return to_input(bgr, spec, out);
+  Bgr8Image img;
+  img.height = height;
+  img.width = width;
+  img.pixels.assign(bgr, bgr + static_cast<size_t>(height) * width * 3);
+  to_input(resize_bilinear(img, spec.height, spec.width).pixels.data(), spec, out);
+}
+
+void decode_image_bgr8(const std::vector<unsigned char>& bytes, const std::string& what,
+                       const InputSpec& spec, unsigned char* out) {
+  const Bgr8Image img = decode_resized(bytes, what, spec);
+  std::copy(img.pixels.begin(), img.pixels.end(), out);
+}
+
+std::vector<unsigned char> synthetic_jpeg(int height, int width, unsigned seed) {
+  Bgr8Image img;
+  img.height = height;
+  img.width = width;
+  img.pixels.resize(static_cast<size_t>(height) * width * 3);
+  MultiplyWithCarry rng(seed);
+  unsigned char* p = img.pixels.data();
+  for (int y = 0; y < height; ++y)
+    for (int x = 0; x < width; ++x)
+      for (int c = 0; c < 3; ++c)
+        *p++ = static_cast<unsigned char>(
+            std::clamp(x * (c + 1) + y * (3 - c) + rng.uniform(0, 40), 0, 255));
+  return encode_jpeg(img);
+}
+
+std::vector<unsigned char> read_file_bytes(const std::filesystem::path& path) {
   std::ifstream in(path, std::ios::binary);
   if (!in) fail(path.string(), ": cannot open (missing or unreadable)");
   std::vector<unsigned char> bytes((std::istreambuf_iterator<char>(in)),
@@ -58,55 +110,8 @@ std::vector<unsigned char> read_bytes(const std::filesystem::path& path) {
   return bytes;
 }
 
-}  // namespace
-
-void image_to_input(const cv::Mat& decoded, const std::string& what, const InputSpec& spec,
-                    float* out) {
-  if (decoded.empty()) fail(what, ": not a decodable image");
-  const cv::Mat img = resized(decoded, spec);
-  const int hw = spec.height * spec.width;
-  for (int y = 0; y < spec.height; ++y) {
-    const cv::Vec3b* row = img.ptr<cv::Vec3b>(y);
-    for (int x = 0; x < spec.width; ++x) {
-      const cv::Vec3b& bgr = row[x];
-      for (int c = 0; c < 3; ++c)
-        out[c * hw + y * spec.width + x] =
-            (static_cast<float>(bgr[spec.rgb ? 2 - c : c]) - spec.mean[c]) * spec.scale;
-    }
-  }
-}
-
-void decode_image(const std::vector<unsigned char>& bytes, const std::string& what,
-                  const InputSpec& spec, float* out) {
-  image_to_input(decode_bgr(bytes, what), what, spec, out);
-}
-
-void decode_image_bgr8(const std::vector<unsigned char>& bytes, const std::string& what,
-                       const InputSpec& spec, unsigned char* out) {
-  const cv::Mat img = resized(decode_bgr(bytes, what), spec);
-  for (int y = 0; y < spec.height; ++y)
-    std::copy_n(img.ptr<unsigned char>(y), spec.width * 3, out + y * spec.width * 3);
-}
-
-std::vector<unsigned char> synthetic_jpeg(int height, int width, unsigned seed) {
-  cv::Mat img(height, width, CV_8UC3);
-  cv::RNG rng(seed);
-  for (int y = 0; y < height; ++y)
-    for (int x = 0; x < width; ++x)
-      for (int c = 0; c < 3; ++c)
-        img.at<cv::Vec3b>(y, x)[c] =
-            cv::saturate_cast<unsigned char>((x * (c + 1) + y * (3 - c)) + rng.uniform(0, 40));
-  std::vector<unsigned char> out;
-  cv::imencode(".jpg", img, out);
-  return out;
-}
-
-cv::Mat read_image(const std::filesystem::path& path) {
-  return decode_bgr(read_bytes(path), path.string());
-}
-
 void load_image(const std::filesystem::path& path, const InputSpec& spec, float* out) {
-  decode_image(read_bytes(path), path.string(), spec, out);
+  decode_image(read_file_bytes(path), path.string(), spec, out);
 }
 
 std::vector<std::filesystem::path> expand_inputs(const std::vector<std::string>& args) {

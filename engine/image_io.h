@@ -1,13 +1,12 @@
-// Image decoding and the model's input rule: 8-bit decode (OpenCV), BGR->RGB, resize to the
-// input size only when needed (bilinear), y = (x - mean_c) * scale, CHW float32.
+// Image decoding and the model's input rule: 8-bit decode (OpenCV, or libjpeg-turbo + libpng),
+// BGR->RGB, resize to the input size only when needed (bilinear), y = (x - mean_c) * scale,
+// CHW float32.
 #pragma once
 
+#include <array>
 #include <filesystem>
 #include <string>
 #include <vector>
-
-#include <array>
-#include <opencv2/core.hpp>
 
 #include "engine/graph.h"
 
@@ -26,15 +25,14 @@ InputSpec input_spec(const Graph& g);
 // (unreadable, empty, not an image).
 void load_image(const std::filesystem::path& path, const InputSpec& spec, float* out);
 
-// An 8-bit BGR image (e.g. an aligned face chip) -> C*H*W floats by the input rule.
-void image_to_input(const cv::Mat& bgr, const std::string& what, const InputSpec& spec, float* out);
-
-// Decodes a file as 8-bit BGR (alpha dropped); throws facenet::Error naming the file.
-cv::Mat read_image(const std::filesystem::path& path);
-
 // Same, from encoded bytes in memory (`what` names the source in errors).
 void decode_image(const std::vector<unsigned char>& bytes, const std::string& what,
                   const InputSpec& spec, float* out);
+
+// An already decoded 8-bit BGR image (height x width x 3, rows packed; e.g. an aligned face
+// chip) -> C*H*W floats by the input rule, resized first when it is not the input size.
+void bgr8_to_input(const unsigned char* bgr, int height, int width, const InputSpec& spec,
+                   float* out);
 
 // Same decode and resize, but stops before the float conversion: height x width x 3 uint8
 // in OpenCV's BGR order, for backends that convert on the device.
@@ -44,6 +42,9 @@ void decode_image_bgr8(const std::vector<unsigned char>& bytes, const std::strin
 // A deterministic synthetic photo-like image (smooth gradients + noise) encoded as JPEG, for
 // end-to-end benchmarks that must not depend on data files.
 std::vector<unsigned char> synthetic_jpeg(int height, int width, unsigned seed);
+
+// The bytes of a file; throws facenet::Error naming it when it cannot be read.
+std::vector<unsigned char> read_file_bytes(const std::filesystem::path& path);
 
 // Expands files and directories (recursively, sorted, image extensions only) into a list.
 // Files are kept as given, even missing ones: they are reported when decoded, so one bad

@@ -9,6 +9,7 @@
 #include <limits>
 #include <type_traits>
 
+#include "engine/blas.h"
 #include "engine/error.h"
 
 #ifdef FACENET_HAS_CUDA
@@ -214,12 +215,12 @@ struct QueryBlockTops {
   }
 };
 
-// OpenBLAS runs single-threaded while ours are the threads (each calls its own GEMM tile);
+// BLAS runs single-threaded while ours are the threads (each calls its own GEMM tile);
 // the caller's setting is restored afterwards.
 class ScopedSingleThreadedBlas {
  public:
-  ScopedSingleThreadedBlas() : saved_(openblas_get_num_threads()) { openblas_set_num_threads(1); }
-  ~ScopedSingleThreadedBlas() { openblas_set_num_threads(saved_); }
+  ScopedSingleThreadedBlas() : saved_(blas_num_threads()) { set_blas_num_threads(1); }
+  ~ScopedSingleThreadedBlas() { set_blas_num_threads(saved_); }
   ScopedSingleThreadedBlas(const ScopedSingleThreadedBlas&) = delete;
   ScopedSingleThreadedBlas& operator=(const ScopedSingleThreadedBlas&) = delete;
 

@@ -9,6 +9,7 @@
 
 #include "engine/encode.h"
 #include "engine/error.h"
+#include "engine/gpu.h"
 #include "engine/knn.h"
 #ifdef FACENET_HAS_DLIB
 #include "engine/encode_faces.h"

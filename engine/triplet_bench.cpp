@@ -11,6 +11,7 @@
 #include <sstream>
 
 #include "engine/bench_util.h"
+#include "engine/blas.h"
 #include "engine/error.h"
 #include "engine/gpu.h"
 #include "engine/npy.h"
@@ -18,8 +19,6 @@
 #ifdef FACENET_HAS_CUDA
 #include "engine/cuda_util.h"
 #endif
-
-extern "C" void openblas_set_num_threads(int);
 
 namespace facenet {
 namespace {
@@ -168,7 +167,7 @@ nlohmann::json run_triplet_bench(const TripletBenchOptions& b) {
   validate(b);
   if (b.threads > 0) {
     omp_set_num_threads(b.threads);
-    openblas_set_num_threads(b.threads);
+    set_blas_num_threads(b.threads);
   }
   const int threads = omp_get_max_threads();
   const bool cuda = b.device == "cuda";

@@ -8,7 +8,7 @@
 #include "engine/backend.h"
 #include "engine/dlib_resnet.h"
 #include "engine/face_align.h"
-#include "engine/image_io.h"
+#include "engine/image_cv.h"
 #include "tests/test_util.h"
 
 namespace facenet {

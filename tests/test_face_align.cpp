@@ -4,7 +4,7 @@
 
 #include "engine/error.h"
 #include "engine/face_align.h"
-#include "engine/image_io.h"
+#include "engine/image_cv.h"
 #include "tests/test_util.h"
 
 namespace facenet {

@@ -7,11 +7,10 @@
 #include <string>
 #include <vector>
 
+#include "engine/blas.h"
 #include "engine/error.h"
 #include "engine/knn.h"
 #include "tests/test_util.h"
-
-#include <cblas.h>
 
 namespace facenet {
 namespace {
@@ -204,12 +203,15 @@ TEST(SlotMap, RemovalPlanMovesTailSlotsIntoHoles) {
 }
 
 TEST(CpuFlatIndex, GemmSearchRestoresTheBlasThreadCount) {
-  const int before = openblas_get_num_threads();
+  if (!blas_has_thread_control())
+    GTEST_SKIP() << "this BLAS has no thread control: " << blas_description();
+  set_blas_num_threads(2);
+  const int before = blas_num_threads();
   const auto gallery = unit_vectors(300, 16, 1);
   CpuFlatIndex index(16);
   index.add(gallery.data(), 300, 16);
   cpu_search(index, gallery, 3, KnnAlgorithm::kGemm);
-  EXPECT_EQ(openblas_get_num_threads(), before);
+  EXPECT_EQ(blas_num_threads(), before);
 }
 
 // Runs fn and expects a facenet::Error whose message contains `needle`.

@@ -4,7 +4,6 @@
 //
 //   facenet_bench_search --device cpu --n 1e4,1e5,1e6 --q 1,16,256 --k 1,10,100 --threads 2
 //   facenet_bench_search --device cuda --dtype fp16 --algo all --n 1e6,1e7 --q 1,1024,4096
-#include <cblas.h>
 #include <omp.h>
 
 #include <CLI/CLI.hpp>
@@ -18,6 +17,7 @@
 #include <vector>
 
 #include "engine/bench_util.h"
+#include "engine/blas.h"
 #include "engine/error.h"
 #include "engine/gpu.h"
 #include "engine/knn.h"
@@ -109,7 +109,7 @@ json agreement_json(const KnnAgreement& a) {
 
 void run_cpu(const Options& o, json& results) {
   omp_set_num_threads(o.threads);
-  openblas_set_num_threads(o.threads);
+  set_blas_num_threads(o.threads);
   for (const std::string& n_text : o.n) {
     const int64_t n = parse_count(n_text);
     std::cerr << "bench_search: cpu gallery n=" << n << "\n";

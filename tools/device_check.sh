@@ -1,60 +1,88 @@
 #!/usr/bin/env bash
-# The one script to run on a machine with an NVIDIA GPU (H100/H200): inventory, build for the
-# GPU, GPU test suite, compute-sanitizer memcheck, benchmarks (ours + PyTorch peer), results
-# as JSON + a markdown table in the output folder (commit it under bench/results/).
+# The one script to run on a lent NVIDIA GPU machine (H100/H200): inventory, build, every GPU
+# test, compute-sanitizer memcheck on the kernel tests, the GPU benchmarks (ours + PyTorch
+# peers), a report. It must succeed in ONE call: the session has 15 device minutes in all (the
+# machine's start included) and a command at most 600 s, so it stops itself after
+# DEADLINE_S (default 540 s), skipping what no longer fits and always writing the report.
 #
-# Usage:  tools/device_check.sh [OUT_DIR]        (default: $OUT, else ./out/device-check)
-# Env:    FACENET_SHARED  shared data (weights CSVs, golden/, data/happy-house); default: the
-#                         first of <repo>/shared, <repo>/../shared that exists.
-#         FACENET_PYTHON  interpreter with CUDA PyTorch for the peer (default: the first of
-#                         python3 / /usr/bin/python3 that imports torch with CUDA).
-#         QUICK=1         benchmarks with fewer repeats and no torch.compile peer.
+# THE CALL TO MAKE
+#   1. here, on the dev machine:   cmake -S . -B build -G Ninja && tools/device_prepare.sh
+#      (fills the git-ignored .devroot/: dependency headers + static libs, the two converted
+#      models, golden/ + test images; it prints the size, which must stay well under 64 MiB)
+#   2. the device tool (the working tree travels by itself; .devroot is ignored, so carry it):
+#        run(command="bash tools/device_check.sh", carry=[".devroot"], timeout_s=600)
+#      Files come back in files_at: RESULTS.md, results.json, summary.log, steps.tsv,
+#      logs.tar.gz (every step log and raw JSON). Commit what is worth keeping.
 #
-# Dependencies — the choice made: the GPU machine has nvcc, CMake, ninja and PyTorch's pip
-# cuDNN/cuBLAS, but maybe not the Debian dev packages (OpenCV, CLI11, nlohmann-json,
-# OpenBLAS, GTest, SQLite). Step 1 logs what exists. Step 2 builds from source into
-# build-gpu/ (CUDA arch = the visible GPU, cuDNN taken from the pip package when the toolkit
-# has none). If that configure fails for want of a host package, the script falls back to a
-# build carried along from the dev machine: build-carry/ (made there with
-#   cmake -S . -B build-carry -G Ninja -DFACENET_NATIVE=OFF -DCMAKE_CUDA_ARCHITECTURES=90
-#   -DFACENET_SHARED_DIR=/nonexistent && cmake --build build-carry
-# and passed in `carry`), run with the pip cuDNN/cuBLAS on LD_LIBRARY_PATH; `ldd` of every
-# binary is logged so a missing shared library is named, not guessed.
+# Usage:  tools/device_check.sh [OUT_DIR]   (default: $OUT, else ./out/device-check)
+# Env:    FACENET_SHARED       shared data (golden/, data/); default: the first of <repo>/shared,
+#                              <repo>/../shared, <repo>/.devroot/shared holding golden/
+#         FACENET_TEST_MODELS  converted models; default <repo>/.devroot/models when the CSV
+#                              weights are not in FACENET_SHARED
+#         FACENET_PYTHON       interpreter with CUDA PyTorch (default: the first python3 whose
+#                              torch sees a GPU)
+#         DEADLINE_S=540       whole-script budget in seconds; PEER_COMPILE=1 adds torch.compile
+#         WORK                 scratch (build, logs, JSON, model copies); default /tmp/facenet-device
+#         REUSE_BUILD=1        skip configuring when WORK/build is configured (dry runs here)
 #
-# Robustness: every step logs to OUT/logs/<step>.log and appends "step rc seconds" to
-# OUT/steps.tsv; a failing step never stops later independent steps; each step has a timeout
-# and the whole script stays under ~12 minutes on a bare machine.
+# Dependencies: the device image has nvcc, CMake, ninja and PyTorch's pip cuDNN/cuBLAS but
+# none of the Debian dev packages. Configure tries the system first; if that fails it uses
+# the carried prefix .devroot/root/usr (static libraries: nothing carried is needed at run
+# time) with FACENET_IMAGE_IO=libjpeg. cuDNN (and cuBLAS, if the toolkit lacks it) come from
+# the pip wheels when /usr/local/cuda has none.
+#
+# OUT holds at most 5 files (the device returns at most 8, no folders needed): RESULTS.md,
+# results.json, summary.log, steps.tsv, logs.tar.gz. Every step logs to WORK/logs/<step>.log
+# and appends "step rc seconds" to steps.tsv (rc "skip" = no time left); a failing step never
+# stops later independent steps.
 set -uo pipefail
 
 repo="$(cd "$(dirname "$0")/.." && pwd)"
 out="${1:-${OUT:-$repo/out/device-check}}"
-mkdir -p "$out/logs"
+work="${WORK:-/tmp/facenet-device}"
+mkdir -p "$out" "$work/logs" "$work/json"
 out="$(cd "$out" && pwd)"
 : >"$out/steps.tsv"
-quick="${QUICK:-0}"
+: >"$out/summary.log"
 script_start=$(date +%s)
+deadline=$((script_start + ${DEADLINE_S:-540}))
+report_reserve=25 # seconds kept for the report and the archive
 
-# run_step NAME TIMEOUT_S COMMAND...: runs with a timeout, logs, records rc; never exits.
+say() { echo "$*" | tee -a "$out/summary.log"; }
+
+# run_step NAME LIMIT_S MIN_S COMMAND: runs COMMAND (a bash string) with a timeout of LIMIT_S,
+# cut to the time left before the deadline; skipped when less than MIN_S would be left.
+# Logs to WORK/logs/NAME.log, records "NAME rc seconds" in steps.tsv; returns the rc.
 run_step() {
-  local name="$1" limit="$2"
-  shift 2
-  local t0=$(date +%s)
-  echo "== $name (timeout ${limit}s)" | tee -a "$out/summary.log"
-  timeout --kill-after=10 "$limit" bash -c "$*" >"$out/logs/$name.log" 2>&1
-  local rc=$?
-  local dt=$(($(date +%s) - t0))
-  printf '%s\t%s\t%s\n' "$name" "$rc" "$dt" >>"$out/steps.tsv"
-  echo "   rc=$rc after ${dt}s (log: logs/$name.log)" | tee -a "$out/summary.log"
-  tail -n 5 "$out/logs/$name.log" | sed 's/^/   | /' | tee -a "$out/summary.log"
+  local name="$1" limit="$2" min="$3" cmd="$4"
+  local left=$((deadline - report_reserve - $(date +%s)))
+  if [ "$left" -lt "$min" ]; then
+    printf '%s\tskip\t0\n' "$name" >>"$out/steps.tsv"
+    say "== $name: skipped, ${left}s left"
+    return 99
+  fi
+  [ "$limit" -gt "$left" ] && limit=$left
+  say "== $name (timeout ${limit}s)"
+  local t0 rc
+  t0=$(date +%s)
+  timeout --kill-after=5 "$limit" bash -c "$cmd" >"$work/logs/$name.log" 2>&1
+  rc=$?
+  printf '%s\t%s\t%s\n' "$name" "$rc" "$(($(date +%s) - t0))" >>"$out/steps.tsv"
+  say "   rc=$rc after $(($(date +%s) - t0))s"
+  tail -n 4 "$work/logs/$name.log" | cut -c1-200 | sed 's/^/   | /' | tee -a "$out/summary.log" >/dev/null
   return $rc
 }
 
-# ---- shared data and python ----------------------------------------------------------------
+# ---- shared data, models, python, CUDA libraries --------------------------------------------
 shared="${FACENET_SHARED:-}"
-for cand in "$repo/shared" "$repo/../shared"; do
+for cand in "$repo/shared" "$repo/../shared" "$repo/.devroot/shared"; do
   [ -z "$shared" ] && [ -d "$cand/golden" ] && shared="$(cd "$cand" && pwd)"
 done
 export FACENET_SHARED="$shared"
+csv="$shared/weights/openface-nn4.small2.v1-csv-5-standins"
+if [ -z "${FACENET_TEST_MODELS:-}" ] && [ ! -d "$csv" ] && [ -d "$repo/.devroot/models" ]; then
+  export FACENET_TEST_MODELS="$repo/.devroot/models"
+fi
 if [ -z "${FACENET_PYTHON:-}" ]; then
   for py in python3 /usr/bin/python3; do
     if "$py" -c 'import torch,sys; sys.exit(0 if torch.cuda.is_available() else 1)' 2>/dev/null; then
@@ -64,114 +92,122 @@ if [ -z "${FACENET_PYTHON:-}" ]; then
   done
 fi
 export FACENET_PYTHON="${FACENET_PYTHON:-python3}"
+export FACENET_PEER_COMPILE="${PEER_COMPILE:-0}"
+export PATH="$PATH:/usr/local/cuda/bin"
 
-# pip cuDNN / cuBLAS locations (PyTorch's nvidia-* wheels).
-pip_nvidia_dir() {
-  "$FACENET_PYTHON" -c "import nvidia.$1, os; print(os.path.dirname(nvidia.$1.__file__))" 2>/dev/null ||
-    "$FACENET_PYTHON" -c "import nvidia.$1, os; print(list(nvidia.$1.__path__)[0])" 2>/dev/null
+# First file named $1 under the pip nvidia/ package folders (PyTorch's CUDA wheels).
+pip_find() {
+  local sp
+  sp="$("$FACENET_PYTHON" -c 'import site; print(" ".join(site.getsitepackages()))' 2>/dev/null)"
+  for d in $sp; do
+    [ -d "$d/nvidia" ] && find "$d/nvidia" -name "$1" 2>/dev/null | sort | head -1
+  done | head -1
 }
-cudnn_dir="$(pip_nvidia_dir cudnn)"
-cublas_dir="$(pip_nvidia_dir cublas)"
-for d in "$cudnn_dir/lib" "$cublas_dir/lib"; do
-  [ -d "$d" ] && export LD_LIBRARY_PATH="$d${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}"
-done
+cmake_args=(-G Ninja -DCMAKE_BUILD_TYPE=Release -DFACENET_CUDA=ON "-DFACENET_SHARED_DIR=$shared")
+cuda_lib=/usr/local/cuda/lib64
+if ! ls $cuda_lib/libcudnn.so* /usr/lib/x86_64-linux-gnu/libcudnn.so* >/dev/null 2>&1; then
+  cudnn_lib="$(pip_find 'libcudnn.so.[0-9]*')"
+  cudnn_h="$(pip_find cudnn.h)"
+  if [ -n "$cudnn_lib" ] && [ -n "$cudnn_h" ]; then
+    cmake_args+=("-DCUDNN_LIBRARY=$cudnn_lib" "-DCUDNN_INCLUDE_DIR=$(dirname "$cudnn_h")")
+    LD_LIBRARY_PATH="$(dirname "$cudnn_lib")${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}"
+  fi
+fi
+if ! ls $cuda_lib/libcublas.so >/dev/null 2>&1; then
+  cublas="$(pip_find 'libcublas.so.[0-9]*')"
+  cublaslt="$(pip_find 'libcublasLt.so.[0-9]*')"
+  if [ -n "$cublas" ]; then
+    cmake_args+=("-DCUDA_cublas_LIBRARY=$cublas" "-DCUDA_cublasLt_LIBRARY=$cublaslt")
+    LD_LIBRARY_PATH="$(dirname "$cublas")${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}"
+  fi
+fi
+export LD_LIBRARY_PATH="${LD_LIBRARY_PATH:-}"
 
 # ---- 1. inventory ----------------------------------------------------------------------------
-run_step 01-inventory 60 "
-  echo '## nvidia-smi'; nvidia-smi || true
-  echo '## nvcc'; (command -v nvcc && nvcc --version) || (ls /usr/local/cuda*/bin/nvcc 2>/dev/null; echo 'nvcc not on PATH')
-  echo '## cmake'; cmake --version || true; ninja --version || true
-  echo '## compute-sanitizer / ncu'; command -v compute-sanitizer ncu || true
-  echo '## python + torch'; echo FACENET_PYTHON=$FACENET_PYTHON
-  $FACENET_PYTHON -c 'import torch; print(torch.__version__, torch.version.cuda, torch.backends.cudnn.version(), torch.cuda.is_available())' || true
-  echo '## pip cuDNN dir: $cudnn_dir'; ls '$cudnn_dir/include' '$cudnn_dir/lib' 2>/dev/null | head -40
-  echo '## pip cuBLAS dir: $cublas_dir'; ls '$cublas_dir/lib' 2>/dev/null | head
-  echo '## system libcudnn / libcublas / cudnn.h'
-  ls /usr/local/cuda*/lib64/libcudnn* /usr/local/cuda*/lib64/libcublas.so* /usr/lib/x86_64-linux-gnu/libcudnn* 2>/dev/null | head
-  find / -xdev \\( -name 'cudnn.h' -o -name 'cudnn_version.h' \\) 2>/dev/null | head
-  echo '## dpkg'; dpkg -l 2>/dev/null | grep -Ei 'opencv|openblas|cli11|nlohmann|gtest|googletest|sqlite3|ninja|cmake' || echo 'dpkg: none'
-  echo '## shared data: $FACENET_SHARED'; ls '$FACENET_SHARED' '$FACENET_SHARED/golden' 2>&1 | head
-  echo '## carried build'; ls -la '$repo/build-carry/apps' '$repo/build-carry/tests' 2>&1 | head -20
+run_step 01-inventory 40 10 "
+  echo '## date'; date -u; echo '## nvidia-smi'; nvidia-smi || true
+  echo '## nvcc'; command -v nvcc && nvcc --version | tail -2
+  echo '## host compiler'; c++ --version | head -1; ldconfig -p | grep -E 'libgomp|libstdc' | head
+  echo '## cmake, ninja'; cmake --version | head -1; ninja --version
+  echo '## compute-sanitizer'; command -v compute-sanitizer
+  echo '## python + torch: $FACENET_PYTHON'
+  '$FACENET_PYTHON' -c 'import torch; print(torch.__version__, torch.version.cuda, torch.backends.cudnn.version(), torch.cuda.is_available())'
+  echo '## cmake args: ${cmake_args[*]}'; echo 'LD_LIBRARY_PATH=${LD_LIBRARY_PATH:-}'
+  echo '## toolkit libraries'; ls $cuda_lib | grep -E 'cudnn|cublas' | head
+  echo '## dpkg'; dpkg -l 2>/dev/null | grep -Ei 'opencv|openblas|libblas|cli11|nlohmann|gtest|sqlite3|jpeg|png' | cut -c1-80
+  echo '## shared data: $FACENET_SHARED, models: ${FACENET_TEST_MODELS:-converted from CSV}'
+  ls '$FACENET_SHARED' '${FACENET_TEST_MODELS:-$csv}' | head
+  echo '## carried prefix'; du -sh '$repo/.devroot'/* 2>&1
 "
 
 # ---- 2. build --------------------------------------------------------------------------------
-export PATH="$PATH:/usr/local/cuda/bin"
-cmake_args=(-G Ninja -DCMAKE_BUILD_TYPE=Release -DFACENET_NATIVE=ON -DFACENET_CUDA=ON
-  "-DFACENET_SHARED_DIR=${FACENET_SHARED:-$repo/../shared}")
-if [ -n "$cudnn_dir" ] && [ -f "$cudnn_dir/include/cudnn.h" ]; then
-  lib="$(ls "$cudnn_dir"/lib/libcudnn.so* 2>/dev/null | head -1)"
-  [ -n "$lib" ] && cmake_args+=("-DCUDNN_LIBRARY=$lib" "-DCUDNN_INCLUDE_DIR=$cudnn_dir/include")
+build="$work/build"
+built=0
+devroot_args=("-DCMAKE_PREFIX_PATH=$repo/.devroot/root/usr" -DFACENET_IMAGE_IO=libjpeg)
+if [ "${REUSE_BUILD:-0}" = 1 ] && [ -f "$build/CMakeCache.txt" ]; then
+  say "== reusing the configured $build (REUSE_BUILD=1)"
+  run_step 03-build 300 60 "cmake --build '$build' -j \$(nproc)" && built=1
+elif run_step 02-configure-system 90 30 "rm -rf '$build'; cmake -S '$repo' -B '$build' ${cmake_args[*]@Q}" ||
+  run_step 02-configure-devroot 90 30 \
+    "rm -rf '$build'; cmake -S '$repo' -B '$build' ${cmake_args[*]@Q} ${devroot_args[*]@Q}"; then
+  run_step 03-build 300 60 "cmake --build '$build' -j \$(nproc)" && built=1
 fi
-bin=""
-if run_step 02-configure 180 "cmake -S '$repo' -B '$repo/build-gpu' ${cmake_args[*]@Q}"; then
-  run_step 03-build 420 "cmake --build '$repo/build-gpu' -j \$(nproc)" && bin="$repo/build-gpu"
-fi
-if [ -z "$bin" ] && [ -x "$repo/build-carry/apps/facenet" ]; then
-  echo "   using the carried build: build-carry/" | tee -a "$out/summary.log"
-  bin="$repo/build-carry"
-fi
-run_step 04-ldd 30 "for f in '$bin'/apps/facenet '$bin'/tests/test_*; do [ -x \"\$f\" ] && echo \"## \$f\" && ldd \"\$f\" | grep -E 'not found|cudnn|cublas|cudart|opencv|openblas'; done"
+run_step 04-ldd 20 5 "for f in '$build'/apps/facenet '$build'/tests/test_cuda_backend; do echo \"## \$f\"; ldd \"\$f\"; done"
 
-# ---- 3. tests ----------------------------------------------------------------------------------
-if [ -n "$bin" ]; then
-  run_step 05-gpu-tests 300 "'$bin/tests/test_cuda_backend' --gtest_color=no; '$bin/tests/test_gpu' --gtest_color=no"
-  run_step 06-all-tests 300 "cd '$bin' && ctest --output-on-failure -j 8 --timeout 240"
-  # memcheck on the kernel tests and one whole-model configuration (fp32, eager and graph).
-  run_step 07-memcheck 240 "compute-sanitizer --tool memcheck --error-exitcode 9 \
-    '$bin/tests/test_cuda_backend' --gtest_color=no \
-    --gtest_filter='Layouts/*:KernelValidation.*:Configs/GpuGolden.ReproducesEveryImage/openface_fp32_nchw_*'"
+# ---- 3. tests --------------------------------------------------------------------------------
+json="$work/json"
+model="${FACENET_TEST_MODELS:-$work}/nn4-openface.safetensors"
+if [ $built = 1 ]; then
+  run_step 05-gpu-tests 150 30 "rc=0
+    for t in '$build/tests/test_cuda_backend' '$build/tests/test_gpu'; do \"\$t\" --gtest_color=no || rc=1; done
+    '$build/tests/test_knn' --gtest_color=no --gtest_filter='GpuFlatIndex.*' || rc=1
+    '$build/tests/test_triplet' --gtest_color=no --gtest_filter='TripletGpu.*' || rc=1
+    exit \$rc"
+  # The CPU suites (CI runs them too) in the background while memcheck holds the GPU; GPU
+  # tests ran above, converter tests need the CSV weights (absent on the device).
+  exclude='Gpu|Kernel|^(Converter|CorruptedWeights)\.|^ModelFile\.RoundTrip'
+  [ -d "$csv" ] && exclude='Gpu|Kernel'
+  run_step 06-cpu-tests 150 30 "cd '$build' && ctest --output-on-failure -j 8 --timeout 120 -E '$exclude'" &
+  cpu_tests=$!
+  # memcheck: kernel-level tests only (whole-model runs through cuDNN take minutes under it).
+  memcheck="compute-sanitizer --tool memcheck --error-exitcode 9"
+  run_step 07-memcheck-kernels 100 30 "$memcheck '$build/tests/test_cuda_backend' --gtest_color=no \
+    --gtest_filter='Layouts/*:KernelValidation.*'"
+  run_step 07-memcheck-knn 60 20 "$memcheck '$build/tests/test_knn' --gtest_color=no \
+    --gtest_filter='GpuFlatIndex.*'"
+  run_step 07-memcheck-triplet 60 20 "$memcheck '$build/tests/test_triplet' --gtest_color=no \
+    --gtest_filter='TripletGpu.*'"
+  wait $cpu_tests
 fi
 
-# ---- 4. benchmarks ------------------------------------------------------------------------------
-model="$out/nn4-openface.safetensors"
-if [ -n "$bin" ]; then
-  run_step 08-convert 60 "'$bin/apps/facenet' convert openface-csv \
-    '$FACENET_SHARED/weights/openface-nn4.small2.v1-csv-5-standins' -o '$model'"
-  repeats=20
-  [ "$quick" = 1 ] && repeats=7 && export FACENET_PEER_COMPILE=0
-  # The peer (all its configurations) runs once, with the fp16 run; the others skip it.
+# ---- 4. benchmarks -----------------------------------------------------------------------------
+if [ $built = 1 ]; then
+  [ -f "$model" ] || run_step 08-convert 60 10 "'$build/apps/facenet' convert openface-csv '$csv' -o '$model'"
+  # The peer (all its GPU configurations) runs once, with fp16; fp32 and bf16 skip it.
   for prec in fp16 fp32 bf16; do
-    peer=--no-peer
-    [ "$prec" = fp16 ] && peer=""
-    limit=150
-    [ -z "$peer" ] && limit=400
-    elapsed=$(($(date +%s) - script_start))
-    if [ $elapsed -gt 660 ]; then
-      echo "   skipping bench-$prec: ${elapsed}s used" | tee -a "$out/summary.log"
-      continue
-    fi
-    run_step "09-bench-$prec" $limit "'$bin/apps/facenet' bench encode --device cuda \
-      --precision $prec --model '$model' --batch 1,64,256,1024,4096 --warmup 3 \
-      --repeats $repeats $peer > '$out/bench-encode-cuda-$prec.json'"
+    peer=--no-peer limit=60
+    [ $prec = fp16 ] && peer="" limit=150
+    run_step "09-bench-encode-$prec" $limit 30 "'$build/apps/facenet' bench encode --device cuda \
+      --precision $prec --model '$model' --batch 1,64,256,1024,4096 --warmup 3 --repeats 10 \
+      $peer > '$json/encode-$prec.json'"
+  done
+  run_step 10-bench-triplet 90 30 "'$build/apps/facenet' bench triplet --device cuda \
+    --batch 1024,4096,8192 --modes batch_hard,batch_all,semi_hard --warmup 2 --repeats 10 --check \
+    > '$json/triplet.json'"
+  # Search: N=1e6 checked against the CPU index; N=1e7 (a 5 GB host gallery) unchecked.
+  for n in 1e6 1e7; do
+    for dtype in fp16 fp32; do
+      check=--check limit=60
+      [ $n = 1e7 ] && check="" limit=120
+      run_step "11-bench-search-$n-$dtype" $limit 30 "'$build/tools/facenet_bench_search' \
+        --device cuda --n $n --q 1,1024 --k 10 --dtype $dtype --algo all --warmup 2 --repeats 10 \
+        $check > '$json/search-$n-$dtype.json'"
+    done
   done
 fi
 
 # ---- 5. report -----------------------------------------------------------------------------------
-run_step 10-report 60 "'$FACENET_PYTHON' - '$out' <<'EOF'
-import json, glob, os, sys
-out = sys.argv[1]
-rows = ['| precision | batch | model-only img/s | latency ms | e2e img/s | best PyTorch img/s (config) | ratio | GPU mem (backend) |',
-        '|---|---|---|---|---|---|---|---|']
-gpu = ''
-for f in sorted(glob.glob(os.path.join(out, 'bench-encode-cuda-*.json'))):
-    try:
-        j = json.load(open(f))
-    except Exception as e:
-        rows.append(f'| {os.path.basename(f)} | unreadable: {e} |'); continue
-    gpu = j.get('gpu', gpu)
-    peer = {}
-    for p in j.get('peer', {}).get('results', []):
-        if p['img_per_s'] > peer.get(p['batch'], (0, ''))[0]:
-            peer[p['batch']] = (p['img_per_s'], p['config'])
-    for r in j['results']:
-        e2e = r.get('end_to_end', {}).get('img_per_s', float('nan'))
-        pb = peer.get(r['batch'], (float('nan'), '-'))
-        ratio = r['img_per_s'] / pb[0] if pb[0] == pb[0] and pb[0] > 0 else float('nan')
-        rows.append(f\"| {j['dtype']} | {r['batch']} | {r['img_per_s']:,.0f} | {r['latency_ms']:.3f} | {e2e:,.0f} | {pb[0]:,.0f} ({pb[1]}) | {ratio:.2f} | {r['backend_device_bytes']/2**30:.2f} GiB |\")
-steps = open(os.path.join(out, 'steps.tsv')).read().strip().splitlines()
-md = ['# device_check results', '', f'GPU: {gpu}', '', '## steps (name, rc, seconds)', '']
-md += ['    ' + s for s in steps] + ['', '## encode benchmark', ''] + rows
-open(os.path.join(out, 'RESULTS.md'), 'w').write('\n'.join(md) + '\n')
-print('\n'.join(md))
-EOF"
-echo "device_check: done in $(($(date +%s) - script_start))s; results in $out" | tee -a "$out/summary.log"
+report_reserve=0
+run_step 13-report 20 1 "'$FACENET_PYTHON' '$repo/tools/device_report.py' '$work' '$out'"
+say "device_check: done in $(($(date +%s) - script_start))s; results in $out"
+tar -czf "$out/logs.tar.gz" -C "$work" logs json 2>/dev/null || say "device_check: could not archive logs"

@@ -1,0 +1,26 @@
+// The image decoder behind image_io.h, one implementation per build (FACENET_IMAGE_IO):
+// image_decode_opencv.cpp (OpenCV) or image_decode_libjpeg.cpp (libjpeg-turbo + libpng).
+#pragma once
+
+#include <string>
+#include <vector>
+
+namespace facenet {
+
+// An 8-bit colour image: height x width x 3, rows packed, OpenCV's BGR channel order.
+struct Bgr8Image {
+  int height = 0, width = 0;
+  std::vector<unsigned char> pixels;
+};
+
+// Decodes like cv::imdecode(bytes, IMREAD_COLOR): 8-bit BGR, alpha dropped, grey expanded,
+// JPEG EXIF orientation applied. Throws facenet::Error naming `what`.
+Bgr8Image decode_bgr8(const std::vector<unsigned char>& bytes, const std::string& what);
+
+// Bilinear resize like cv::resize(..., INTER_LINEAR) (see each implementation for how exact).
+Bgr8Image resize_bilinear(const Bgr8Image& img, int height, int width);
+
+// Encodes as a baseline JPEG at quality 95 (cv::imencode's default).
+std::vector<unsigned char> encode_jpeg(const Bgr8Image& img);
+
+}  // namespace facenet

@@ -1,0 +1,61 @@
+#!/usr/bin/env bash
+# Runs every CPU benchmark with its peer in the same run and writes the JSON files plus a
+# markdown table into bench/results/cpu-<date>/ (or $1). Needs a build (tools/test.sh) and a
+# quiet machine: other load distorts every number. Usage: tools/bench_cpu.sh [OUT_DIR]
+set -euo pipefail
+cd "$(dirname "$0")/.."
+shared=${FACENET_SHARED:-../shared}
+out=${1:-bench/results/cpu-$(date -u +%Y-%m-%d)}
+mkdir -p "$out"
+threads=$(nproc)
+b=build
+model=$b/bench-nn4-openface.safetensors
+[ -f "$model" ] || $b/apps/facenet convert openface-csv \
+  "$shared/weights/openface-nn4.small2.v1-csv-5-standins" -o "$model" 2>/dev/null
+
+echo "bench_cpu: encode" >&2
+$b/apps/facenet bench encode --model "$model" --batch 1,16,64 --repeats 10 --threads "$threads" \
+  > "$out/encode.json"
+echo "bench_cpu: triplet" >&2
+$b/apps/facenet bench triplet --batch 256,1024 --modes batch_all,batch_hard,semi_hard \
+  --repeats 5 --threads "$threads" > "$out/triplet-small.json"
+$b/apps/facenet bench triplet --batch 4096 --modes batch_hard,semi_hard --repeats 3 \
+  --threads "$threads" > "$out/triplet-4096.json"
+echo "bench_cpu: search" >&2
+$b/tools/facenet_bench_search --n 1e4 1e5 1e6 --q 1 16 256 --k 1 10 100 --threads "$threads" \
+  --repeats 3 > "$out/search.json"
+echo "bench_cpu: gallery" >&2
+$b/tools/facenet_bench_gallery --rows 1000000 --repeats 3 --check > "$out/gallery.json"
+
+/usr/bin/python3 - "$out" <<'PY'
+import json, os, sys
+out = sys.argv[1]
+def load(n):
+    return json.load(open(os.path.join(out, n)))
+enc = load("encode.json")
+m = enc["machine"]
+lines = [f"# CPU benchmarks, {m['date']}", "",
+         f"Machine: {m['cpu']}, {m['cores']} cores; BLAS: {m.get('blas', '?')}; threads {enc['threads']}.",
+         "Every ratio is ours / the peer's, measured in the same run.", "",
+         "## Encoder (nn4.small2, model only, fp32)", "",
+         "| batch | ours img/s | latency ms | PyTorch img/s | ratio |", "|---|---|---|---|---|"]
+peer = {r["batch"]: r for r in enc.get("peer", {}).get("results", [])}
+for r in enc["results"]:
+    p = peer.get(r["batch"], {})
+    lines.append(f"| {r['batch']} | {r['img_per_s']:.1f} | {r['latency_ms']:.2f} | "
+                 f"{p.get('img_per_s', float('nan')):.1f} | {r.get('ratio_vs_peer', float('nan')):.2f} |")
+lines += ["", "## Triplet loss + gradient (d=128)", "",
+          "| B | mode | ours ms | PyTorch ms | ratio |", "|---|---|---|---|---|"]
+for f in ("triplet-small.json", "triplet-4096.json"):
+    for r in load(f).get("results", []):
+        ours = r.get("ours", r).get("median_ms", r.get("median_ms"))
+        pm = (r.get("peer") or {}).get("median_ms")
+        ratio = r.get("speedup_vs_peer")
+        lines.append(f"| {r.get('batch', r.get('B'))} | {r.get('mode')} | {ours} | {pm} | {ratio} |")
+lines += ["", "## Exact k-NN search (d=128): see search.json", "", "## Gallery", ""]
+g = load("gallery.json")
+lines.append(f"Enrol {g['rows']:,} embeddings: {g['enroll_s']['median']:.2f} s "
+             f"({g['enroll_rows_per_s']:,.0f} rows/s); load_all {g['load_all_s']['median']:.2f} s.")
+open(os.path.join(out, "README.md"), "w").write("\n".join(lines) + "\n")
+print("\n".join(lines))
+PY

@@ -1,0 +1,74 @@
+#!/usr/bin/env bash
+# Run HERE (the dev machine) before tools/device_check.sh runs on a lent GPU machine: puts in
+# .devroot/ (git-ignored, passed to the device with carry=[".devroot"]) what that bare machine
+# lacks and cannot fetch (it has no network):
+#   .devroot/root/usr   headers + static libraries of the host dependencies, extracted from
+#                       Debian .debs (apt-get download + dpkg -x; nothing is installed here):
+#                       SQLite, GoogleTest, CLI11, nlohmann-json, libjpeg-turbo, libpng, zlib and
+#                       the reference CBLAS. Shared objects are removed so the build links the
+#                       .a files and the binaries need no carried library at run time.
+#   .devroot/models     nn4-openface.safetensors, nn4-coursera.safetensors (for
+#                       FACENET_TEST_MODELS; the 60 MB CSV weights stay here)
+#   .devroot/shared     golden/ and data/{happy-house,krasserm-lfw10} (for FACENET_SHARED)
+# OpenMP's libgomp comes with the device's g++ (the compiler cannot link -fopenmp without it),
+# so it is not carried.
+#
+# Usage: tools/device_prepare.sh [BUILD_DIR]   (a configured build here, default build/; its
+#        `facenet` CLI converts the weights)   Env: FACENET_SHARED (default ../shared)
+set -euo pipefail
+
+repo="$(cd "$(dirname "$0")/.." && pwd)"
+build="${1:-$repo/build}"
+shared="${FACENET_SHARED:-$repo/../shared}"
+dest="$repo/.devroot"
+pkgs=(libsqlite3-dev libgtest-dev libcli11-dev nlohmann-json3-dev libjpeg62-turbo-dev
+  libpng-dev zlib1g-dev libblas-dev)
+
+[ -d "$shared/golden" ] || { echo "device_prepare: no shared data at $shared" >&2; exit 1; }
+[ -f "$build/CMakeCache.txt" ] || { echo "device_prepare: configure $build first" >&2; exit 1; }
+
+rm -rf "$dest"
+mkdir -p "$dest/root" "$dest/models" "$dest/shared/data"
+debs="$(mktemp -d)"
+trap 'rm -rf "$debs"' EXIT
+
+# ---- host dependencies ------------------------------------------------------------------------
+(cd "$debs" && apt-get download "${pkgs[@]}" 2>&1 | grep -v '^W: Download is performed unsandboxed')
+for deb in "$debs"/*.deb; do
+  dpkg -x "$deb" "$dest/root"
+  echo "device_prepare: $(basename "$deb")"
+done
+usr="$dest/root/usr"
+lib="$usr/lib/x86_64-linux-gnu"
+rm -rf "${usr:?}"/{share/doc,share/man,share/lintian,bin}
+# Static linking only: drop shared objects and their dev links (dangling here anyway, since
+# the runtime packages are not extracted).
+find "$usr/lib" \( -name '*.so' -o -name '*.so.*' \) -exec rm -f {} +
+# Multiarch headers (jconfig.h, cblas_mangling.h) also at include/: the compiler searches
+# /usr/include/x86_64-linux-gnu by itself, but not that folder under a prefix.
+for h in "$usr/include/x86_64-linux-gnu"/*; do ln -s "x86_64-linux-gnu/${h##*/}" "$usr/include/"; done
+# What Debian's alternatives system would have linked: cblas.h and libblas.a at their usual
+# names (the reference BLAS holds the cblas_* functions too).
+ln -s x86_64-linux-gnu/cblas-netlib.h "$usr/include/cblas.h"
+ln -s blas/libblas.a "$lib/libblas.a"
+rm -f "$lib/pkgconfig/blas-netlib.pc"
+
+# ---- models and test data ---------------------------------------------------------------------
+cmake --build "$build" --target facenet >/dev/null
+for variant in openface coursera; do
+  "$build/apps/facenet" convert openface-csv "$shared/weights/openface-nn4.small2.v1-csv-5-standins" \
+    --variant "$variant" -o "$dest/models/nn4-$variant.safetensors"
+done
+cp -r "$shared/golden" "$dest/shared/"
+cp -r "$shared/data/happy-house" "$shared/data/krasserm-lfw10" "$dest/shared/data/"
+chmod -R u+w "$dest/shared"
+
+# ---- size: the working tree and every carried path share 64 MiB ----------------------------------
+du -sh "$dest/root" "$dest/models" "$dest/shared" | sed 's/^/device_prepare: /'
+total_kib=$(du -sk "$dest" | cut -f1)
+tree_kib=$(cd "$repo" && git ls-files -z --cached --others --exclude-standard | du -ck --files0-from=- 2>/dev/null | tail -1 | cut -f1)
+awk -v d="$total_kib" -v t="$tree_kib" 'BEGIN { printf "device_prepare: .devroot %.1f MiB + working tree %.1f MiB = %.1f MiB (limit 64, aim < 45)\n", d / 1024, t / 1024, (d + t) / 1024 }'
+if [ $((total_kib + tree_kib)) -gt $((45 * 1024)) ]; then
+  echo "device_prepare: over the 45 MiB aim; the transfer may be refused" >&2
+  exit 1
+fi

@@ -80,35 +80,77 @@ void conv_gemm(const float* x, const PlanarDims& d, const float* w, const float*
   add_bias(y, out, N, bias, relu);
 }
 
-void pool_planes(const float* x, int64_t planes, int64_t h, int64_t w, int kernel, int stride,
-                 int pad, PoolKind kind, float* y) {
+namespace {
+
+template <PoolKind K>
+inline float pool_init() {
+  return K == PoolKind::max ? -std::numeric_limits<float>::infinity() : 0.0f;
+}
+template <PoolKind K>
+inline float pool_add(float acc, float v) {  // the horizontal pass sees raw inputs
+  return K == PoolKind::max ? std::max(acc, v) : acc + (K == PoolKind::l2 ? v * v : v);
+}
+template <PoolKind K>
+inline float pool_merge(float acc, float partial) {  // the vertical pass sees partials
+  return K == PoolKind::max ? std::max(acc, partial) : acc + partial;
+}
+
+// Separable pooling of one plane: a horizontal pass reduces each input row over the window
+// columns into rows[h][wo], then a vertical pass reduces those over the window rows, so each
+// output costs 2k instead of k^2 steps and the vertical pass runs along contiguous rows.
+// Padded cells are skipped (max: they never win; sums: they add zero).
+template <PoolKind K>
+void pool_plane(const float* src, int64_t h, int64_t w, int kernel, int stride, int pad, int64_t ho,
+                int64_t wo, float* rows, float* dst) {
+  for (int64_t iy = 0; iy < h; ++iy)
+    for (int64_t ox = 0; ox < wo; ++ox) {
+      const int64_t x0 = std::max<int64_t>(0, ox * stride - pad);
+      const int64_t x1 = std::min<int64_t>(w, ox * stride - pad + kernel);
+      float acc = pool_init<K>();
+      for (int64_t ix = x0; ix < x1; ++ix) acc = pool_add<K>(acc, src[iy * w + ix]);
+      rows[iy * wo + ox] = acc;
+    }
+  const float inv_area = 1.0f / static_cast<float>(kernel * kernel);
+  for (int64_t oy = 0; oy < ho; ++oy) {
+    const int64_t y0 = std::max<int64_t>(0, oy * stride - pad);
+    const int64_t y1 = std::min<int64_t>(h, oy * stride - pad + kernel);
+    float* out = dst + oy * wo;
+    for (int64_t ox = 0; ox < wo; ++ox) out[ox] = pool_init<K>();
+    for (int64_t iy = y0; iy < y1; ++iy)
+      for (int64_t ox = 0; ox < wo; ++ox) out[ox] = pool_merge<K>(out[ox], rows[iy * wo + ox]);
+    if (K == PoolKind::avg)
+      for (int64_t ox = 0; ox < wo; ++ox) out[ox] *= inv_area;
+    if (K == PoolKind::l2)
+      for (int64_t ox = 0; ox < wo; ++ox) out[ox] = std::sqrt(out[ox]);
+  }
+}
+
+template <PoolKind K>
+void pool_all(const float* x, int64_t planes, int64_t h, int64_t w, int kernel, int stride, int pad,
+              float* y) {
   const int64_t ho = (h + 2 * pad - kernel) / stride + 1;
   const int64_t wo = (w + 2 * pad - kernel) / stride + 1;
-  const float inv_area = 1.0f / static_cast<float>(kernel * kernel);
-#pragma omp parallel for schedule(static)
-  for (int64_t pl = 0; pl < planes; ++pl) {
-    const float* src = x + pl * h * w;
-    float* dst = y + pl * ho * wo;
-    for (int64_t oy = 0; oy < ho; ++oy) {
-      const int64_t y0 = std::max<int64_t>(0, oy * stride - pad);
-      const int64_t y1 = std::min<int64_t>(h, oy * stride - pad + kernel);
-      for (int64_t ox = 0; ox < wo; ++ox) {
-        const int64_t x0 = std::max<int64_t>(0, ox * stride - pad);
-        const int64_t x1 = std::min<int64_t>(w, ox * stride - pad + kernel);
-        float acc = kind == PoolKind::max ? -std::numeric_limits<float>::infinity() : 0.0f;
-        for (int64_t iy = y0; iy < y1; ++iy)
-          for (int64_t ix = x0; ix < x1; ++ix) {
-            const float v = src[iy * w + ix];
-            if (kind == PoolKind::max)
-              acc = std::max(acc, v);
-            else
-              acc += kind == PoolKind::l2 ? v * v : v;
-          }
-        dst[oy * wo + ox] = kind == PoolKind::avg  ? acc * inv_area
-                            : kind == PoolKind::l2 ? std::sqrt(acc)
-                                                   : acc;
-      }
-    }
+#pragma omp parallel
+  {
+    std::vector<float> rows(h * wo);
+#pragma omp for schedule(static)
+    for (int64_t pl = 0; pl < planes; ++pl)
+      pool_plane<K>(x + pl * h * w, h, w, kernel, stride, pad, ho, wo, rows.data(),
+                    y + pl * ho * wo);
+  }
+}
+
+}  // namespace
+
+void pool_planes(const float* x, int64_t planes, int64_t h, int64_t w, int kernel, int stride,
+                 int pad, PoolKind kind, float* y) {
+  switch (kind) {
+    case PoolKind::max:
+      return pool_all<PoolKind::max>(x, planes, h, w, kernel, stride, pad, y);
+    case PoolKind::avg:
+      return pool_all<PoolKind::avg>(x, planes, h, w, kernel, stride, pad, y);
+    case PoolKind::l2:
+      return pool_all<PoolKind::l2>(x, planes, h, w, kernel, stride, pad, y);
   }
 }
 
@@ -135,7 +177,14 @@ void lrn_channels(const float* x, int64_t channels, int64_t per_channel, int siz
       }
       const float* xc = x + c * per_channel + i0;
       float* yc = y + c * per_channel + i0;
-      for (int64_t i = 0; i < len; ++i) yc[i] = xc[i] * std::pow(k + scale * sum[i], -beta);
+      if (beta == 0.75f) {  // the nets' value: t^-0.75 = 1 / (sqrt(t) * sqrt(sqrt(t))), no pow
+        for (int64_t i = 0; i < len; ++i) {
+          const float r = std::sqrt(k + scale * sum[i]);
+          yc[i] = xc[i] / (r * std::sqrt(r));
+        }
+      } else {
+        for (int64_t i = 0; i < len; ++i) yc[i] = xc[i] * std::pow(k + scale * sum[i], -beta);
+      }
       if (c - half >= 0) {  // channel leaving the window
         const float* xj = x + (c - half) * per_channel + i0;
         for (int64_t i = 0; i < len; ++i) sum[i] -= xj[i] * xj[i];

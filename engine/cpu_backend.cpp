@@ -11,7 +11,6 @@
 #include <map>
 #include <set>
 
-#include "engine/blas.h"
 #include "engine/cpu_ops.h"
 #include "engine/error.h"
 
@@ -48,10 +47,10 @@ class CpuBackend final : public Backend {
 
   std::string name() const override { return "cpu"; }
 
-  // Threads split the batch: each runs whole micro-batches with its own buffers and a
-  // single-threaded BLAS, so no two thread pools fight over the cores (OpenBLAS's threads
-  // spin while OpenMP loops run, which halved throughput). A batch that makes only one
-  // micro-batch uses the threads inside BLAS instead.
+  // Threads split the batch: each runs whole micro-batches with its own buffers (BLAS is
+  // single-threaded engine-wide, see blas.h; inside the parallel region every op runs
+  // serially). A batch that makes only one micro-batch runs its ops and GEMMs across the
+  // threads instead (parallel_sgemm splits the columns).
   void forward(const float* x, int64_t n, float* y) override {
     const int64_t in_per_image = element_count(graph_.input_shape);
     const int64_t out_dim = element_count(shapes_.at(graph_.output));
@@ -60,14 +59,12 @@ class CpuBackend final : public Backend {
     const int64_t chunks = (n + micro - 1) / micro;
     const int workers = static_cast<int>(std::min<int64_t>(threads_, chunks));
     if (workspaces_.size() < static_cast<size_t>(workers)) workspaces_.resize(workers);
-    // Op-level loops stay serial (parallelism is per chunk or inside BLAS); the caller's
-    // OpenMP setting is restored on return so its own loops (image decode) keep every core.
+    // The caller's OpenMP setting is restored on return.
     struct OmpThreadsGuard {
       int saved = omp_get_max_threads();
       ~OmpThreadsGuard() { omp_set_num_threads(saved); }
     } guard;
-    omp_set_num_threads(1);
-    set_blas_num_threads(workers > 1 ? 1 : threads_);
+    omp_set_num_threads(threads_);
     auto run_chunk = [&](Workspace& ws, int64_t c) {
       const int64_t i0 = c * micro, nb = std::min(micro, n - i0);
       ensure_buffers(ws, nb);

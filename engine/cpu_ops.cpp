@@ -2,7 +2,7 @@
 // and dense layers, OpenMP over planes/rows for everything else.
 #include "engine/cpu_ops.h"
 
-#include <cblas.h>
+#include "engine/blas.h"
 
 #include <algorithm>
 #include <cmath>
@@ -75,8 +75,7 @@ void conv_gemm(const float* x, const PlanarDims& d, const float* w, const float*
     im2col(x, d, kernel, stride, pad, ho, wo, col.data());
     b_mat = col.data();
   }
-  cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, out, N, K, 1.0f, w, K, b_mat, N, 0.0f, y,
-              N);
+  parallel_sgemm(out, N, K, w, K, b_mat, N, y, N);
   add_bias(y, out, N, bias, relu);
 }
 
@@ -207,7 +206,7 @@ void copy_centred(const float* x, int64_t planes, int64_t h, int64_t w, float* y
 
 void dense_gemm(const float* x, int64_t in, int64_t n, const float* w, const float* b, int64_t out,
                 float* y) {
-  cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, out, n, in, 1.0f, w, in, x, n, 0.0f, y, n);
+  parallel_sgemm(out, n, in, w, in, x, n, y, n);
   add_bias(y, out, n, b, false);
 }
 

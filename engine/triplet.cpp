@@ -11,6 +11,7 @@
 #include <type_traits>
 #include <unordered_map>
 
+#include "engine/blas.h"
 #include "engine/error.h"
 #include "engine/gpu.h"
 
@@ -120,15 +121,17 @@ LabelStats label_stats(const std::vector<int32_t>& labels) {
 
 // ---- CPU reference ---------------------------------------------------------------------------
 
+// float: the full A A^T with OpenMP-split columns (BLAS is single-threaded engine-wide, see
+// blas.h); twice syrk's work, but on every core. The upper triangle is what callers read.
 void blas_syrk_upper(int64_t n, int64_t k, const float* a, float* c) {
-  cblas_ssyrk(CblasRowMajor, CblasUpper, CblasNoTrans, n, k, 1.f, a, k, 0.f, c, n);
+  parallel_sgemm(n, n, k, a, k, a, k, c, n, /*trans_b=*/true);
 }
 void blas_syrk_upper(int64_t n, int64_t k, const double* a, double* c) {
   cblas_dsyrk(CblasRowMajor, CblasUpper, CblasNoTrans, n, k, 1.0, a, k, 0.0, c, n);
 }
 // c (m x n) = a (m x k) * b (k x n), all row-major.
 void blas_gemm(int64_t m, int64_t n, int64_t k, const float* a, const float* b, float* c) {
-  cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, m, n, k, 1.f, a, k, b, n, 0.f, c, n);
+  parallel_sgemm(m, n, k, a, k, b, n, c, n);
 }
 void blas_gemm(int64_t m, int64_t n, int64_t k, const double* a, const double* b, double* c) {
   cblas_dgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, m, n, k, 1.0, a, k, b, n, 0.0, c, n);

@@ -165,10 +165,7 @@ void validate(const TripletBenchOptions& b) {
 
 nlohmann::json run_triplet_bench(const TripletBenchOptions& b) {
   validate(b);
-  if (b.threads > 0) {
-    omp_set_num_threads(b.threads);
-    set_blas_num_threads(b.threads);
-  }
+  if (b.threads > 0) omp_set_num_threads(b.threads);
   const int threads = omp_get_max_threads();
   const bool cuda = b.device == "cuda";
   const int64_t peer_max_ba = b.peer_max_batch_all > 0 ? b.peer_max_batch_all : cuda ? 4096 : 1024;

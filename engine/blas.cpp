@@ -58,20 +58,23 @@ const bool kSerialBlas = (set_blas_num_threads(1), true);
 void parallel_sgemm(int64_t m, int64_t n, int64_t k, const float* a, int64_t lda, const float* b,
                     int64_t ldb, float* c, int64_t ldc, bool trans_b) {
   (void)kSerialBlas;
-  constexpr int64_t kMinColumns = 64;  // narrower slices lose more to packing than they gain
-  const int threads = omp_in_parallel()
-                          ? 1
-                          : static_cast<int>(std::min<int64_t>(
-                                omp_get_max_threads(), std::max<int64_t>(1, n / kMinColumns)));
+  // Fixed-width column panels: every element of C comes from the same panel GEMM whatever
+  // the thread count, so results do not depend on it (bit for bit).
+  constexpr int64_t kPanel = 256;
+  const int64_t panels = (n + kPanel - 1) / kPanel;
   const CBLAS_TRANSPOSE tb = trans_b ? CblasTrans : CblasNoTrans;
   // Column c0 of op(B) starts at b + c0 (B k x n) or at row c0 of B (n x k, transposed).
-  auto columns = [&](int64_t c0, int64_t c1) {
-    cblas_sgemm(CblasRowMajor, CblasNoTrans, tb, m, c1 - c0, k, 1.0f, a, lda,
+  auto panel = [&](int64_t p) {
+    const int64_t c0 = p * kPanel, cols = std::min(kPanel, n - c0);
+    cblas_sgemm(CblasRowMajor, CblasNoTrans, tb, m, cols, k, 1.0f, a, lda,
                 trans_b ? b + c0 * ldb : b + c0, ldb, 0.0f, c + c0, ldc);
   };
-  if (threads <= 1) return columns(0, n);
-#pragma omp parallel for num_threads(threads) schedule(static)
-  for (int t = 0; t < threads; ++t) columns(n * t / threads, n * (t + 1) / threads);
+  if (panels <= 1 || omp_in_parallel()) {
+    for (int64_t p = 0; p < panels; ++p) panel(p);
+    return;
+  }
+#pragma omp parallel for schedule(static)
+  for (int64_t p = 0; p < panels; ++p) panel(p);
 }
 
 }  // namespace facenet

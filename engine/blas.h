@@ -20,8 +20,9 @@ int blas_num_threads();
 // once a threaded GEMM had run in the process). blas.cpp applies it when the engine loads.
 
 // C (m x n) = A (m x k) * op(B), row-major with leading dimensions; op(B) is B (k x n), or
-// with trans_b the transpose of a row-major n x k B. The columns of C are split across the
-// OpenMP threads unless called from inside a parallel region.
+// with trans_b the transpose of a row-major n x k B. C's columns are computed in fixed-width
+// panels shared out to the OpenMP threads (serially inside a parallel region); the result does
+// not depend on the thread count.
 void parallel_sgemm(int64_t m, int64_t n, int64_t k, const float* a, int64_t lda, const float* b,
                     int64_t ldb, float* c, int64_t ldc, bool trans_b = false);
 

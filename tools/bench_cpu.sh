@@ -2,6 +2,7 @@
 # Runs every CPU benchmark with its peer in the same run and writes the JSON files plus a
 # markdown table into bench/results/cpu-<date>/ (or $1). Needs a build (tools/test.sh) and a
 # quiet machine: other load distorts every number. Usage: tools/bench_cpu.sh [OUT_DIR]
+# REPORT_ONLY=1 rewrites README.md from the JSON files already in OUT_DIR.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 shared=${FACENET_SHARED:-../shared}
@@ -9,6 +10,7 @@ out=${1:-bench/results/cpu-$(date -u +%Y-%m-%d)}
 mkdir -p "$out"
 threads=$(nproc)
 b=build
+if [ "${REPORT_ONLY:-0}" != 1 ]; then
 model=$b/bench-nn4-openface.safetensors
 [ -f "$model" ] || $b/apps/facenet convert openface-csv \
   "$shared/weights/openface-nn4.small2.v1-csv-5-standins" -o "$model" 2>/dev/null
@@ -26,6 +28,7 @@ $b/tools/facenet_bench_search --n 1e4 1e5 1e6 --q 1 16 256 --k 1 10 100 --thread
   --repeats 3 > "$out/search.json"
 echo "bench_cpu: gallery" >&2
 $b/tools/facenet_bench_gallery --rows 1000000 --repeats 3 --check > "$out/gallery.json"
+fi
 
 /usr/bin/python3 - "$out" <<'PY'
 import json, os, sys
@@ -48,11 +51,18 @@ lines += ["", "## Triplet loss + gradient (d=128)", "",
           "| B | mode | ours ms | PyTorch ms | ratio |", "|---|---|---|---|---|"]
 for f in ("triplet-small.json", "triplet-4096.json"):
     for r in load(f).get("results", []):
-        ours = r.get("ours", r).get("median_ms", r.get("median_ms"))
+        ours = r["ours"]["median_ms"]
         pm = (r.get("peer") or {}).get("median_ms")
         ratio = r.get("speedup_vs_peer")
-        lines.append(f"| {r.get('batch', r.get('B'))} | {r.get('mode')} | {ours} | {pm} | {ratio} |")
-lines += ["", "## Exact k-NN search (d=128): see search.json", "", "## Gallery", ""]
+        pms = f"{pm:.3f}" if pm is not None else "-"
+        rs = f"{ratio:.1f}" if ratio is not None else "-"
+        lines.append(f"| {r['batch']} | {r['mode']} | {ours:.3f} | {pms} | {rs} |")
+lines += ["", "## Exact k-NN search (d=128, CPU, FAISS IndexFlatL2 1.7.3 as the peer)", "",
+          "| N | Q | k | ours queries/s | FAISS queries/s | ratio |", "|---|---|---|---|---|---|"]
+for r in load("search.json")["results"]:
+    lines.append(f"| {r['n']:.0e} | {r['q']} | {r['k']} | {r['ours']['queries_per_s']:,.1f} | "
+                 f"{r['peer']['queries_per_s']:,.1f} | {r['speedup_vs_peer']:.2f} |")
+lines += ["", "## Gallery (SQLite, WAL)", ""]
 g = load("gallery.json")
 lines.append(f"Enrol {g['rows']:,} embeddings: {g['enroll_s']['median']:.2f} s "
              f"({g['enroll_rows_per_s']:,.0f} rows/s); load_all {g['load_all_s']['median']:.2f} s.")

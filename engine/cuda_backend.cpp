@@ -292,6 +292,10 @@ class CudaBackendImpl final : public CudaBackend {
         case OpType::l2norm:
           fail("node '", n.name, "': a standalone ", op_name(n.op),
                " is not supported by the cuda backend (only fused into a conv / the head)");
+        case OpType::affine:
+        case OpType::add:
+          fail("node '", n.name, "': op '", op_name(n.op),
+               "' (dlib ResNet) is not implemented by the cuda backend yet; use --device cpu");
       }
       if (s.kind == StepKind::head && s.output != graph_.output)
         fail("node '", s.output, "': the cuda backend needs the dense head to be the output");

@@ -10,13 +10,14 @@
 #include <memory>
 #include <nlohmann/json.hpp>
 
+#include "apps/cli_common.h"
+#include "apps/embedding_writer.h"
 #include "engine/dlib_resnet.h"
 #include "engine/encode_faces.h"
 #include "engine/error.h"
 #include "engine/image_cv.h"
 #include "engine/lfw_eval.h"
 #include "engine/model.h"
-#include "engine/npy.h"
 
 namespace fs = std::filesystem;
 
@@ -211,28 +212,20 @@ void add_eval(CLI::App& app, int& exit_code) {
 
 // ---- encode --align ------------------------------------------------------------------------
 int run_encode_photos(const PhotoEncodeArgs& a) {
-  if (a.format == "npy" && a.output.empty())
-    fail("--format npy needs -o <file.npy> (binary output is not written to a terminal)");
+  EmbeddingWriter writer(a.format, a.output);
   const Model model = load_model(a.model);
   model_alignment(model.graph);  // fail early when the model names no alignment
   auto backend = make_backend(model, a.backend);
   const FaceAligner aligner(models_dir(a.dlib_models));
   const auto files = expand_inputs(a.inputs);
   if (files.empty()) fail("no images found in the given inputs");
-  std::ofstream file_out;
-  std::ostream* out = &std::cout;
-  if (a.format == "jsonl" && !a.output.empty()) {
-    file_out.open(a.output, std::ios::trunc);
-    if (!file_out) fail("cannot write ", a.output);
-    out = &file_out;
-  }
   FaceOptions opt;
   opt.pick = parse_face_pick(a.align);
   opt.upsample = a.upsample;
-  std::vector<float> all;
-  std::vector<std::string> rows;
+  Progress progress("encoding photos", true);
   PhotoCallbacks cb;
   cb.on_photo = [&](const PhotoResult& r) {
+    if (!r.error.empty() || r.faces.empty()) progress.break_line();
     if (!r.error.empty()) {
       std::cerr << "facenet encode: skipped " << r.error << "\n";
       return;
@@ -241,34 +234,16 @@ int run_encode_photos(const PhotoEncodeArgs& a) {
       std::cerr << "facenet encode: no face found in " << r.path.string() << "\n";
     for (size_t i = 0; i < r.faces.size(); ++i) {
       const EncodedFace& f = r.faces[i];
-      if (a.format == "jsonl") {
-        *out << nlohmann::json{{"image", r.path.string()},
-                               {"face", i},
-                               {"box", box_json(f.face.box)},
-                               {"embedding", f.embedding}}
-                    .dump()
-             << "\n";
-      } else {
-        rows.push_back(r.path.string() + "#" + std::to_string(i));
-        all.insert(all.end(), f.embedding.begin(), f.embedding.end());
-      }
+      writer.add({{"image", r.path.string()}, {"face", i}, {"box", box_json(f.face.box)}},
+                 r.path.string() + "#" + std::to_string(i), f.embedding.data(),
+                 static_cast<int64_t>(f.embedding.size()));
     }
-    out->flush();
+    writer.flush();
   };
-  const bool tty = isatty(fileno(stderr));
-  cb.on_progress = [&](size_t done, size_t total) {
-    if (tty) std::fprintf(stderr, "\rencoding photos %zu/%zu", done, total);
-  };
+  cb.on_progress = [&](size_t done, size_t total) { progress.update(done, total); };
   const PhotoStats s = encode_photos(*backend, model, aligner, files, opt, a.batch, cb);
-  if (tty) std::fputc('\n', stderr);
-  const int64_t dim = model.embedding_dim();
-  if (a.format == "npy") {
-    write_npy(a.output, all.data(), static_cast<int64_t>(rows.size()), dim);
-    const fs::path list = fs::path(a.output).replace_extension(".paths.txt");
-    std::ofstream l(list, std::ios::trunc);
-    for (const auto& p : rows) l << p << "\n";
-    if (!l) fail("cannot write ", list.string());
-  }
+  progress.break_line();
+  writer.finish(model.embedding_dim());
   std::cerr << "facenet encode: " << s.photos << " photo(s), " << s.faces << " face(s) encoded, "
             << s.no_face << " without a face, " << s.failed << " unreadable\n";
   return s.failed ? 1 : 0;

@@ -3,6 +3,7 @@
 #include <iomanip>
 
 #include "apps/cli_common.h"
+#include "apps/embedding_writer.h"
 #ifdef FACENET_HAS_DLIB
 #include "apps/cli_faces.h"
 #endif
@@ -12,11 +13,11 @@
 #include "engine/encode_bench.h"
 #include "engine/error.h"
 #include "engine/model.h"
-#include "engine/npy.h"
 #include "engine/triplet_bench.h"
 
 namespace fs = std::filesystem;
 using namespace facenet;
+using facenet::cli::EmbeddingWriter;
 
 namespace {
 
@@ -108,8 +109,7 @@ int run_encode(const EncodeArgs& a) {
     return cli::run_encode_photos(p);
 #endif
   }
-  if (a.format == "npy" && a.output.empty())
-    fail("--format npy needs -o <file.npy> (binary output is not written to a terminal)");
+  EmbeddingWriter writer(a.format, a.output);
   const Model model = load_model(a.model);
   BackendOptions bo;
   bo.device = parse_device(a.device);
@@ -119,46 +119,20 @@ int run_encode(const EncodeArgs& a) {
   const auto files = expand_inputs(a.inputs);
   if (files.empty()) fail("no images found in the given inputs");
 
-  std::ofstream file_out;
-  std::ostream* out = &std::cout;
-  if (a.format == "jsonl" && !a.output.empty()) {
-    file_out.open(a.output, std::ios::trunc);
-    if (!file_out) fail("cannot write ", a.output);
-    out = &file_out;
-  }
   const int64_t dim = model.embedding_dim();
-  std::vector<float> all;
-  std::vector<std::string> all_paths;
   cli::Progress progress("encoding", files.size() > static_cast<size_t>(a.batch));
   EncodeCallbacks cb;
   cb.on_batch = [&](const std::vector<fs::path>& paths, const std::vector<float>& emb) {
-    for (size_t i = 0; i < paths.size(); ++i) {
-      if (a.format == "jsonl") {
-        nlohmann::json line = {
-            {"image", paths[i].string()},
-            {"embedding", std::vector<float>(emb.begin() + i * dim, emb.begin() + (i + 1) * dim)}};
-        *out << line.dump() << "\n";
-      } else {
-        all_paths.push_back(paths[i].string());
-        all.insert(all.end(), emb.begin() + i * dim, emb.begin() + (i + 1) * dim);
-      }
-    }
-    out->flush();  // what is done is kept even if a later batch fails hard
+    for (size_t i = 0; i < paths.size(); ++i)
+      writer.add({{"image", paths[i].string()}}, paths[i].string(), emb.data() + i * dim, dim);
+    writer.flush();  // what is done is kept even if a later batch fails hard
   };
   cb.on_error = cli::report_skipped("encode", progress);
   cb.on_progress = [&](size_t done, size_t total) { progress.update(done, total); };
   const EncodeStats stats =
       encode_files(*backend, input_spec(model.graph), dim, files, a.batch, cb);
   progress.break_line();
-  if (a.format == "npy") {
-    write_npy(a.output, all.data(), static_cast<int64_t>(all_paths.size()), dim);
-    const fs::path list = fs::path(a.output).replace_extension(".paths.txt");
-    std::ofstream l(list, std::ios::trunc);
-    for (const auto& p : all_paths) l << p << "\n";
-    if (!l) fail("cannot write ", list.string());
-    std::cerr << "wrote " << a.output << " (" << all_paths.size() << " x " << dim
-              << " float32) and " << list.string() << "\n";
-  }
+  writer.finish(dim);
   if (stats.failed) {
     std::cerr << "facenet encode: " << stats.failed << " of " << files.size()
               << " file(s) could not be encoded; " << stats.encoded << " encoded\n";

@@ -204,6 +204,99 @@ void copy_centred(const float* x, int64_t planes, int64_t h, int64_t w, float* y
   }
 }
 
+// F(2x2, 3x3) (Lavin & Gray 2015): for a 4x4 input tile d and 3x3 filter g the 2x2 output is
+// A^T [(G g G^T) .* (B^T d B)] A with
+//   B^T = [1 0 -1 0; 0 1 1 0; 0 -1 1 0; 0 1 0 -1], G = [1 0 0; .5 .5 .5; .5 -.5 .5; 0 0 1],
+//   A^T = [1 1 1 0; 0 1 -1 -1].
+std::vector<float> winograd_weights(const float* w, int out, int in) {
+  std::vector<float> u(16 * static_cast<size_t>(out) * in);
+  for (int o = 0; o < out; ++o)
+    for (int c = 0; c < in; ++c) {
+      const float* g = w + (static_cast<int64_t>(o) * in + c) * 9;
+      float t[4][3];  // G g
+      for (int j = 0; j < 3; ++j) {
+        t[0][j] = g[j];
+        t[1][j] = 0.5f * (g[j] + g[3 + j] + g[6 + j]);
+        t[2][j] = 0.5f * (g[j] - g[3 + j] + g[6 + j]);
+        t[3][j] = g[6 + j];
+      }
+      for (int i = 0; i < 4; ++i) {  // (G g) G^T
+        const float r[4] = {t[i][0], 0.5f * (t[i][0] + t[i][1] + t[i][2]),
+                            0.5f * (t[i][0] - t[i][1] + t[i][2]), t[i][2]};
+        for (int j = 0; j < 4; ++j) u[((i * 4 + j) * static_cast<size_t>(out) + o) * in + c] = r[j];
+      }
+    }
+  return u;
+}
+
+void conv_winograd_3x3(const float* x, const PlanarDims& d, const float* u, const float* bias,
+                       int out, bool relu, float* y, std::vector<float>& scratch) {
+  const int64_t th = (d.h + 1) / 2, tw = (d.w + 1) / 2, tiles = d.n * th * tw;
+  const int64_t in_size = 16 * d.c * tiles, out_size = 16 * static_cast<int64_t>(out) * tiles;
+  if (static_cast<int64_t>(scratch.size()) < in_size + out_size) scratch.resize(in_size + out_size);
+  float* v = scratch.data();            // [16][C][tiles]: B^T d B per input tile
+  float* m = scratch.data() + in_size;  // [16][O][tiles]: the 16 products
+  // Input transform; tile (ty, tx) reads rows 2ty-1 .. 2ty+2 and columns 2tx-1 .. 2tx+2.
+#pragma omp parallel for schedule(static)
+  for (int64_t ci = 0; ci < d.c * d.n; ++ci) {
+    const int64_t c = ci / d.n, img = ci % d.n;
+    const float* plane = x + ci * d.plane();
+    for (int64_t ty = 0; ty < th; ++ty)
+      for (int64_t tx = 0; tx < tw; ++tx) {
+        float t[4][4];
+        for (int i = 0; i < 4; ++i)
+          for (int j = 0; j < 4; ++j) {
+            const int64_t iy = 2 * ty - 1 + i, ix = 2 * tx - 1 + j;
+            t[i][j] = (iy >= 0 && iy < d.h && ix >= 0 && ix < d.w) ? plane[iy * d.w + ix] : 0.f;
+          }
+        float r[4][4];  // B^T t
+        for (int j = 0; j < 4; ++j) {
+          r[0][j] = t[0][j] - t[2][j];
+          r[1][j] = t[1][j] + t[2][j];
+          r[2][j] = t[2][j] - t[1][j];
+          r[3][j] = t[1][j] - t[3][j];
+        }
+        const int64_t tile = (img * th + ty) * tw + tx;
+        for (int i = 0; i < 4; ++i) {  // (B^T t) B
+          const float row[4] = {r[i][0] - r[i][2], r[i][1] + r[i][2], r[i][2] - r[i][1],
+                                r[i][1] - r[i][3]};
+          for (int j = 0; j < 4; ++j) v[((i * 4 + j) * d.c + c) * tiles + tile] = row[j];
+        }
+      }
+  }
+  for (int xi = 0; xi < 16; ++xi)
+    parallel_sgemm(out, tiles, d.c, u + static_cast<int64_t>(xi) * out * d.c, d.c,
+                   v + xi * d.c * tiles, tiles, m + static_cast<int64_t>(xi) * out * tiles, tiles);
+    // Output transform A^T M A, bias, ReLU, cropped at the right/bottom edge.
+#pragma omp parallel for schedule(static)
+  for (int64_t oi = 0; oi < out * d.n; ++oi) {
+    const int64_t o = oi / d.n, img = oi % d.n;
+    float* plane = y + oi * d.plane();
+    for (int64_t ty = 0; ty < th; ++ty)
+      for (int64_t tx = 0; tx < tw; ++tx) {
+        const int64_t tile = (img * th + ty) * tw + tx;
+        float p[4][4];
+        for (int k = 0; k < 16; ++k) p[k / 4][k % 4] = m[(k * out + o) * tiles + tile];
+        float r[2][4];  // A^T p
+        for (int j = 0; j < 4; ++j) {
+          r[0][j] = p[0][j] + p[1][j] + p[2][j];
+          r[1][j] = p[1][j] - p[2][j] - p[3][j];
+        }
+        for (int i = 0; i < 2; ++i) {
+          const int64_t oy = 2 * ty + i;
+          if (oy >= d.h) break;
+          const float vals[2] = {r[i][0] + r[i][1] + r[i][2] + bias[o],
+                                 r[i][1] - r[i][2] - r[i][3] + bias[o]};
+          for (int j = 0; j < 2; ++j) {
+            const int64_t ox = 2 * tx + j;
+            if (ox >= d.w) break;
+            plane[oy * d.w + ox] = relu ? std::max(vals[j], 0.0f) : vals[j];
+          }
+        }
+      }
+  }
+}
+
 void dense_gemm(const float* x, int64_t in, int64_t n, const float* w, const float* b, int64_t out,
                 float* y) {
   parallel_sgemm(out, n, in, w, in, x, n, y, n);

@@ -21,6 +21,14 @@ enum class PoolKind { max, avg, l2 };
 void conv_gemm(const float* x, const PlanarDims& d, const float* w, const float* bias, int out,
                int kernel, int stride, int pad, bool relu, float* y, std::vector<float>& col);
 
+// Winograd F(2x2, 3x3) for 3x3 stride-1 pad-1 convolutions: 2.25x fewer multiplications than
+// im2col + GEMM (16 GEMMs of Cout x Cin x tiles instead of one of Cout x 9Cin x pixels).
+// winograd_weights turns w [O][C][3][3] into U = G w G^T, laid out [16][O][C], once at load.
+std::vector<float> winograd_weights(const float* w, int out, int in);
+// Same contract as conv_gemm for kernel 3 / stride 1 / pad 1, with U from winograd_weights.
+void conv_winograd_3x3(const float* x, const PlanarDims& d, const float* u, const float* bias,
+                       int out, bool relu, float* y, std::vector<float>& scratch);
+
 // Pools each of `planes` independent h x w planes (layout-agnostic). Max: padded cells never
 // win; avg: divides by kernel^2; l2: sqrt of the window's sum of squares.
 void pool_planes(const float* x, int64_t planes, int64_t h, int64_t w, int kernel, int stride,

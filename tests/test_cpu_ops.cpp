@@ -84,6 +84,39 @@ INSTANTIATE_TEST_SUITE_P(Shapes, ConvGemm,
                                   std::to_string(c.s) + "p" + std::to_string(c.p);
                          });
 
+class Winograd : public ::testing::TestWithParam<ConvCase> {};
+
+TEST_P(Winograd, MatchesDirectConvolution) {
+  const ConvCase cc = GetParam();
+  const uint32_t seed = 300 + cc.h * 7 + cc.w;
+  const HostTensor x = random_tensor({cc.n, cc.c, cc.h, cc.w}, seed);
+  const HostTensor w = random_tensor({cc.out, cc.c, 3, 3}, seed + 1);
+  const HostTensor b = random_tensor({cc.out}, seed + 2);
+  const std::vector<float> u = winograd_weights(w.data.data(), cc.out, cc.c);
+  for (bool relu : {false, true}) {
+    HostTensor ref = conv2d_direct(x, w, b, 1, 1);
+    if (relu) ref = relu_direct(ref);
+    const std::vector<float> xc = to_cnhw(x);
+    std::vector<float> y(ref.size(), NAN), scratch;
+    conv_winograd_3x3(xc.data(), {cc.c, cc.n, cc.h, cc.w}, u.data(), b.data.data(), cc.out, relu,
+                      y.data(), scratch);
+    EXPECT_LT(normalized_error(from_cnhw(y, ref.shape), ref), 1e-5)
+        << "seed " << seed << " relu " << relu;
+  }
+}
+
+// Even and odd map sizes (a ragged last tile row/column), one pixel, many channels.
+INSTANTIATE_TEST_SUITE_P(Shapes, Winograd,
+                         ::testing::Values(ConvCase{2, 8, 12, 12, 6, 3, 1, 1},
+                                           ConvCase{3, 5, 7, 9, 4, 3, 1, 1},
+                                           ConvCase{1, 3, 1, 1, 2, 3, 1, 1},
+                                           ConvCase{2, 64, 24, 24, 16, 3, 1, 1}),
+                         [](const auto& info) {
+                           const ConvCase& c = info.param;
+                           return "n" + std::to_string(c.n) + "c" + std::to_string(c.c) + "h" +
+                                  std::to_string(c.h) + "w" + std::to_string(c.w);
+                         });
+
 struct PoolCase {
   int n, c, h, w, k, s, p;
 };

@@ -127,6 +127,7 @@ void add_detect(CLI::App& app, int& exit_code) {
 struct EvalArgs {
   std::string model, pairs, images, output, plot, dlib_models, device = "cpu";
   int batch = 64, threads = 0;
+  bool mirror = false;
 };
 
 int run_eval_lfw(const EvalArgs& a) {
@@ -138,6 +139,7 @@ int run_eval_lfw(const EvalArgs& a) {
   const FaceAligner aligner(models_dir(a.dlib_models));
   LfwOptions opt;
   opt.batch = a.batch;
+  opt.mirror = a.mirror;
   const bool tty = isatty(fileno(stderr));
   int last_decile = -1;
   const auto t0 = std::chrono::steady_clock::now();
@@ -198,6 +200,8 @@ void add_eval(CLI::App& app, int& exit_code) {
   lfw->add_option("--batch", a->batch, "Photos per forward pass")
       ->check(CLI::PositiveNumber)
       ->capture_default_str();
+  lfw->add_flag("--mirror", a->mirror,
+                "Average each face's embedding with its mirror image's (2x the encoding work)");
   lfw->add_option("--threads", a->threads, "CPU threads (0 = all cores)")->capture_default_str();
   lfw->add_option("--dlib-models", a->dlib_models, "Folder of dlib's landmark models");
   lfw->footer(

@@ -1,6 +1,9 @@
 // Photo pipeline: parallel decode/detect/align per batch, then one batched forward pass.
 #include "engine/encode_faces.h"
 
+#include <cmath>
+#include <opencv2/core.hpp>
+
 #include <algorithm>
 #include <cctype>
 #include <cmath>
@@ -73,6 +76,11 @@ PhotoStats encode_photos(Backend& backend, const Model& model, const FaceAligner
         const cv::Mat img = read_image(r.path);
         for (auto& [face, fallback] : find_faces(aligner, img, opt)) {
           chips[i].push_back(FaceAligner::align(img, face, alignment));
+          if (opt.mirror) {
+            cv::Mat flipped;
+            cv::flip(chips[i].back(), flipped, 1);
+            chips[i].push_back(flipped);
+          }
           r.faces.push_back({std::move(face), fallback, {}});
         }
       } catch (const std::exception& e) {
@@ -91,10 +99,21 @@ PhotoStats encode_photos(Backend& backend, const Model& model, const FaceAligner
     output.resize(total * dim);
     if (total) backend.forward(input.data(), total, output.data());
     k = 0;
+    const bool normalised = model.graph.nodes.back().op == OpType::l2norm;
     for (auto& r : results) {
       for (auto& f : r.faces) {
         f.embedding.assign(output.begin() + k * dim, output.begin() + (k + 1) * dim);
         ++k;
+        if (opt.mirror) {  // mean of the chip's and the mirrored chip's embeddings
+          double ss = 0;
+          for (int64_t j = 0; j < dim; ++j) {
+            f.embedding[j] = 0.5f * (f.embedding[j] + output[k * dim + j]);
+            ss += static_cast<double>(f.embedding[j]) * f.embedding[j];
+          }
+          ++k;
+          if (normalised && ss > 0)
+            for (auto& v : f.embedding) v = static_cast<float>(v / std::sqrt(ss));
+        }
         stats.fallback += f.fallback;
       }
       ++stats.photos;

@@ -25,6 +25,8 @@ struct FaceOptions {
   int upsample = 0;                 // dlib pyramid_up count for the first detection try
   bool retry_upsampled = false;     // no face: try once more with upsample + 1
   std::optional<FaceBox> fallback;  // still none: use this box (landmarks still predicted)
+  bool mirror = false;              // also encode the mirrored chip and average the two embeddings
+                                    // (re-normalised when the model ends in an L2 normalisation)
 };
 
 struct EncodedFace {

@@ -108,10 +108,12 @@ std::vector<unsigned char> to_dtype(const std::vector<float>& v, DType dtype) {
   return out;
 }
 
+// On `stream`: the context's stream is non-blocking, so a copy on the legacy default stream
+// would not be ordered before the kernels that read the weights.
 template <typename T>
-DeviceBuffer<T> upload(const std::vector<T>& host) {
+DeviceBuffer<T> upload(const std::vector<T>& host, cudaStream_t stream) {
   DeviceBuffer<T> d(host.size());
-  d.upload(host.data(), host.size());
+  d.upload(host.data(), host.size(), stream);
   return d;
 }
 
@@ -253,8 +255,8 @@ class CudaBackendImpl final : public CudaBackend {
           if (sole_next(i, OpType::batchnorm)) fold(m, nodes[++i], w, b, s);
           if (sole_next(i, OpType::relu)) s.relu = true, s.output = nodes[++i].name;
           if (layout_ == Layout::nhwc) w = kcrs_to_krsc(w, s.out, s.in, s.kernel);
-          s.w = upload(to_dtype(w, dtype_));
-          s.b = upload(to_dtype(b, dtype_));
+          s.w = upload(to_dtype(w, dtype_), ctx_.stream());
+          s.b = upload(to_dtype(b, dtype_), ctx_.stream());
           weight_bytes_ += s.w.bytes() + s.b.bytes();
           break;
         }
@@ -327,8 +329,8 @@ class CudaBackendImpl final : public CudaBackend {
     std::vector<float> wt(w.size());  // [out][in] -> [in][out]
     for (int o = 0; o < s.out; ++o)
       for (int c = 0; c < s.in; ++c) wt[static_cast<size_t>(c) * s.out + o] = w[o * s.in + c];
-    s.head_wt = upload(wt);
-    s.head_b = upload(b);
+    s.head_wt = upload(wt, ctx_.stream());
+    s.head_b = upload(b, ctx_.stream());
     weight_bytes_ += s.head_wt.bytes() + s.head_b.bytes();
     return graph_.nodes[i].name;
   }

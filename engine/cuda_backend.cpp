@@ -392,9 +392,16 @@ class CudaBackendImpl final : public CudaBackend {
         if (slot >= 0) slots_[slot].last = std::max(slots_[slot].last, t);
       }
     }
-    if (placement_.at(graph_.output).slot >= 0)
+    if (output_in_arena())
       slots_[placement_.at(graph_.output).slot].last = static_cast<int>(steps_.size());
     assign_offsets();
+  }
+
+  // False when the head writes the output straight to output_ (the head's value has no
+  // placement); true for a truncated graph whose output lives in an arena slot.
+  bool output_in_arena() const {
+    const auto it = placement_.find(graph_.output);
+    return it != placement_.end() && it->second.slot >= 0;
   }
 
   // Greedy by size: each slot takes the lowest offset that overlaps no already placed slot
@@ -594,7 +601,7 @@ class CudaBackendImpl final : public CudaBackend {
           break;
       }
     }
-    if (placement_.at(graph_.output).slot >= 0)  // a truncated graph: export the value
+    if (output_in_arena())  // a truncated graph: export the value
       launch_copy_centred(view(graph_.output, n),
                           f32_nchw(output_.data(), n, shapes_.at(graph_.output)), st);
   }

@@ -108,10 +108,12 @@ std::vector<unsigned char> to_dtype(const std::vector<float>& v, DType dtype) {
   return out;
 }
 
+// On `stream`: the context's stream is non-blocking, so a copy on the legacy default stream
+// would not be ordered before the kernels that read the weights.
 template <typename T>
-DeviceBuffer<T> upload(const std::vector<T>& host) {
+DeviceBuffer<T> upload(const std::vector<T>& host, cudaStream_t stream) {
   DeviceBuffer<T> d(host.size());
-  d.upload(host.data(), host.size());
+  d.upload(host.data(), host.size(), stream);
   return d;
 }
 
@@ -253,8 +255,8 @@ class CudaBackendImpl final : public CudaBackend {
           if (sole_next(i, OpType::batchnorm)) fold(m, nodes[++i], w, b, s);
           if (sole_next(i, OpType::relu)) s.relu = true, s.output = nodes[++i].name;
           if (layout_ == Layout::nhwc) w = kcrs_to_krsc(w, s.out, s.in, s.kernel);
-          s.w = upload(to_dtype(w, dtype_));
-          s.b = upload(to_dtype(b, dtype_));
+          s.w = upload(to_dtype(w, dtype_), ctx_.stream());
+          s.b = upload(to_dtype(b, dtype_), ctx_.stream());
           weight_bytes_ += s.w.bytes() + s.b.bytes();
           break;
         }
@@ -327,8 +329,8 @@ class CudaBackendImpl final : public CudaBackend {
     std::vector<float> wt(w.size());  // [out][in] -> [in][out]
     for (int o = 0; o < s.out; ++o)
       for (int c = 0; c < s.in; ++c) wt[static_cast<size_t>(c) * s.out + o] = w[o * s.in + c];
-    s.head_wt = upload(wt);
-    s.head_b = upload(b);
+    s.head_wt = upload(wt, ctx_.stream());
+    s.head_b = upload(b, ctx_.stream());
     weight_bytes_ += s.head_wt.bytes() + s.head_b.bytes();
     return graph_.nodes[i].name;
   }
@@ -390,9 +392,16 @@ class CudaBackendImpl final : public CudaBackend {
         if (slot >= 0) slots_[slot].last = std::max(slots_[slot].last, t);
       }
     }
-    if (placement_.at(graph_.output).slot >= 0)
+    if (output_in_arena())
       slots_[placement_.at(graph_.output).slot].last = static_cast<int>(steps_.size());
     assign_offsets();
+  }
+
+  // False when the head writes the output straight to output_ (the head's value has no
+  // placement); true for a truncated graph whose output lives in an arena slot.
+  bool output_in_arena() const {
+    const auto it = placement_.find(graph_.output);
+    return it != placement_.end() && it->second.slot >= 0;
   }
 
   // Greedy by size: each slot takes the lowest offset that overlaps no already placed slot
@@ -592,7 +601,7 @@ class CudaBackendImpl final : public CudaBackend {
           break;
       }
     }
-    if (placement_.at(graph_.output).slot >= 0)  // a truncated graph: export the value
+    if (output_in_arena())  // a truncated graph: export the value
       launch_copy_centred(view(graph_.output, n),
                           f32_nchw(output_.data(), n, shapes_.at(graph_.output)), st);
   }

@@ -262,11 +262,13 @@ TEST_P(GpuGolden, ReproducesEveryImage) {
   for (const auto& g : imgs) want.insert(want.end(), g.embedding.begin(), g.embedding.end());
   EXPECT_EQ(nearest_neighbours(y, imgs.size()), nearest_neighbours(want, imgs.size()));
 
-  // Batch composition must not change a result (another batch size = another plan).
+  // Batch composition must not change a result (another batch size = another plan, possibly
+  // another cuDNN algorithm, hence the golden tolerance rather than a tighter one; a batch-mixing
+  // bug shows up as errors of order 0.1).
   std::vector<float> single(128);
   backend->forward(x.data() + 5 * element_count(m.graph.input_shape), 1, single.data());
   for (int d = 0; d < 128; ++d)
-    EXPECT_NEAR(single[d], y[5 * 128 + d], c.precision == "fp32" ? 1e-5 : 1e-2) << d;
+    EXPECT_NEAR(single[d], y[5 * 128 + d], c.precision == "fp32" ? 1e-4 : 1e-2) << d;
 }
 
 INSTANTIATE_TEST_SUITE_P(Configs, GpuGolden,

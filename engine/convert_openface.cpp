@@ -23,21 +23,8 @@ class Nn4Builder {
 
   std::string conv_bn_relu(const std::string& conv, const std::string& bn, const std::string& in,
                            int out, int kernel, int stride, int pad, double eps = 1e-5) {
-    Node c;
-    c.name = conv;
-    c.out = out;
-    c.op = OpType::conv;
-    c.inputs = {in};
-    c.kernel = kernel;
-    c.stride = stride;
-    c.pad = pad;
-    c.weight = conv + "_w";
-    c.bias = conv + "_b";
-    add(c);
-    Node b;
-    b.name = bn;
-    b.op = OpType::batchnorm;
-    b.inputs = {conv};
+    add(make_conv(conv, in, out, kernel, stride, pad));
+    Node b = make_node(OpType::batchnorm, bn, {conv});
     b.gamma = bn + "_w";
     b.beta = bn + "_b";
     b.mean = bn + "_m";
@@ -49,22 +36,11 @@ class Nn4Builder {
 
   std::string pool(OpType op, const std::string& name, const std::string& in, int kernel,
                    int stride, int pad = 0) {
-    Node p;
-    p.name = name;
-    p.op = op;
-    p.inputs = {in};
-    p.kernel = kernel;
-    p.stride = stride;
-    p.pad = pad;
-    return add(p);
+    return add(make_node(op, name, {in}, kernel, stride, pad));
   }
 
   std::string simple(OpType op, const std::string& name, const std::string& in) {
-    Node n;
-    n.name = name;
-    n.op = op;
-    n.inputs = {in};
-    return add(n);
+    return add(make_node(op, name, {in}));
   }
 
   std::string lrn(const std::string& name, const std::string& in) {
@@ -106,11 +82,7 @@ class Nn4Builder {
     outs.push_back(w.pool ? conv_bn_relu(p + "pool_conv", p + "pool_bn", pooled, w.pool, 1, 1, 0)
                           : pooled);
     if (w.out1) outs.push_back(conv_bn_relu(p + "1x1_conv", p + "1x1_bn", in, w.out1, 1, 1, 0));
-    Node c;
-    c.name = "inception_" + blk;
-    c.op = OpType::concat;
-    c.inputs = outs;
-    return add(c);
+    return add(make_node(OpType::concat, "inception_" + blk, outs));
   }
 
   Graph finish(std::string output) {
@@ -168,14 +140,7 @@ Graph nn4_small2_graph(Nn4Variant variant) {
   x = b.inception("5a", x, 1, {96, 384, 0, 0, 96, 256}, {l2, 3, 3});
   x = b.inception("5b", x, 1, {96, 384, 0, 0, 96, 256}, {mx, 3, 2});
   x = b.pool(OpType::avgpool, "avgpool", x, 3, 1);
-  Node dense;
-  dense.name = "dense";
-  dense.out = 128;
-  dense.op = OpType::dense;
-  dense.inputs = {x};
-  dense.weight = "dense_w";
-  dense.bias = "dense_b";
-  g.nodes.push_back(dense);
+  g.nodes.push_back(make_dense("dense", x, 128));
   return b.finish(b.simple(OpType::l2norm, "embedding", "dense"));
 }
 

@@ -54,21 +54,8 @@ class ResnetBuilder {
  public:
   std::string conv_affine(const std::string& name, const std::string& in, int out, int kernel,
                           int stride, int pad) {
-    Node c;
-    c.name = name;
-    c.op = OpType::conv;
-    c.inputs = {in};
-    c.out = out;
-    c.kernel = kernel;
-    c.stride = stride;
-    c.pad = pad;
-    c.weight = name + "_w";
-    c.bias = name + "_b";
-    add(c);
-    Node a;
-    a.name = name + "_affine";
-    a.op = OpType::affine;
-    a.inputs = {name};
+    add(make_conv(name, in, out, kernel, stride, pad));
+    Node a = make_node(OpType::affine, name + "_affine", {name});
     a.gamma = a.name + "_gamma";
     a.beta = a.name + "_beta";
     return add(a);
@@ -76,13 +63,7 @@ class ResnetBuilder {
 
   std::string op(OpType type, const std::string& name, std::vector<std::string> inputs,
                  int kernel = 1, int stride = 1) {
-    Node n;
-    n.name = name;
-    n.op = type;
-    n.inputs = std::move(inputs);
-    n.kernel = kernel;
-    n.stride = stride;
-    return add(n);
+    return add(make_node(type, name, std::move(inputs), kernel, stride));
   }
 
   // dlib's ares / ares_down: strided blocks use padding 0 (dlib's rule for stride != 1).
@@ -138,14 +119,7 @@ Graph dlib_resnet_graph() {
       x = b.residual(name, x, s.width, s.down && i == 0);
     }
   x = b.op(OpType::avgpool, "pool_all", {x}, 2, 2);  // avg_pool_everything of the 2x2 map
-  Node fc;
-  fc.name = "fc";
-  fc.op = OpType::dense;
-  fc.inputs = {x};
-  fc.out = 128;
-  fc.weight = "fc_w";
-  fc.bias = "fc_b";
-  g.nodes.push_back(fc);
+  g.nodes.push_back(make_dense("fc", x, 128));
   g.output = "fc";
   return g;
 }

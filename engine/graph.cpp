@@ -62,6 +62,35 @@ const Node& Graph::node(const std::string& n) const {
   return nodes[i];
 }
 
+Node make_node(OpType op, const std::string& name, std::vector<std::string> inputs, int kernel,
+               int stride, int pad) {
+  Node n;
+  n.name = name;
+  n.op = op;
+  n.inputs = std::move(inputs);
+  n.kernel = kernel;
+  n.stride = stride;
+  n.pad = pad;
+  return n;
+}
+
+Node make_conv(const std::string& name, const std::string& input, int out, int kernel, int stride,
+               int pad) {
+  Node c = make_node(OpType::conv, name, {input}, kernel, stride, pad);
+  c.out = out;
+  c.weight = name + "_w";
+  c.bias = name + "_b";
+  return c;
+}
+
+Node make_dense(const std::string& name, const std::string& input, int out) {
+  Node d = make_node(OpType::dense, name, {input});
+  d.out = out;
+  d.weight = name + "_w";
+  d.bias = name + "_b";
+  return d;
+}
+
 nlohmann::json graph_to_json(const Graph& g) {
   nlohmann::json nodes = nlohmann::json::array();
   for (const Node& n : g.nodes) {

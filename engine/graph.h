@@ -63,6 +63,16 @@ struct Graph {
   int index_of(const std::string& name) const;  // -1 for the graph input
 };
 
+// Node constructors for the converters' graph builders.
+// An op with its inputs and window (pools; kernel/stride/pad are ignored by the other ops).
+Node make_node(OpType op, const std::string& name, std::vector<std::string> inputs, int kernel = 1,
+               int stride = 1, int pad = 0);
+// A convolution whose parameters are `<name>_w` [out, in, k, k] and `<name>_b` [out].
+Node make_conv(const std::string& name, const std::string& input, int out, int kernel, int stride,
+               int pad);
+// A dense layer with parameters `<name>_w` [out, in] and `<name>_b` [out].
+Node make_dense(const std::string& name, const std::string& input, int out);
+
 nlohmann::json graph_to_json(const Graph& g);
 Graph graph_from_json(const nlohmann::json& j);  // throws facenet::Error on bad structure
 

@@ -26,7 +26,9 @@ cv::Mat as_mat(const Bgr8Image& img) {  // a view; OpenCV does not write through
 
 }  // namespace
 
-Bgr8Image decode_bgr8(const std::vector<unsigned char>& bytes, const std::string& what) {
+namespace {
+
+cv::Mat decode_mat(const std::vector<unsigned char>& bytes, const std::string& what) {
   if (bytes.empty()) fail(what, ": empty file");
   cv::Mat img;
   try {
@@ -35,7 +37,13 @@ Bgr8Image decode_bgr8(const std::vector<unsigned char>& bytes, const std::string
     fail(what, ": not a decodable image (", e.what(), ")");
   }
   if (img.empty()) fail(what, ": not a decodable image");
-  return from_mat(img);
+  return img;
+}
+
+}  // namespace
+
+Bgr8Image decode_bgr8(const std::vector<unsigned char>& bytes, const std::string& what) {
+  return from_mat(decode_mat(bytes, what));
 }
 
 Bgr8Image resize_bilinear(const Bgr8Image& img, int height, int width) {
@@ -45,8 +53,7 @@ Bgr8Image resize_bilinear(const Bgr8Image& img, int height, int width) {
 }
 
 cv::Mat read_image(const std::filesystem::path& path) {
-  const Bgr8Image img = decode_bgr8(read_file_bytes(path), path.string());
-  return as_mat(img).clone();
+  return decode_mat(read_file_bytes(path), path.string());
 }
 
 std::vector<unsigned char> encode_jpeg(const Bgr8Image& img) {

@@ -11,6 +11,11 @@
 
 namespace facenet::cli {
 
+inline constexpr const char* kJitterHelp =
+    "Encode N randomly jittered copies of each face (dlib's jitter_image: small "
+    "rotation/zoom/shift, random mirror) and average them; N times the encoding work, "
+    "deterministic per file name (0 = off)";
+
 // A one-line progress indicator on stderr, shown only when stderr is a terminal.
 class Progress {
  public:

@@ -126,7 +126,7 @@ void add_detect(CLI::App& app, int& exit_code) {
 // ---- eval lfw ------------------------------------------------------------------------------
 struct EvalArgs {
   std::string model, pairs, images, output, plot, dlib_models, device = "cpu";
-  int batch = 64, threads = 0;
+  int batch = 64, threads = 0, jitter = 0;
   bool mirror = false;
 };
 
@@ -140,6 +140,7 @@ int run_eval_lfw(const EvalArgs& a) {
   LfwOptions opt;
   opt.batch = a.batch;
   opt.mirror = a.mirror;
+  opt.jitter = a.jitter;
   const bool tty = isatty(fileno(stderr));
   int last_decile = -1;
   const auto t0 = std::chrono::steady_clock::now();
@@ -202,6 +203,7 @@ void add_eval(CLI::App& app, int& exit_code) {
       ->capture_default_str();
   lfw->add_flag("--mirror", a->mirror,
                 "Average each face's embedding with its mirror image's (2x the encoding work)");
+  lfw->add_option("--jitter", a->jitter, kJitterHelp)->check(CLI::Range(0, 1000));
   lfw->add_option("--threads", a->threads, "CPU threads (0 = all cores)")->capture_default_str();
   lfw->add_option("--dlib-models", a->dlib_models, "Folder of dlib's landmark models");
   lfw->footer(
@@ -226,6 +228,7 @@ int run_encode_photos(const PhotoEncodeArgs& a) {
   FaceOptions opt;
   opt.pick = parse_face_pick(a.align);
   opt.upsample = a.upsample;
+  opt.jitter = a.jitter;
   Progress progress("encoding photos", true);
   PhotoCallbacks cb;
   cb.on_photo = [&](const PhotoResult& r) {

@@ -16,7 +16,7 @@ void add_face_commands(CLI::App& app, int& exit_code);
 struct PhotoEncodeArgs {
   std::string model, align = "largest", dlib_models, format = "jsonl", output;
   BackendOptions backend;
-  int batch = 64, upsample = 0;
+  int batch = 64, upsample = 0, jitter = 0;
   std::vector<std::string> inputs;
 };
 int run_encode_photos(const PhotoEncodeArgs& a);

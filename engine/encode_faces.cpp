@@ -54,6 +54,18 @@ std::vector<std::pair<Face, bool>> find_faces(const FaceAligner& aligner, const 
 
 }  // namespace
 
+std::vector<cv::Mat> augment_chip(const cv::Mat& chip, const FaceOptions& opt,
+                                  const std::string& seed) {
+  if (opt.jitter > 0) return FaceAligner::jitter(chip, opt.jitter, seed);
+  std::vector<cv::Mat> out{chip};
+  if (opt.mirror) {
+    cv::Mat flipped;
+    cv::flip(chip, flipped, 1);
+    out.push_back(flipped);
+  }
+  return out;
+}
+
 PhotoStats encode_photos(Backend& backend, const Model& model, const FaceAligner& aligner,
                          const std::vector<std::filesystem::path>& files, const FaceOptions& opt,
                          int batch, const PhotoCallbacks& cb) {
@@ -75,12 +87,10 @@ PhotoStats encode_photos(Backend& backend, const Model& model, const FaceAligner
       try {
         const cv::Mat img = read_image(r.path);
         for (auto& [face, fallback] : find_faces(aligner, img, opt)) {
-          chips[i].push_back(FaceAligner::align(img, face, alignment));
-          if (opt.mirror) {
-            cv::Mat flipped;
-            cv::flip(chips[i].back(), flipped, 1);
-            chips[i].push_back(flipped);
-          }
+          const std::string seed =
+              r.path.filename().string() + "#" + std::to_string(r.faces.size());
+          for (auto& c : augment_chip(FaceAligner::align(img, face, alignment), opt, seed))
+            chips[i].push_back(std::move(c));
           r.faces.push_back({std::move(face), fallback, {}});
         }
       } catch (const std::exception& e) {
@@ -99,20 +109,19 @@ PhotoStats encode_photos(Backend& backend, const Model& model, const FaceAligner
     output.resize(total * dim);
     if (total) backend.forward(input.data(), total, output.data());
     k = 0;
+    const int views = opt.jitter > 0 ? opt.jitter : opt.mirror ? 2 : 1;
     const bool normalised = model.graph.nodes.back().op == OpType::l2norm;
     for (auto& r : results) {
       for (auto& f : r.faces) {
-        f.embedding.assign(output.begin() + k * dim, output.begin() + (k + 1) * dim);
-        ++k;
-        if (opt.mirror) {  // mean of the chip's and the mirrored chip's embeddings
+        // The mean of the embeddings of the face's chips (one unless augmented).
+        f.embedding.assign(dim, 0.f);
+        for (int v = 0; v < views; ++v, ++k)
+          for (int64_t j = 0; j < dim; ++j) f.embedding[j] += output[k * dim + j] / views;
+        if (views > 1 && normalised) {
           double ss = 0;
-          for (int64_t j = 0; j < dim; ++j) {
-            f.embedding[j] = 0.5f * (f.embedding[j] + output[k * dim + j]);
-            ss += static_cast<double>(f.embedding[j]) * f.embedding[j];
-          }
-          ++k;
-          if (normalised && ss > 0)
-            for (auto& v : f.embedding) v = static_cast<float>(v / std::sqrt(ss));
+          for (float x : f.embedding) ss += static_cast<double>(x) * x;
+          if (ss > 0)
+            for (auto& x : f.embedding) x = static_cast<float>(x / std::sqrt(ss));
         }
         stats.fallback += f.fallback;
       }

@@ -27,7 +27,16 @@ struct FaceOptions {
   std::optional<FaceBox> fallback;  // still none: use this box (landmarks still predicted)
   bool mirror = false;              // also encode the mirrored chip and average the two embeddings
                                     // (re-normalised when the model ends in an L2 normalisation)
+  int jitter = 0;  // > 0: encode this many randomly jittered copies of the chip instead (dlib's
+                   // jitter_image: +-3 deg rotation, 0.97-1.0 scale, +-2% shift, random mirror)
+                   // and average them; the random stream is seeded by the photo's path and the
+                   // face's index, so results do not depend on batching or threads
 };
+
+// The chips a face is encoded from under `opt`: the chip itself, + its mirror image, or
+// `opt.jitter` jittered copies (seeded by `seed`).
+std::vector<cv::Mat> augment_chip(const cv::Mat& chip, const FaceOptions& opt,
+                                  const std::string& seed);
 
 struct EncodedFace {
   Face face;

@@ -43,6 +43,20 @@ dlib::cv_image<dlib::bgr_pixel> view(const cv::Mat& bgr) {
   return dlib::cv_image<dlib::bgr_pixel>(bgr);
 }
 
+// A copy of a dlib BGR image as an 8-bit BGR cv::Mat.
+template <typename DlibImage>
+cv::Mat to_mat(const DlibImage& img) {
+  const auto src = dlib::const_image_view<DlibImage>(img);
+  cv::Mat out(static_cast<int>(src.nr()), static_cast<int>(src.nc()), CV_8UC3);
+  for (long r = 0; r < src.nr(); ++r)
+    for (long c = 0; c < src.nc(); ++c) {
+      const dlib::bgr_pixel& p = src[r][c];
+      out.at<cv::Vec3b>(static_cast<int>(r), static_cast<int>(c)) =
+          cv::Vec3b(p.blue, p.green, p.red);
+    }
+  return out;
+}
+
 dlib::shape_predictor load_predictor(const std::filesystem::path& file) {
   if (!std::filesystem::is_regular_file(file))
     fail(file.string(), ": landmark model not found (run weights/fetch_dlib_models.sh)");
@@ -144,14 +158,7 @@ cv::Mat FaceAligner::align(const cv::Mat& bgr, const Face& face, Alignment a) {
     dlib::extract_image_chip(
         view(bgr), dlib::get_face_chip_details(to_shape(face.box, face.landmarks5), 150, 0.25),
         chip);
-    cv::Mat out(static_cast<int>(chip.nr()), static_cast<int>(chip.nc()), CV_8UC3);
-    for (long r = 0; r < chip.nr(); ++r)
-      for (long c = 0; c < chip.nc(); ++c) {
-        const dlib::bgr_pixel& p = chip[r][c];
-        out.at<cv::Vec3b>(static_cast<int>(r), static_cast<int>(c)) =
-            cv::Vec3b(p.blue, p.green, p.red);
-      }
-    return out;
+    return to_mat(chip);
   }
   if (face.landmarks.size() != 68) fail("OpenFace alignment needs the 68-point landmarks");
   constexpr int kSize = 96;
@@ -162,6 +169,21 @@ cv::Mat FaceAligner::align(const cv::Mat& bgr, const Face& face, Alignment a) {
   }
   cv::Mat out;
   cv::warpAffine(bgr, out, cv::getAffineTransform(src, dst), cv::Size(kSize, kSize));
+  return out;
+}
+
+std::vector<cv::Mat> FaceAligner::jitter(const cv::Mat& chip, int n, const std::string& seed) {
+  if (chip.rows != chip.cols || chip.empty() || chip.type() != CV_8UC3)
+    fail("jitter needs a square 8-bit BGR chip (got ", chip.cols, "x", chip.rows, ")");
+  dlib::matrix<dlib::bgr_pixel> img;
+  dlib::assign_image(img, view(chip));
+  dlib::rand rnd;
+  rnd.set_seed(seed);
+  std::vector<cv::Mat> out;
+  out.reserve(n);
+  for (int i = 0; i < n; ++i) {
+    out.push_back(to_mat(dlib::jitter_image(img, rnd)));
+  }
   return out;
 }
 

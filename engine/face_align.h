@@ -65,6 +65,12 @@ class FaceAligner {
   // The aligned 8-bit BGR chip: 150x150 (dlib_chip_150) or 96x96 (openface_96).
   static cv::Mat align(const cv::Mat& bgr, const Face& face, Alignment a);
 
+  // `n` copies of a square chip, each randomly rotated (+-3 deg), zoomed (0.97-1.0), shifted
+  // (+-2%) and mirrored with probability 1/2: dlib's jitter_image, the test-time augmentation
+  // dlib's compute_face_descriptor(num_jitters) averages over. The random stream is seeded
+  // with `seed`, so equal seeds give equal copies.
+  static std::vector<cv::Mat> jitter(const cv::Mat& chip, int n, const std::string& seed);
+
  private:
   struct Impl;
   Impl* impl_;

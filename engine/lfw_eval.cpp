@@ -271,6 +271,7 @@ nlohmann::json evaluate_lfw(Backend& backend, const Model& model, const FaceAlig
   fo.retry_upsampled = true;
   fo.fallback = opt.fallback;
   fo.mirror = opt.mirror;
+  fo.jitter = opt.jitter;
   const int64_t dim = model.embedding_dim();
   std::vector<float> emb(files.size() * dim, 0.f);
   std::vector<bool> ok(files.size(), false);
@@ -336,7 +337,8 @@ nlohmann::json evaluate_lfw(Backend& backend, const Model& model, const FaceAlig
       {"model",
        {{"name", model.graph.name}, {"alignment", alignment_name(model_alignment(model.graph))}}},
       {"backend", backend.name()},
-      {"mirror_averaged", opt.mirror},
+      {"mirror_averaged", opt.jitter == 0 && opt.mirror},
+      {"jitter", opt.jitter},
       {"pairs", pairs.size()},
       {"images",
        {{"total", files.size()},

@@ -43,6 +43,7 @@ struct Encoder::Faces {
       : aligner(a.dlib_models.empty() ? default_dlib_models_dir() : fs::path(a.dlib_models)) {
     options.pick = parse_face_pick(a.pick);
     options.upsample = a.upsample;
+    options.jitter = a.jitter;
   }
 };
 #else

@@ -89,5 +89,36 @@ TEST(FaceAlign, ChipsHaveTheModelSizesAndHoldContent) {
   EXPECT_THROW(parse_alignment("nope"), Error);
 }
 
+// dlib's jitter_image as test-time augmentation: n chip-sized copies, each a small
+// rotation/zoom/shift of the chip (or of its mirror image), reproducible from the seed.
+TEST(FaceAlign, JitterMakesSeededNearbyCopies) {
+  FN_REQUIRE_LANDMARK_MODELS();
+  const FaceAligner aligner;
+  const cv::Mat img = read_image(example("clapton-2.jpg"));
+  const auto faces = aligner.detect(img);
+  ASSERT_EQ(faces.size(), 1u);
+  const cv::Mat chip = FaceAligner::align(img, faces[0], Alignment::dlib_chip_150);
+  cv::Mat flipped;
+  cv::flip(chip, flipped, 1);
+  const auto a = FaceAligner::jitter(chip, 6, "x.jpg#0");
+  const auto again = FaceAligner::jitter(chip, 6, "x.jpg#0");
+  const auto other = FaceAligner::jitter(chip, 6, "y.jpg#0");
+  ASSERT_EQ(a.size(), 6u);
+  auto mean_abs = [](const cv::Mat& x, const cv::Mat& y) {
+    return cv::norm(x, y, cv::NORM_L1) / x.total() / 3;
+  };
+  for (size_t i = 0; i < a.size(); ++i) {
+    EXPECT_EQ(a[i].size(), chip.size());
+    EXPECT_EQ(a[i].type(), CV_8UC3);
+    EXPECT_EQ(mean_abs(a[i], again[i]), 0.0) << i;
+    EXPECT_GT(mean_abs(a[i], other[i]), 0.0) << i;
+    const double d = std::min(mean_abs(a[i], chip), mean_abs(a[i], flipped));
+    EXPECT_GT(d, 0.0) << i;   // changed ...
+    EXPECT_LT(d, 40.0) << i;  // ... but still the same face, roughly in place
+  }
+  EXPECT_EQ(FaceAligner::jitter(chip, 0, "x").size(), 0u);
+  EXPECT_THROW(FaceAligner::jitter(cv::Mat(150, 120, CV_8UC3), 2, "x"), Error);  // not square
+}
+
 }  // namespace
 }  // namespace facenet

@@ -191,6 +191,21 @@ TEST_F(Recognition, RawPhotosWithTheDlibResNetNameTheRightPeople) {
   EXPECT_TRUE(nlohmann::json::parse(v.out)["match"].get<bool>()) << v.out;
   EXPECT_DOUBLE_EQ(nlohmann::json::parse(v.out)["threshold"].get<double>(), 0.6);  // dlib's
 
+  // Test-time jitter (dlib's num_jitters): another, nearby distance, the same answer, and the
+  // same distance again on a rerun (the jitter is seeded by the file name).
+  const double plain = nlohmann::json::parse(v.out)["distance"].get<double>();
+  double jittered[2];
+  for (double& d : jittered) {
+    const auto j =
+        run("verify --align largest --jitter 4" + common + " --name lennon " + ex + "lennon-2.jpg");
+    ASSERT_EQ(j.status, 0) << j.err;
+    EXPECT_TRUE(nlohmann::json::parse(j.out)["match"].get<bool>()) << j.out;
+    d = nlohmann::json::parse(j.out)["distance"].get<double>();
+  }
+  EXPECT_NE(jittered[0], plain);
+  EXPECT_NEAR(jittered[0], plain, 0.1);
+  EXPECT_EQ(jittered[0], jittered[1]);
+
   const auto id = run("identify --align all" + common + " " + ex + "lennon-2.jpg " + ex +
                       "clapton-2.jpg " + ex + "longoria-cooper.jpg");
   ASSERT_EQ(id.status, 0) << id.err;

@@ -203,12 +203,30 @@ class CudaBackendImpl final : public CudaBackend {
     const Shape& s = graph_.input_shape;
     staging_u8_.resize(std::max(staging_u8_.size(), static_cast<size_t>(n * s[1] * s[2] * 3)));
     staging_u8_.upload(bgr, n * s[1] * s[2] * 3, ctx_.stream());
-    const float scale = static_cast<float>(graph_.preprocess.value("scale", 1.0 / 255.0));
-    const bool rgb = graph_.preprocess.value("color", "rgb") == "rgb";
-    launch_bgr8_to_input(staging_u8_.data(), input_view(n), scale, rgb, ctx_.stream());
+    convert_bgr8(staging_u8_.data(), n);
     execute(p);
     download_output(y, n);
   }
+
+  std::unique_ptr<StagedEncoder> make_staged_encoder(int slots, int64_t capacity) override;
+
+  // The staged path's device half (CudaStaging::submit), on the compute stream: once
+  // `uploaded` has fired, dev_bgr's n images -> model input, record `consumed` (dev_bgr may
+  // be refilled after it), forward, n x out_dim floats -> y (pinned host), record `done`.
+  void enqueue_bgr8(const uint8_t* dev_bgr, int64_t n, cudaEvent_t uploaded, cudaEvent_t consumed,
+                    float* y, cudaEvent_t done) {
+    Plan& p = plan_for(n);
+    cudaStream_t st = ctx_.stream();
+    FN_GPU_CHECK(cudaStreamWaitEvent(st, uploaded, 0));
+    convert_bgr8(dev_bgr, n);
+    FN_GPU_CHECK(cudaEventRecord(consumed, st));
+    execute(p);
+    output_.download(y, static_cast<size_t>(out_dim_ * n), st);
+    FN_GPU_CHECK(cudaEventRecord(done, st));
+  }
+
+  int64_t bgr8_image_bytes() const { return graph_.input_shape[1] * graph_.input_shape[2] * 3; }
+  int64_t embedding_dim() const { return out_dim_; }
 
   void prepare(int64_t n, const float* x) override {
     Plan& p = plan_for(n);
@@ -454,6 +472,8 @@ class CudaBackendImpl final : public CudaBackend {
   Plan& plan_for(int64_t n) {
     auto it = plans_.find(n);
     if (it != plans_.end()) return *it->second;
+    // Queued work (a pipelined batch) may still use the buffers that planning writes or moves.
+    ctx_.synchronize();
     ensure_capacity(n);
     auto plan = std::make_unique<Plan>();
     plan->n = n;
@@ -674,6 +694,13 @@ class CudaBackendImpl final : public CudaBackend {
   }
 
   // ---- I/O -------------------------------------------------------------------------------------
+  // n decoded images (n x H x W x 3 uint8 BGR, device) -> the model input, on the stream.
+  void convert_bgr8(const uint8_t* dev_bgr, int64_t n) {
+    const float scale = static_cast<float>(graph_.preprocess.value("scale", 1.0 / 255.0));
+    const bool rgb = graph_.preprocess.value("color", "rgb") == "rgb";
+    launch_bgr8_to_input(dev_bgr, input_view(n), scale, rgb, ctx_.stream());
+  }
+
   void upload_input(const float* x, int64_t n) {
     const int64_t count = in_per_image_ * n;
     if (dtype_ == DType::f32 && layout_ == Layout::nchw) {
@@ -713,6 +740,83 @@ class CudaBackendImpl final : public CudaBackend {
   DeviceBuffer<uint8_t> staging_u8_;
   std::map<int64_t, std::unique_ptr<Plan>> plans_;
 };
+
+// The staged 8-bit path. Per slot: pinned host input and output, a device copy of the input,
+// three events. Uploads run on their own stream so that one slot's upload overlaps the
+// forward of the batch before it; conversion, forward and download run on the backend's
+// compute stream, which serialises every use of its one input/arena/output set:
+//   copy stream:     wait consumed[s] -> H2D in[s] -> dev[s] -> record uploaded[s]
+//   compute stream:  wait uploaded[s] -> convert dev[s] -> record consumed[s] -> forward
+//                    -> D2H -> out[s] -> record done[s]
+// wait(s) synchronises done[s], which follows the slot's upload and download: in[s] and
+// out[s] are then the host's again. An event not yet recorded is complete, so a fresh slot
+// neither waits nor blocks.
+class CudaStaging final : public StagedEncoder {
+ public:
+  CudaStaging(CudaBackendImpl& backend, int slots, int64_t capacity)
+      : backend_(backend),
+        capacity_(capacity),
+        image_bytes_(backend.bgr8_image_bytes()),
+        copy_stream_(make_stream()) {
+    if (slots < 1 || capacity < 1)
+      fail("staged encoder: needs >= 1 slot of >= 1 image (got ", slots, " x ", capacity, ")");
+    const auto images = static_cast<std::size_t>(capacity);
+    slots_.reserve(slots);
+    for (int i = 0; i < slots; ++i) {
+      Slot s;
+      s.in = PinnedBuffer<uint8_t>(images * image_bytes_);
+      s.out = PinnedBuffer<float>(images * backend.embedding_dim());
+      s.dev.resize(images * image_bytes_);
+      s.uploaded = make_event(cudaEventDisableTiming);
+      s.consumed = make_event(cudaEventDisableTiming);
+      s.done = make_event(cudaEventDisableTiming);
+      slots_.push_back(std::move(s));
+    }
+  }
+
+  // Nothing may still read or write a slot's buffers when they are freed (an exception can
+  // leave work queued on either stream).
+  ~CudaStaging() override {
+    cudaStreamSynchronize(copy_stream_.get());
+    cudaStreamSynchronize(backend_.stream());
+  }
+
+  int slots() const override { return static_cast<int>(slots_.size()); }
+  int64_t capacity() const override { return capacity_; }
+  uint8_t* input(int slot) override { return slots_.at(slot).in.data(); }
+  const float* output(int slot) const override { return slots_.at(slot).out.data(); }
+
+  void submit(int slot, int64_t n) override {
+    FN_ASSERT(n >= 1 && n <= capacity_);
+    Slot& s = slots_.at(slot);
+    cudaStream_t copy = copy_stream_.get();
+    FN_GPU_CHECK(cudaStreamWaitEvent(copy, s.consumed.get(), 0));
+    FN_GPU_CHECK(
+        cudaMemcpyAsync(s.dev.data(), s.in.data(), n * image_bytes_, cudaMemcpyHostToDevice, copy));
+    FN_GPU_CHECK(cudaEventRecord(s.uploaded.get(), copy));
+    backend_.enqueue_bgr8(s.dev.data(), n, s.uploaded.get(), s.consumed.get(), s.out.data(),
+                          s.done.get());
+  }
+
+  void wait(int slot) override { FN_GPU_CHECK(cudaEventSynchronize(slots_.at(slot).done.get())); }
+
+ private:
+  struct Slot {
+    PinnedBuffer<uint8_t> in;
+    PinnedBuffer<float> out;
+    DeviceBuffer<uint8_t> dev;
+    UniqueEvent uploaded, consumed, done;
+  };
+
+  CudaBackendImpl& backend_;
+  const int64_t capacity_, image_bytes_;
+  UniqueStream copy_stream_;
+  std::vector<Slot> slots_;
+};
+
+std::unique_ptr<StagedEncoder> CudaBackendImpl::make_staged_encoder(int slots, int64_t capacity) {
+  return std::make_unique<CudaStaging>(*this, slots, capacity);
+}
 
 }  // namespace
 

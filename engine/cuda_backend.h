@@ -13,10 +13,13 @@
 
 namespace facenet {
 
+// make_staged_encoder() gives the asynchronous form of forward_bgr8 that encode_files
+// pipelines: pinned host slots, uploads on their own stream overlapping the previous batch's
+// forward, one event per slot to wait on.
 class CudaBackend : public Backend {
  public:
   // From decoded images: n x H x W x 3 uint8 BGR (HWC, OpenCV's order) in host memory; the
-  // conversion to the model input (RGB, scale, layout, dtype) runs on the GPU.
+  // conversion to the model input (RGB, scale, layout, dtype) runs on the GPU. Synchronous.
   virtual void forward_bgr8(const uint8_t* bgr, int64_t n, float* y) = 0;
 
   // Model-only path for benchmarks: prepare() builds the plan for n (algorithms, arena, CUDA

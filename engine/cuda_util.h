@@ -103,7 +103,31 @@ using UniqueEvent = std::unique_ptr<std::remove_pointer_t<cudaEvent_t>, EventDel
 using UniqueCublas = std::unique_ptr<std::remove_pointer_t<cublasHandle_t>, CublasDeleter>;
 
 UniqueStream make_stream();
-UniqueEvent make_event();
+// cudaEventDisableTiming for events that only order work (cheaper to record and wait on).
+UniqueEvent make_event(unsigned flags = cudaEventDefault);
+
+// Move-only owner of `count` elements of T in page-locked host memory (cudaMallocHost):
+// what asynchronous copies need to overlap with kernels. Freed without throwing.
+template <typename T>
+class PinnedBuffer {
+ public:
+  PinnedBuffer() = default;
+  explicit PinnedBuffer(std::size_t count) : count_(count) {
+    void* p = nullptr;
+    if (count > 0) FN_GPU_CHECK(cudaMallocHost(&p, count * sizeof(T)));
+    ptr_.reset(static_cast<T*>(p));
+  }
+  T* data() { return ptr_.get(); }
+  const T* data() const { return ptr_.get(); }
+  std::size_t size() const { return count_; }
+
+ private:
+  struct Deleter {
+    void operator()(T* p) const noexcept { cudaFreeHost(p); }
+  };
+  std::unique_ptr<T, Deleter> ptr_;
+  std::size_t count_ = 0;
+};
 
 // The explicit GPU context passed to launchers: device, stream, cuBLAS handle and a
 // workspace arena that grows on demand outside the per-batch path (call reserve() when a

@@ -1,7 +1,8 @@
 // `facenet bench encode`: model-only encoder throughput/latency per batch size, with the
 // PyTorch peer (tools/peer_torch.py) timed in the same run on the same model file. On cuda:
 // model-only timed with CUDA events on device-resident input, plus end-to-end from encoded
-// JPEG bytes in memory (CPU decode, GPU conversion and forward), and device memory.
+// JPEG bytes in memory through encode_files's pipeline (CPU decode overlapped with GPU
+// conversion and forward) with the decode rate alone, and device memory.
 #pragma once
 
 #include <filesystem>

@@ -55,9 +55,9 @@ UniqueStream make_stream() {
   return UniqueStream(s);
 }
 
-UniqueEvent make_event() {
+UniqueEvent make_event(unsigned flags) {
   cudaEvent_t e = nullptr;
-  FN_GPU_CHECK(cudaEventCreate(&e));
+  FN_GPU_CHECK(cudaEventCreateWithFlags(&e, flags));
   return UniqueEvent(e);
 }
 

@@ -114,6 +114,10 @@ void load_image(const std::filesystem::path& path, const InputSpec& spec, float*
   decode_image(read_file_bytes(path), path.string(), spec, out);
 }
 
+void load_image_bgr8(const std::filesystem::path& path, const InputSpec& spec, unsigned char* out) {
+  decode_image_bgr8(read_file_bytes(path), path.string(), spec, out);
+}
+
 std::vector<std::filesystem::path> expand_inputs(const std::vector<std::string>& args) {
   namespace fs = std::filesystem;
   static const std::set<std::string> kExt = {".jpg", ".jpeg", ".png", ".bmp", ".webp",

@@ -34,6 +34,10 @@ void decode_image(const std::vector<unsigned char>& bytes, const std::string& wh
 void bgr8_to_input(const unsigned char* bgr, int height, int width, const InputSpec& spec,
                    float* out);
 
+// load_image's decode and resize without the float conversion: spec.height x spec.width x 3
+// uint8, BGR, for backends that convert on the device. Throws like load_image.
+void load_image_bgr8(const std::filesystem::path& path, const InputSpec& spec, unsigned char* out);
+
 // Same decode and resize, but stops before the float conversion: height x width x 3 uint8
 // in OpenCV's BGR order, for backends that convert on the device.
 void decode_image_bgr8(const std::vector<unsigned char>& bytes, const std::string& what,

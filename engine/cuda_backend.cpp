@@ -1,7 +1,8 @@
-// CUDA backend. Load: BatchNorm folded into convs (fold_batchnorm), ReLU fused into cuDNN's
-// conv epilogue, avg pool + dense + L2 norm fused into one head kernel, every value given a
-// slot in one activation arena by lifetime (concat inputs of full size live in their channel
-// slice of the concat: no copy), weights uploaded in the compute dtype/layout. Per batch size
+// CUDA backend. Load: BatchNorm and per-channel affine folded into convs (fold_batchnorm,
+// fold_affine), ReLU fused into cuDNN's conv epilogue (or into the affine / residual-add
+// kernel), avg pool + dense + L2 norm fused into one head kernel, every value given a slot in
+// one activation arena by lifetime (concat inputs of full size live in their channel slice of
+// the concat: no copy), weights uploaded in the compute dtype/layout. Per batch size
 // (first call): cuDNN algorithms found on the real buffers, workspace reserved, then the
 // forward captured in a CUDA graph and replayed. No allocation on the per-batch path.
 // The legacy cuDNN entry points used here (cudnnConvolutionBiasActivationForward, Find) are
@@ -24,6 +25,7 @@
 #include "engine/cpu_ops.h"
 #include "engine/cudnn_util.h"
 #include "engine/error.h"
+#include "engine/image_io.h"
 #include "kernels/inception_ops.h"
 
 namespace facenet {
@@ -117,7 +119,7 @@ DeviceBuffer<T> upload(const std::vector<T>& host, cudaStream_t stream) {
   return d;
 }
 
-enum class StepKind { conv, pool, lrn, concat, head };
+enum class StepKind { conv, pool, lrn, concat, head, affine, add };
 
 struct Step {
   StepKind kind = StepKind::conv;
@@ -127,8 +129,10 @@ struct Step {
   // conv: folded weights [out][in][k][k] (or [out][k][k][in] for NHWC) and bias, dtype bytes.
   DeviceBuffer<unsigned char> w, b;
   int out = 0, in = 0, kernel = 1, stride = 1, pad = 0;
-  bool relu = false;
+  bool relu = false;  // conv, affine, add: ReLU fused into the step
   PoolKind pool = PoolKind::max;
+  // affine (not after a conv): y = gamma_c * x + beta_c, float32.
+  DeviceBuffer<float> gamma, beta;
   // head: dense weight transposed [in][out] and bias, float32.
   DeviceBuffer<float> head_wt, head_b;
   bool l2norm = false;
@@ -270,7 +274,10 @@ class CudaBackendImpl final : public CudaBackend {
           s.out = n.out;
           s.in = static_cast<int>(shapes_.at(n.inputs[0])[0]);
           s.kernel = n.kernel, s.stride = n.stride, s.pad = n.pad;
-          if (sole_next(i, OpType::batchnorm)) fold(m, nodes[++i], w, b, s);
+          if (sole_next(i, OpType::batchnorm))
+            fold(m, nodes[++i], w, b, s);
+          else if (sole_next(i, OpType::affine))
+            fold_conv_affine(m, nodes[++i], w, b, s);
           if (sole_next(i, OpType::relu)) s.relu = true, s.output = nodes[++i].name;
           if (layout_ == Layout::nhwc) w = kcrs_to_krsc(w, s.out, s.in, s.kernel);
           s.w = upload(to_dtype(w, dtype_), ctx_.stream());
@@ -312,10 +319,17 @@ class CudaBackendImpl final : public CudaBackend {
         case OpType::l2norm:
           fail("node '", n.name, "': a standalone ", op_name(n.op),
                " is not supported by the cuda backend (only fused into a conv / the head)");
-        case OpType::affine:
+        case OpType::affine:  // one a conv could not absorb
+          s.kind = StepKind::affine;
+          s.gamma = upload(m.tensors.at(n.gamma).data, ctx_.stream());
+          s.beta = upload(m.tensors.at(n.beta).data, ctx_.stream());
+          weight_bytes_ += s.gamma.bytes() + s.beta.bytes();
+          if (sole_next(i, OpType::relu)) s.relu = true, s.output = nodes[++i].name;
+          break;
         case OpType::add:
-          fail("node '", n.name, "': op '", op_name(n.op),
-               "' (dlib ResNet) is not implemented by the cuda backend yet; use --device cpu");
+          s.kind = StepKind::add;
+          if (sole_next(i, OpType::relu)) s.relu = true, s.output = nodes[++i].name;
+          break;
       }
       if (s.kind == StepKind::head && s.output != graph_.output)
         fail("node '", s.output, "': the cuda backend needs the dense head to be the output");
@@ -358,6 +372,14 @@ class CudaBackendImpl final : public CudaBackend {
                    m.tensors.at(bn.beta).data.data(), m.tensors.at(bn.mean).data.data(),
                    m.tensors.at(bn.var).data.data(), bn.eps);
     s.output = bn.name;
+  }
+
+  // dlib's con -> affine: w'[o] = w[o] * gamma_o, b'[o] = b[o] * gamma_o + beta_o.
+  void fold_conv_affine(const Model& m, const Node& af, std::vector<float>& w,
+                        std::vector<float>& b, Step& s) {
+    fold_affine(w, b, static_cast<int64_t>(w.size()) / s.out, m.tensors.at(af.gamma).data.data(),
+                m.tensors.at(af.beta).data.data());
+    s.output = af.name;
   }
 
   static std::vector<float> kcrs_to_krsc(const std::vector<float>& w, int k, int c, int r) {
@@ -619,6 +641,14 @@ class CudaBackendImpl final : public CudaBackend {
           launch_pooled_dense_head(view(s.inputs[0], n), s.head_wt.data(), s.head_b.data(), s.out,
                                    s.l2norm, s.eps, output_.data(), st);
           break;
+        case StepKind::affine:
+          launch_affine(view(s.inputs[0], n), s.gamma.data(), s.beta.data(), s.relu,
+                        view(s.output, n), st);
+          break;
+        case StepKind::add:
+          launch_add_padded(view(s.inputs[0], n), view(s.inputs[1], n), s.relu, view(s.output, n),
+                            st);
+          break;
       }
     }
     if (output_in_arena())  // a truncated graph: export the value
@@ -696,9 +726,9 @@ class CudaBackendImpl final : public CudaBackend {
   // ---- I/O -------------------------------------------------------------------------------------
   // n decoded images (n x H x W x 3 uint8 BGR, device) -> the model input, on the stream.
   void convert_bgr8(const uint8_t* dev_bgr, int64_t n) {
-    const float scale = static_cast<float>(graph_.preprocess.value("scale", 1.0 / 255.0));
-    const bool rgb = graph_.preprocess.value("color", "rgb") == "rgb";
-    launch_bgr8_to_input(dev_bgr, input_view(n), scale, rgb, ctx_.stream());
+    const InputSpec spec = input_spec(graph_);  // the host path's rule: (v - mean_c) * scale
+    launch_bgr8_to_input(dev_bgr, input_view(n), spec.mean.data(), spec.scale, spec.rgb,
+                         ctx_.stream());
   }
 
   void upload_input(const float* x, int64_t n) {

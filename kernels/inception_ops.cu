@@ -1,6 +1,9 @@
-// The Inception ops cuDNN lacks (pooling, LRN, centred copy, input conversion, fused head).
+// The ops cuDNN lacks: pooling, LRN, centred copy, input conversion, fused head (Inception);
+// affine and the zero-padding residual add (dlib's ResNet).
 #include <cuda_bf16.h>
 #include <cuda_fp16.h>
+
+#include <algorithm>
 
 #include "engine/cuda_util.h"
 #include "kernels/dtype_convert.cuh"
@@ -172,16 +175,55 @@ __global__ void copy_centred_kernel(const Tin* __restrict__ x, View xv, Tout* __
 
 // ---- input conversion --------------------------------------------------------------------
 // bgr: n x h x w x 3 uint8, contiguous. y: (n, 3, h, w) strided. One thread owns one element
-// of y and reads one byte.
+// of y and reads one byte. (v - mean) * scale is a subtract then a multiply (no FMA to
+// contract), so fp32 results equal image_io's to the bit.
+struct Normalise {
+  float mean[3];
+  float scale;
+  bool rgb;
+};
+
 template <typename T>
 __global__ void bgr8_to_input_kernel(const uint8_t* __restrict__ bgr, T* __restrict__ y, View yv,
-                                     float scale, bool rgb) {
+                                     Normalise norm) {
   const int64_t i = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x;
   if (i >= yv.n * yv.c * yv.h * yv.w) return;
   const Index4 o = decompose(i, yv);
-  const int64_t src_c = rgb ? 2 - o.c : o.c;
+  const int64_t src_c = norm.rgb ? 2 - o.c : o.c;
   const uint8_t v = bgr[((o.n * yv.h + o.h) * yv.w + o.w) * 3 + src_c];
-  y[offset(yv, o.n, o.c, o.h, o.w)] = from_float<T>(static_cast<float>(v) * scale);
+  y[offset(yv, o.n, o.c, o.h, o.w)] =
+      from_float<T>((static_cast<float>(v) - norm.mean[o.c]) * norm.scale);
+}
+
+// ---- ResNet ops --------------------------------------------------------------------------
+// x, y: (n, c, h, w) strided, same dtype and shape; gamma, beta: [c] float32. One thread owns
+// one element. Math in fp32.
+template <typename T>
+__global__ void affine_kernel(const T* __restrict__ x, View xv, const float* __restrict__ gamma,
+                              const float* __restrict__ beta, bool relu, T* __restrict__ y,
+                              View yv) {
+  const int64_t i = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x;
+  if (i >= yv.n * yv.c * yv.h * yv.w) return;
+  const Index4 o = decompose(i, yv);
+  float v = gamma[o.c] * to_float(x[offset(xv, o.n, o.c, o.h, o.w)]) + beta[o.c];
+  if (relu) v = fmaxf(v, 0.0f);
+  y[offset(yv, o.n, o.c, o.h, o.w)] = from_float<T>(v);
+}
+
+// a: (n, ca, ha, wa), b: (n, cb, hb, wb), y: (n, max ca/cb, max ha/hb, max wa/wb), all
+// strided, same dtype. One thread owns one element of y and reads the a and b elements at the
+// same (n, c, h, w) where they exist (0 elsewhere). Sum in fp32, rounded once to T.
+template <typename T>
+__global__ void add_padded_kernel(const T* __restrict__ a, View av, const T* __restrict__ b,
+                                  View bv, bool relu, T* __restrict__ y, View yv) {
+  const int64_t i = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x;
+  if (i >= yv.n * yv.c * yv.h * yv.w) return;
+  const Index4 o = decompose(i, yv);
+  float v = 0.0f;
+  if (o.c < av.c && o.h < av.h && o.w < av.w) v = to_float(a[offset(av, o.n, o.c, o.h, o.w)]);
+  if (o.c < bv.c && o.h < bv.h && o.w < bv.w) v += to_float(b[offset(bv, o.n, o.c, o.h, o.w)]);
+  if (relu) v = fmaxf(v, 0.0f);
+  y[offset(yv, o.n, o.c, o.h, o.w)] = from_float<T>(v);
 }
 
 // ---- fused head --------------------------------------------------------------------------
@@ -286,18 +328,52 @@ void launch_copy_centred(const TensorView4& x, const TensorView4& y, cudaStream_
   FN_LAUNCH_CHECK("copy_centred_kernel");
 }
 
-void launch_bgr8_to_input(const uint8_t* bgr, const TensorView4& y, float scale, bool rgb,
-                          cudaStream_t stream) {
-  require(bgr != nullptr, "bgr8_to_input: null input");
+void launch_bgr8_to_input(const uint8_t* bgr, const TensorView4& y, const float mean[3],
+                          float scale, bool rgb, cudaStream_t stream) {
+  require(bgr != nullptr && mean != nullptr, "bgr8_to_input: null input");
   require(y.c == 3, "bgr8_to_input: y must have 3 channels");
+  const int64_t count = y.count();
+  if (count == 0) return;
+  const Normalise norm{{mean[0], mean[1], mean[2]}, scale, rgb};
+  dispatch(y.dtype, [&](auto t) {
+    using T = decltype(t);
+    bgr8_to_input_kernel<T><<<blocks_for(count), kThreads, 0, stream>>>(
+        bgr, static_cast<T*>(y.data), device_view(y), norm);
+  });
+  FN_LAUNCH_CHECK("bgr8_to_input_kernel");
+}
+
+void launch_affine(const TensorView4& x, const float* gamma, const float* beta, bool relu,
+                   const TensorView4& y, cudaStream_t stream) {
+  require(gamma != nullptr && beta != nullptr, "affine: null gamma/beta");
+  require(x.dtype == y.dtype, "affine: x and y must share a dtype");
+  require(x.n == y.n && x.c == y.c && x.h == y.h && x.w == y.w, "affine: x and y shapes differ");
+  const int64_t count = y.count();
+  if (count == 0) return;
+  dispatch(x.dtype, [&](auto t) {
+    using T = decltype(t);
+    affine_kernel<T><<<blocks_for(count), kThreads, 0, stream>>>(
+        static_cast<const T*>(x.data), device_view(x), gamma, beta, relu, static_cast<T*>(y.data),
+        device_view(y));
+  });
+  FN_LAUNCH_CHECK("affine_kernel");
+}
+
+void launch_add_padded(const TensorView4& a, const TensorView4& b, bool relu, const TensorView4& y,
+                       cudaStream_t stream) {
+  require(a.dtype == y.dtype && b.dtype == y.dtype, "add_padded: a, b and y must share a dtype");
+  require(a.n == y.n && b.n == y.n, "add_padded: a, b and y must agree in n");
+  require(y.c == std::max(a.c, b.c) && y.h == std::max(a.h, b.h) && y.w == std::max(a.w, b.w),
+          "add_padded: y's extent must be the larger of a's and b's on every axis");
   const int64_t count = y.count();
   if (count == 0) return;
   dispatch(y.dtype, [&](auto t) {
     using T = decltype(t);
-    bgr8_to_input_kernel<T><<<blocks_for(count), kThreads, 0, stream>>>(
-        bgr, static_cast<T*>(y.data), device_view(y), scale, rgb);
+    add_padded_kernel<T><<<blocks_for(count), kThreads, 0, stream>>>(
+        static_cast<const T*>(a.data), device_view(a), static_cast<const T*>(b.data),
+        device_view(b), relu, static_cast<T*>(y.data), device_view(y));
   });
-  FN_LAUNCH_CHECK("bgr8_to_input_kernel");
+  FN_LAUNCH_CHECK("add_padded_kernel");
 }
 
 void launch_pooled_dense_head(const TensorView4& x, const float* wt, const float* b, int out,

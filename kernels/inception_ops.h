@@ -1,6 +1,7 @@
-// Launchers for the Inception ops cuDNN has nothing good for: window pooling (max/avg/L2),
-// cross-channel LRN, centred copy into a concat slice (also a dtype/layout conversion),
-// uint8 BGR -> model input, and the fused head (global avg pool + dense + L2 normalise).
+// Launchers for the ops cuDNN has nothing good for: window pooling (max/avg/L2), cross-channel
+// LRN, centred copy into a concat slice (also a dtype/layout conversion), uint8 BGR -> model
+// input, the fused head (global avg pool + dense + L2 normalise), and the ResNet ops a conv
+// cannot absorb: per-channel affine and the zero-padding residual add.
 // Tensors are strided 4-D views, so the same kernels serve NCHW, NHWC and concat slices.
 #pragma once
 
@@ -52,14 +53,28 @@ void launch_lrn(const TensorView4& x, const TensorView4& y, int size, float alph
 void launch_copy_centred(const TensorView4& x, const TensorView4& y, cudaStream_t stream);
 
 // Model input from decoded images: bgr is n x height x width x 3 uint8 (HWC, BGR order, as
-// OpenCV decodes); y[n][c][h][w] = bgr[n][h][w][rgb ? 2-c : c] * scale. y is n x 3 x h x w.
-void launch_bgr8_to_input(const uint8_t* bgr, const TensorView4& y, float scale, bool rgb,
-                          cudaStream_t stream);
+// OpenCV decodes); y[n][c][h][w] = (bgr[n][h][w][rgb ? 2-c : c] - mean[c]) * scale, in fp32
+// as image_io's input rule computes it (mean per model channel, in 0..255 pixel units).
+// y is n x 3 x h x w.
+void launch_bgr8_to_input(const uint8_t* bgr, const TensorView4& y, const float mean[3],
+                          float scale, bool rgb, cudaStream_t stream);
 
 // The head: p = mean of x over its h x w window (global average pool), then
 // e = W p + b, then, when l2norm, e / sqrt(max(|e|^2, eps)). wt is W transposed, [c][out]
 // float32 (coalesced reads); b [out]; y: n x out float32, contiguous.
 void launch_pooled_dense_head(const TensorView4& x, const float* wt, const float* b, int out,
                               bool l2norm, float eps, float* y, cudaStream_t stream);
+
+// y_c = gamma_c * x_c + beta_c (dlib's affine layer in CONV mode), then max(y, 0) when relu.
+// x and y share dtype and shape; gamma, beta: x.c float32 values in device memory.
+void launch_affine(const TensorView4& x, const float* gamma, const float* beta, bool relu,
+                   const TensorView4& y, cudaStream_t stream);
+
+// y = a + b, then max(y, 0) when relu (dlib's add_prev, as cpu_ops.h's add_padded): y has the
+// larger extent of a and b on every axis (same n); an element of a or b beyond its own
+// extent (missing channels at the end, missing rows/columns at the bottom/right) counts as 0.
+// a, b and y share a dtype; any strides (NCHW, NHWC, slices); y must not overlap a or b.
+void launch_add_padded(const TensorView4& a, const TensorView4& b, bool relu, const TensorView4& y,
+                       cudaStream_t stream);
 
 }  // namespace facenet

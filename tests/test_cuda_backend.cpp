@@ -1,12 +1,14 @@
 // CUDA backend: each hand-written kernel against its CPU reference on seeded random inputs
 // (both layouts, and the 16-bit types where they apply), then the whole model against the
-// golden embeddings for every precision. Every test skips without a GPU.
+// golden embeddings for every precision, and dlib's ResNet against the CPU backend on aligned
+// face chips. Every test skips without a GPU.
 #include <cuda_runtime_api.h>
 
 #include <algorithm>
 #include <cmath>
 #include <cstdio>
 #include <cstring>
+#include <optional>
 #include <random>
 
 #include "engine/backend.h"
@@ -16,6 +18,7 @@
 #include "engine/cuda_util.h"
 #include "engine/encode.h"
 #include "kernels/inception_ops.h"
+#include "tests/dlib_fixture.h"
 #include "tests/golden_fixture.h"
 
 namespace facenet {
@@ -152,6 +155,7 @@ TEST_P(KernelTest, CentredCopyIntoSliceMatchesReference) {
       }
 }
 
+// Equal to image_io's rule to the bit: OpenFace's x / 255 and dlib's (x - mean_c) / 256.
 TEST_P(KernelTest, Bgr8ToInputIsExact) {
   FN_REQUIRE_GPU();
   const int64_t n = 3, h = 9, w = 7;
@@ -160,15 +164,27 @@ TEST_P(KernelTest, Bgr8ToInputIsExact) {
   for (auto& v : bgr) v = static_cast<uint8_t>(rng() & 0xff);
   DeviceBuffer<uint8_t> dbgr(bgr.size());
   dbgr.upload(bgr.data(), bgr.size());
-  DeviceTensor dy = empty_device({n, 3, h, w}, GetParam());
-  const float scale = 1.0f / 255.0f;
-  launch_bgr8_to_input(dbgr.data(), dy.view, scale, true, nullptr);
-  const HostTensor got = to_host(dy);
-  for (int64_t i = 0; i < n; ++i)
-    for (int64_t c = 0; c < 3; ++c)
-      for (int64_t p = 0; p < h * w; ++p)
-        ASSERT_EQ(got.data[(i * 3 + c) * h * w + p], bgr[(i * h * w + p) * 3 + (2 - c)] * scale)
-            << "image " << i << " channel " << c << " pixel " << p;
+  struct Rule {
+    float mean[3];
+    float scale;
+    bool rgb;
+  };
+  const Rule rules[] = {{{0.f, 0.f, 0.f}, 1.0f / 255.0f, true},
+                        {{122.782f, 117.001f, 104.298f}, 1.0f / 256.0f, true},
+                        {{10.5f, 20.25f, 30.0f}, 0.5f, false}};
+  for (const Rule& r : rules) {
+    DeviceTensor dy = empty_device({n, 3, h, w}, GetParam());
+    launch_bgr8_to_input(dbgr.data(), dy.view, r.mean, r.scale, r.rgb, nullptr);
+    const HostTensor got = to_host(dy);
+    for (int64_t i = 0; i < n; ++i)
+      for (int64_t c = 0; c < 3; ++c)
+        for (int64_t p = 0; p < h * w; ++p) {
+          const float v = bgr[(i * h * w + p) * 3 + (r.rgb ? 2 - c : c)];
+          ASSERT_EQ(got.data[(i * 3 + c) * h * w + p], (v - r.mean[c]) * r.scale)
+              << "image " << i << " channel " << c << " pixel " << p << " mean " << r.mean[c]
+              << " scale " << r.scale;
+        }
+  }
 }
 
 TEST_P(KernelTest, PooledDenseHeadMatchesReference) {
@@ -201,10 +217,113 @@ TEST(KernelValidation, MismatchedShapesAreReported) {
   FN_REQUIRE_GPU();
   DeviceTensor x = empty_device({1, 2, 8, 8}, Layout::nchw);
   DeviceTensor y = empty_device({1, 2, 5, 5}, Layout::nchw);
+  DeviceBuffer<float> gamma(2), beta(2);
   EXPECT_THROW(launch_pool2d(x.view, y.view, PoolKind::max, 3, 2, 1, nullptr), Error);
   EXPECT_THROW(launch_lrn(x.view, y.view, 5, 1e-4f, 0.75f, 1.0f, nullptr), Error);
   EXPECT_THROW(launch_copy_centred(x.view, y.view, nullptr), Error);
+  EXPECT_THROW(launch_affine(x.view, gamma.data(), beta.data(), false, y.view, nullptr), Error);
+  // add: y must be exactly the larger extent of a and b (8x8 here, not 5x5).
+  EXPECT_THROW(launch_add_padded(x.view, y.view, false, y.view, nullptr), Error);
 }
+
+// ---- ResNet ops in every storage type ----------------------------------------------------------
+
+struct TypedConfig {
+  DType dtype;
+  Layout layout;
+};
+
+std::string typed_name(const TypedConfig& c) {
+  return std::string(dtype_name(c.dtype)) + "_" + layout_name(c.layout);
+}
+
+// A host NCHW tensor on the device in `dtype` and `layout` (converted there by copy_centred).
+struct TypedTensor {
+  DeviceBuffer<unsigned char> buf;
+  TensorView4 view;
+};
+
+TypedTensor to_device(const HostTensor& t, const TypedConfig& cfg) {
+  const int64_t n = t.shape[0], c = t.shape[1], h = t.shape[2], w = t.shape[3];
+  TypedTensor d{DeviceBuffer<unsigned char>(t.size() * dtype_size(cfg.dtype)), {}};
+  d.view = packed_view(d.buf.data(), cfg.dtype, cfg.layout, n, c, h, w, c, 0);
+  const DeviceTensor f = to_device(t, cfg.layout);
+  launch_copy_centred(f.view, d.view, nullptr);
+  FN_GPU_CHECK(cudaDeviceSynchronize());
+  return d;
+}
+
+HostTensor to_host(const TypedTensor& d) {
+  const TensorView4& v = d.view;
+  DeviceTensor f = empty_device({v.n, v.c, v.h, v.w}, v.sc == 1 ? Layout::nhwc : Layout::nchw);
+  launch_copy_centred(v, f.view, nullptr);
+  return to_host(f);
+}
+
+// Output rounding of one fp32 result to the storage type, relative (the reference runs on the
+// device-rounded inputs, so this is all that may differ).
+double rounding_tolerance(DType t) {
+  return t == DType::f32 ? 1e-6 : t == DType::f16 ? 1e-3 : 8e-3;
+}
+
+class TypedKernelTest : public ::testing::TestWithParam<TypedConfig> {};
+
+TEST_P(TypedKernelTest, AddPaddedMatchesReference) {
+  FN_REQUIRE_GPU();
+  const TypedConfig cfg = GetParam();
+  struct Case {
+    Shape a, b;
+    const char* what;
+  };
+  // dlib's cases: same shape (res), 32 -> 64 channels zero-extended (first res_down), the 3x3
+  // strided-conv branch into the 4x4 pooled skip (res_down at 8x8 input); then both
+  // asymmetries at once, each input larger on some axis.
+  const Case cases[] = {{{2, 16, 9, 9}, {2, 16, 9, 9}, "same shape"},
+                        {{2, 64, 9, 9}, {2, 32, 9, 9}, "channel padding"},
+                        {{3, 24, 3, 3}, {3, 24, 4, 4}, "strided branch into pooled skip"},
+                        {{2, 40, 3, 5}, {2, 24, 4, 4}, "mixed"}};
+  uint32_t seed = 71;
+  for (const Case& c : cases)
+    for (bool relu : {false, true}) {
+      const TypedTensor a = to_device(random_tensor(c.a, ++seed), cfg);
+      const TypedTensor b = to_device(random_tensor(c.b, ++seed), cfg);
+      HostTensor want = add_direct(to_host(a), to_host(b));
+      if (relu) want = relu_direct(want);
+      // y starts as garbage (not zeros): every element must be written.
+      const TypedTensor y = to_device(random_tensor(want.shape, ++seed, 5.0f, 6.0f), cfg);
+      launch_add_padded(a.view, b.view, relu, y.view, nullptr);
+      EXPECT_LE(normalised_error(to_host(y), want), rounding_tolerance(cfg.dtype))
+          << c.what << ", relu " << relu << ", seed " << seed << " " << typed_name(cfg);
+    }
+}
+
+TEST_P(TypedKernelTest, AffineMatchesReference) {
+  FN_REQUIRE_GPU();
+  const TypedConfig cfg = GetParam();
+  const uint32_t seed = 81;
+  const TypedTensor x = to_device(random_tensor({3, 37, 6, 5}, seed), cfg);
+  const HostTensor gamma = random_tensor({37}, seed + 1, -2.0f, 2.0f);
+  const HostTensor beta = random_tensor({37}, seed + 2);
+  DeviceBuffer<float> dgamma(37), dbeta(37);
+  dgamma.upload(gamma.data.data(), 37);
+  dbeta.upload(beta.data.data(), 37);
+  for (bool relu : {false, true}) {
+    HostTensor want = affine_direct(to_host(x), gamma, beta);
+    if (relu) want = relu_direct(want);
+    const TypedTensor y = to_device(HostTensor(want.shape), cfg);
+    launch_affine(x.view, dgamma.data(), dbeta.data(), relu, y.view, nullptr);
+    EXPECT_LE(normalised_error(to_host(y), want), rounding_tolerance(cfg.dtype))
+        << "relu " << relu << ", seed " << seed << " " << typed_name(cfg);
+  }
+}
+
+INSTANTIATE_TEST_SUITE_P(Types, TypedKernelTest,
+                         ::testing::Values(TypedConfig{DType::f32, Layout::nchw},
+                                           TypedConfig{DType::f32, Layout::nhwc},
+                                           TypedConfig{DType::f16, Layout::nhwc},
+                                           TypedConfig{DType::bf16, Layout::nhwc},
+                                           TypedConfig{DType::f16, Layout::nchw}),
+                         [](const auto& info) { return typed_name(info.param); });
 
 // ---- whole model -----------------------------------------------------------------------------
 
@@ -417,6 +536,104 @@ TEST(GpuPipeline, EncodeFilesMatchesCpu) {
     }
   }
 }
+
+// ---- dlib ResNet -------------------------------------------------------------------------------
+
+struct DlibConfig {
+  std::string precision, layout;
+};
+
+std::string dlib_config_name(const DlibConfig& c) {
+  return c.precision + "_" + c.layout;
+}
+
+// The chips, their float inputs and the fast CPU backend's descriptors: computed once for all
+// configurations. Null when the model or the chips are not at hand.
+struct DlibCase {
+  const Model* model = nullptr;
+  std::vector<uint8_t> bgr;
+  std::vector<float> x, want;
+  int64_t n = 0;
+};
+
+const DlibCase* dlib_case() {
+  static const std::optional<DlibCase> c = []() -> std::optional<DlibCase> {
+    DlibCase d;
+    d.model = test::dlib_model();
+    d.bgr = test::dlib_chips(8);
+    if (!d.model || d.bgr.empty()) return std::nullopt;
+    const Graph& g = d.model->graph;
+    EXPECT_EQ(g.input_shape, (Shape{3, test::kChipSize, test::kChipSize}));
+    d.n = static_cast<int64_t>(d.bgr.size() / test::kChipBytes);
+    const InputSpec spec = input_spec(g);
+    const int64_t per = element_count(g.input_shape);
+    d.x.resize(d.n * per);
+    for (int64_t i = 0; i < d.n; ++i)
+      bgr8_to_input(d.bgr.data() + i * test::kChipBytes, test::kChipSize, test::kChipSize, spec,
+                    d.x.data() + i * per);
+    d.want.resize(d.n * 128);
+    make_backend(*d.model, {})->forward(d.x.data(), d.n, d.want.data());
+    return d;
+  }();
+  return c ? &*c : nullptr;
+}
+
+class GpuDlibResnet : public ::testing::TestWithParam<DlibConfig> {};
+
+// The whole network (affine folded into convs, residual adds with channel and spatial
+// zero-padding, 150x150 input with dlib's mean) against the fast CPU backend on real aligned
+// chips, both through float input and through the uint8 path that applies the mean on the GPU.
+TEST_P(GpuDlibResnet, MatchesCpuBackendOnAlignedChips) {
+  FN_REQUIRE_GPU();
+  const DlibCase* d = dlib_case();
+  if (!d)
+    GTEST_SKIP() << "no dlib ResNet or no chips: set FACENET_DLIB_MODEL and FACENET_DLIB_CHIPS, "
+                    "or run weights/fetch_dlib_models.sh in a dlib build";
+  const std::vector<float>& want = d->want;
+  const int64_t n = d->n;
+  double norm = 0;
+  for (int k = 0; k < 128; ++k) norm += want[k] * want[k];
+  ASSERT_GT(std::sqrt(norm), 0.1) << "CPU descriptor suspiciously small";
+
+  const DlibConfig& c = GetParam();
+  BackendOptions opt;
+  opt.device = Device::cuda;
+  opt.precision = c.precision;
+  opt.layout = c.layout;
+  auto backend = make_cuda_backend(*d->model, opt);
+  const double tol = c.precision == "fp32" ? 1e-4 : 2e-2;
+  auto max_error = [&](const std::vector<float>& got) {
+    double err = 0;
+    for (size_t i = 0; i < got.size(); ++i) {
+      EXPECT_TRUE(std::isfinite(got[i])) << i;
+      err = std::max(err, std::fabs(static_cast<double>(got[i]) - want[i]));
+    }
+    return err;
+  };
+  std::vector<float> y(n * 128);
+  // Three float calls (eager, captured, replayed), then the uint8 path.
+  for (int call = 0; call < 4; ++call) {
+    std::fill(y.begin(), y.end(), NAN);
+    if (call < 3)
+      backend->forward(d->x.data(), n, y.data());
+    else
+      backend->forward_bgr8(d->bgr.data(), n, y.data());
+    const double err = max_error(y);
+    const std::string what = call < 3 ? "float input, call " + std::to_string(call) : "bgr8 input";
+    std::printf("[ measured ] dlib ResNet %s (%s), %s: max abs error vs cpu %.3g over %lld chips\n",
+                dlib_config_name(c).c_str(), backend->name().c_str(), what.c_str(), err,
+                static_cast<long long>(n));
+    RecordProperty(call < 3 ? "max_abs_error_call" + std::to_string(call) : "max_abs_error_bgr8",
+                   std::to_string(err));
+    EXPECT_LE(err, tol) << what;
+  }
+}
+
+INSTANTIATE_TEST_SUITE_P(Configs, GpuDlibResnet,
+                         ::testing::Values(DlibConfig{"fp32", "nchw"}, DlibConfig{"fp32", "nhwc"},
+                                           DlibConfig{"fp16", "nhwc"}, DlibConfig{"bf16", "nhwc"},
+                                           DlibConfig{"fp16", "nchw"}),
+                         [](const auto& info) { return dlib_config_name(info.param); });
 
 }  // namespace
 }  // namespace facenet

@@ -7,46 +7,20 @@
 
 #include "engine/backend.h"
 #include "engine/dlib_resnet.h"
-#include "engine/face_align.h"
 #include "engine/image_cv.h"
-#include "tests/test_util.h"
+#include "tests/dlib_fixture.h"
 
 namespace facenet {
 namespace {
 
-std::filesystem::path resnet_dat() {
-  return default_dlib_models_dir() / "dlib_face_recognition_resnet_model_v1.dat";
-}
+using test::lfw_chips;
+using test::resnet_dat;
 
 #define FN_REQUIRE_DLIB_MODELS()                                                          \
   do {                                                                                    \
     if (!std::filesystem::exists(resnet_dat()))                                           \
       GTEST_SKIP() << resnet_dat() << " missing: run weights/fetch_dlib_models.sh first"; \
   } while (0)
-
-// The first image of each of the first `n` people (sorted) of the shared LFW copy, aligned as
-// dlib's ResNet expects. FACENET_DLIB_CHECK_FACES overrides n (the report used 64).
-std::vector<cv::Mat> lfw_chips(size_t n) {
-  if (const char* env = std::getenv("FACENET_DLIB_CHECK_FACES")) n = std::stoul(env);
-  const auto root = test::shared_path("data/lfw/lfw-deepfunneled");
-  std::vector<std::filesystem::path> people;
-  for (const auto& e : std::filesystem::directory_iterator(root)) people.push_back(e.path());
-  std::sort(people.begin(), people.end());
-  FaceAligner aligner;
-  std::vector<cv::Mat> chips;
-  for (const auto& dir : people) {
-    if (chips.size() == n) break;
-    std::vector<std::filesystem::path> files;
-    for (const auto& e : std::filesystem::directory_iterator(dir)) files.push_back(e.path());
-    std::sort(files.begin(), files.end());
-    const cv::Mat img = read_image(files.front());
-    const auto faces = aligner.detect(img);
-    if (faces.empty()) continue;
-    chips.push_back(FaceAligner::align(img, faces.front(), Alignment::dlib_chip_150));
-  }
-  EXPECT_EQ(chips.size(), n);
-  return chips;
-}
 
 std::vector<float> to_inputs(const Model& m, const std::vector<cv::Mat>& chips) {
   const InputSpec spec = input_spec(m.graph);
@@ -115,6 +89,18 @@ TEST(DlibResnet, EmbeddingsEqualDlibsOwnForward) {
       "dlib ResNet vs dlib forward on %lld LFW chips: max abs error cpu %.3g, "
       "cpu-reference %.3g (%lld chips)\n",
       static_cast<long long>(n), fast_err, ref_err, static_cast<long long>(nr));
+}
+
+// Not a check: writes the aligned chips the GPU machine (no dlib there) compares its backends on,
+// when FACENET_EXPORT_DLIB_CHIPS names the file (tools/device_prepare.sh); skips otherwise.
+TEST(DlibResnet, ExportChipsForDevice) {
+  const char* dest = std::getenv("FACENET_EXPORT_DLIB_CHIPS");
+  if (!dest) GTEST_SKIP() << "FACENET_EXPORT_DLIB_CHIPS not set";
+  FN_REQUIRE_DLIB_MODELS();
+  const std::vector<uint8_t> bgr = test::pack_chips(lfw_chips(8));
+  ASSERT_EQ(bgr.size(), 8 * test::kChipBytes);
+  test::write_chips_raw(dest, bgr);
+  EXPECT_EQ(test::read_chips_raw(dest), bgr);
 }
 
 }  // namespace

@@ -19,6 +19,9 @@
 #                              <repo>/../shared, <repo>/.devroot/shared holding golden/
 #         FACENET_TEST_MODELS  converted models; default <repo>/.devroot/models when the CSV
 #                              weights are not in FACENET_SHARED
+#         FACENET_DLIB_MODEL   converted dlib ResNet (GPU-vs-CPU test, dlib encode bench); default:
+#                              .devroot/dlib/*.safetensors.xz unpacked into WORK
+#         FACENET_DLIB_CHIPS   aligned 150x150 chips for that test; default .devroot/dlib/chips-*.raw
 #         FACENET_PYTHON       interpreter with CUDA PyTorch (default: the first python3 whose
 #                              torch sees a GPU)
 #         DEADLINE_S=540       whole-script budget in seconds; PEER_COMPILE=1 adds torch.compile
@@ -83,6 +86,17 @@ csv="$shared/weights/openface-nn4.small2.v1-csv-5-standins"
 if [ -z "${FACENET_TEST_MODELS:-}" ] && [ ! -d "$csv" ] && [ -d "$repo/.devroot/models" ]; then
   export FACENET_TEST_MODELS="$repo/.devroot/models"
 fi
+dlib_carried="$repo/.devroot/dlib"
+if [ -z "${FACENET_DLIB_MODEL:-}" ] && [ -f "$dlib_carried/dlib_resnet_v1-bf16w.safetensors.xz" ]; then
+  FACENET_DLIB_MODEL="$work/dlib_resnet_v1-bf16w.safetensors"
+  xz -dc "$dlib_carried/dlib_resnet_v1-bf16w.safetensors.xz" >"$FACENET_DLIB_MODEL" 2>/dev/null ||
+    python3 -c 'import lzma, shutil, sys; shutil.copyfileobj(lzma.open(sys.argv[1]), open(sys.argv[2], "wb"))' \
+      "$dlib_carried/dlib_resnet_v1-bf16w.safetensors.xz" "$FACENET_DLIB_MODEL"
+  export FACENET_DLIB_MODEL
+fi
+if [ -z "${FACENET_DLIB_CHIPS:-}" ] && [ -f "$dlib_carried/chips-150x150-bgr8.raw" ]; then
+  export FACENET_DLIB_CHIPS="$dlib_carried/chips-150x150-bgr8.raw"
+fi
 if [ -z "${FACENET_PYTHON:-}" ]; then
   for py in python3 /usr/bin/python3; do
     if "$py" -c 'import torch,sys; sys.exit(0 if torch.cuda.is_available() else 1)' 2>/dev/null; then
@@ -136,6 +150,7 @@ run_step 01-inventory 40 10 "
   echo '## toolkit libraries'; ls $cuda_lib | grep -E 'cudnn|cublas' | head
   echo '## dpkg'; dpkg -l 2>/dev/null | grep -Ei 'opencv|openblas|libblas|cli11|nlohmann|gtest|sqlite3|jpeg|png' | cut -c1-80
   echo '## shared data: $FACENET_SHARED, models: ${FACENET_TEST_MODELS:-converted from CSV}'
+  echo '## dlib ResNet: ${FACENET_DLIB_MODEL:-none}, chips: ${FACENET_DLIB_CHIPS:-none}'
   ls '$FACENET_SHARED' '${FACENET_TEST_MODELS:-$csv}' | head
   echo '## carried prefix'; du -sh '$repo/.devroot'/* 2>&1
 "
@@ -158,7 +173,7 @@ run_step 04-ldd 20 5 "for f in '$build'/apps/facenet '$build'/tests/test_cuda_ba
 json="$work/json"
 model="${FACENET_TEST_MODELS:-$work}/nn4-openface.safetensors"
 if [ $built = 1 ]; then
-  run_step 05-gpu-tests 150 30 "rc=0
+  run_step 05-gpu-tests 180 30 "rc=0
     for t in '$build/tests/test_cuda_backend' '$build/tests/test_gpu'; do \"\$t\" --gtest_color=no || rc=1; done
     '$build/tests/test_knn' --gtest_color=no --gtest_filter='GpuFlatIndex.*' || rc=1
     '$build/tests/test_triplet' --gtest_color=no --gtest_filter='TripletGpu.*' || rc=1
@@ -172,7 +187,7 @@ if [ $built = 1 ]; then
   # memcheck: kernel-level tests only (whole-model runs through cuDNN take minutes under it).
   memcheck="compute-sanitizer --tool memcheck --error-exitcode 9"
   run_step 07-memcheck-kernels 100 30 "$memcheck '$build/tests/test_cuda_backend' --gtest_color=no \
-    --gtest_filter='Layouts/*:KernelValidation.*'"
+    --gtest_filter='Layouts/*:Types/*:KernelValidation.*'"
   run_step 07-memcheck-knn 60 20 "$memcheck '$build/tests/test_knn' --gtest_color=no \
     --gtest_filter='GpuFlatIndex.*'"
   run_step 07-memcheck-triplet 60 20 "$memcheck '$build/tests/test_triplet' --gtest_color=no \
@@ -191,6 +206,14 @@ if [ $built = 1 ]; then
       --precision $prec --model '$model' --batch 1,64,256,1024,4096 --warmup 3 --repeats 10 \
       $peer > '$json/encode-$prec.json'"
   done
+  # dlib's ResNet (150x150, residual adds): no PyTorch peer for it.
+  if [ -f "${FACENET_DLIB_MODEL:-}" ]; then
+    for prec in fp16 fp32; do
+      run_step "09-bench-encode-dlib-$prec" 60 30 "'$build/apps/facenet' bench encode --device cuda \
+        --precision $prec --model '$FACENET_DLIB_MODEL' --batch 1,64,256 --warmup 3 --repeats 10 \
+        --no-peer > '$json/encode-dlib-$prec.json'"
+    done
+  fi
   run_step 10-bench-triplet 90 30 "'$build/apps/facenet' bench triplet --device cuda \
     --batch 1024,4096,8192 --modes batch_hard,batch_all,semi_hard --warmup 2 --repeats 10 --check \
     > '$json/triplet.json'"

@@ -127,7 +127,7 @@ void add_detect(CLI::App& app, int& exit_code) {
 struct EvalArgs {
   std::string model, pairs, images, output, plot, dlib_models, device = "cpu";
   int batch = 64, threads = 0, jitter = 0;
-  bool mirror = false;
+  bool mirror = false, no_cnn = false;
 };
 
 int run_eval_lfw(const EvalArgs& a) {
@@ -141,6 +141,7 @@ int run_eval_lfw(const EvalArgs& a) {
   opt.batch = a.batch;
   opt.mirror = a.mirror;
   opt.jitter = a.jitter;
+  opt.retry_cnn = !a.no_cnn;
   const bool tty = isatty(fileno(stderr));
   int last_decile = -1;
   const auto t0 = std::chrono::steady_clock::now();
@@ -165,13 +166,14 @@ int run_eval_lfw(const EvalArgs& a) {
   const auto& im = report.at("images");
   std::printf(
       "LFW View 2, %s (%s)\n"
-      "  images: %d total, %d detected, %d fallback box, %d failed\n"
+      "  images: %d total, %d detected (%d by the CNN detector), %d fallback box, %d failed\n"
       "  L2 distance:       accuracy %.2f%% +- %.2f%%, AUC %.5f, EER %.2f%%, TAR@FAR=1e-3 %.2f%%\n"
       "  learned |fi - fj|: accuracy %.2f%% +- %.2f%%, AUC %.5f, EER %.2f%%, TAR@FAR=1e-3 %.2f%%\n"
       "  time: %.1f s (encode %.1f s)\n",
       report.at("model").at("name").get<std::string>().c_str(), backend->name().c_str(),
-      im.at("total").get<int>(), im.at("detected").get<int>(), im.at("fallback_box").get<int>(),
-      im.at("failed").get<int>(), 100 * d.at("accuracy").at("mean").get<double>(),
+      im.at("total").get<int>(), im.at("detected").get<int>(), im.at("by_cnn_detector").get<int>(),
+      im.at("fallback_box").get<int>(), im.at("failed").get<int>(),
+      100 * d.at("accuracy").at("mean").get<double>(),
       100 * d.at("accuracy").at("std").get<double>(), d.at("roc").at("auc").get<double>(),
       100 * d.at("roc").at("eer").get<double>(),
       100 * d.at("roc").at("tar_at_far_1e-3").get<double>(),
@@ -204,13 +206,16 @@ void add_eval(CLI::App& app, int& exit_code) {
   lfw->add_flag("--mirror", a->mirror,
                 "Average each face's embedding with its mirror image's (2x the encoding work)");
   lfw->add_option("--jitter", a->jitter, kJitterHelp)->check(CLI::Range(0, 1000));
+  lfw->add_flag("--no-cnn", a->no_cnn,
+                "Do not retry with dlib's CNN detector where the HOG detector finds no face");
   lfw->add_option("--threads", a->threads, "CPU threads (0 = all cores)")->capture_default_str();
   lfw->add_option("--dlib-models", a->dlib_models, "Folder of dlib's landmark models");
   lfw->footer(
       "Accuracy: threshold on the L2 distance chosen on the other 9 folds, mean +- std over\n"
       "the 10 test folds; ROC/AUC/EER/TAR over all 6000 pairs. Learned similarity: logistic\n"
-      "regression on |f_i - f_j| fitted on each split's 9 training folds. A photo where no face\n"
-      "is found (even after upsampling) is aligned from a fixed central box and counted.");
+      "regression on |f_i - f_j| fitted on each split's 9 training folds. A photo where the HOG\n"
+      "detector finds no face (even after upsampling) is retried with dlib's CNN detector, and\n"
+      "if that fails too it is aligned from a fixed central box; both are counted and named.");
   lfw->callback([a, &exit_code] { exit_code = run_eval_lfw(*a); });
 }
 
@@ -229,6 +234,7 @@ int run_encode_photos(const PhotoEncodeArgs& a) {
   opt.pick = parse_face_pick(a.align);
   opt.upsample = a.upsample;
   opt.jitter = a.jitter;
+  opt.retry_cnn = a.retry_cnn;
   Progress progress("encoding photos", true);
   PhotoCallbacks cb;
   cb.on_photo = [&](const PhotoResult& r) {

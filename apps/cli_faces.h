@@ -17,6 +17,7 @@ struct PhotoEncodeArgs {
   std::string model, align = "largest", dlib_models, format = "jsonl", output;
   BackendOptions backend;
   int batch = 64, upsample = 0, jitter = 0;
+  bool retry_cnn = false;
   std::vector<std::string> inputs;
 };
 int run_encode_photos(const PhotoEncodeArgs& a);

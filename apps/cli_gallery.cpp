@@ -42,6 +42,7 @@ void add_model_options(CLI::App* c, Common& o, const char* default_pick) {
   c->add_option("--dlib-models", o.align.dlib_models, "With --align: folder of dlib's models");
   c->add_option("--upsample", o.align.upsample, "With --align: detector upsampling (0-3)")
       ->capture_default_str();
+  c->add_flag("--cnn-retry", o.align.retry_cnn, kCnnRetryHelp);
   c->add_option("--jitter", o.align.jitter, kJitterHelp)->check(CLI::Range(0, 1000));
 }
 

@@ -86,6 +86,7 @@ struct EncodeArgs {
   std::string model, device = "cpu", format = "jsonl", output, precision = "fp32";
   std::string align = "none", dlib_models;
   int batch = 64, threads = 0, upsample = 0, jitter = 0;
+  bool retry_cnn = false;
   std::vector<std::string> inputs;
 };
 
@@ -106,6 +107,7 @@ int run_encode(const EncodeArgs& a) {
     p.batch = a.batch;
     p.upsample = a.upsample;
     p.jitter = a.jitter;
+    p.retry_cnn = a.retry_cnn;
     p.inputs = a.inputs;
     return cli::run_encode_photos(p);
 #endif
@@ -174,6 +176,7 @@ void add_encode(CLI::App& app, int& exit_code) {
   enc->add_option("--upsample", a->upsample, "With --align: detector upsampling (0-3)")
       ->check(CLI::Range(0, 3))
       ->capture_default_str();
+  enc->add_flag("--cnn-retry", a->retry_cnn, cli::kCnnRetryHelp);
   enc->add_option("--jitter", a->jitter, cli::kJitterHelp)->check(CLI::Range(0, 1000));
   enc->add_option("inputs", a->inputs, "Image files and/or directories (searched recursively)")
       ->required();

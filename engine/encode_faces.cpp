@@ -23,20 +23,26 @@ FacePick parse_face_pick(const std::string& s) {
 
 namespace {
 
-// The faces of one photo that `opt` asks for, each marked whether it is the fallback box.
-std::vector<std::pair<Face, bool>> find_faces(const FaceAligner& aligner, const cv::Mat& img,
-                                              const FaceOptions& opt) {
+// The faces of one photo that `opt` asks for, with how each was found (embedding empty).
+std::vector<EncodedFace> find_faces(const FaceAligner& aligner, const cv::Mat& img,
+                                    const FaceOptions& opt) {
+  const int upsample = opt.upsample + (opt.retry_upsampled ? 1 : 0);
   std::vector<Face> faces = aligner.detect(img, opt.upsample);
-  if (faces.empty() && opt.retry_upsampled) faces = aligner.detect(img, opt.upsample + 1);
-  std::vector<std::pair<Face, bool>> out;
+  if (faces.empty() && opt.retry_upsampled) faces = aligner.detect(img, upsample);
+  bool cnn = false;
+  if (faces.empty() && opt.retry_cnn) {
+    faces = aligner.detect_cnn(img, upsample);
+    cnn = !faces.empty();
+  }
+  std::vector<EncodedFace> out;
   if (faces.empty()) {
-    if (opt.fallback) out.emplace_back(aligner.landmarks(img, *opt.fallback), true);
+    if (opt.fallback) out.push_back({aligner.landmarks(img, *opt.fallback), true, false, {}});
     return out;
   }
   if (opt.pick == FacePick::all) {
-    for (auto& f : faces) out.emplace_back(std::move(f), false);
+    for (auto& f : faces) out.push_back({std::move(f), false, cnn, {}});
   } else if (opt.pick == FacePick::largest) {
-    out.emplace_back(std::move(faces.front()), false);  // detect() sorts largest first
+    out.push_back({std::move(faces.front()), false, cnn, {}});  // detect*() sort largest first
   } else {
     const double cx = img.cols / 2.0, cy = img.rows / 2.0;
     auto dist = [&](const Face& f) {
@@ -44,10 +50,12 @@ std::vector<std::pair<Face, bool>> find_faces(const FaceAligner& aligner, const 
       const double y = (f.box.top + f.box.bottom) / 2.0 - cy;
       return x * x + y * y;
     };
-    out.emplace_back(
-        *std::min_element(faces.begin(), faces.end(),
-                          [&](const Face& a, const Face& b) { return dist(a) < dist(b); }),
-        false);
+    out.push_back(
+        {*std::min_element(faces.begin(), faces.end(),
+                           [&](const Face& a, const Face& b) { return dist(a) < dist(b); }),
+         false,
+         cnn,
+         {}});
   }
   return out;
 }
@@ -86,12 +94,12 @@ PhotoStats encode_photos(Backend& backend, const Model& model, const FaceAligner
       r.path = files[start + i];
       try {
         const cv::Mat img = read_image(r.path);
-        for (auto& [face, fallback] : find_faces(aligner, img, opt)) {
+        for (auto& f : find_faces(aligner, img, opt)) {
           const std::string seed =
               r.path.filename().string() + "#" + std::to_string(r.faces.size());
-          for (auto& c : augment_chip(FaceAligner::align(img, face, alignment), opt, seed))
+          for (auto& c : augment_chip(FaceAligner::align(img, f.face, alignment), opt, seed))
             chips[i].push_back(std::move(c));
-          r.faces.push_back({std::move(face), fallback, {}});
+          r.faces.push_back(std::move(f));
         }
       } catch (const std::exception& e) {
         r.error = e.what();
@@ -124,6 +132,7 @@ PhotoStats encode_photos(Backend& backend, const Model& model, const FaceAligner
             for (auto& x : f.embedding) x = static_cast<float>(x / std::sqrt(ss));
         }
         stats.fallback += f.fallback;
+        stats.cnn += f.cnn;
       }
       ++stats.photos;
       stats.faces += r.faces.size();

@@ -24,6 +24,8 @@ struct FaceOptions {
   FacePick pick = FacePick::largest;
   int upsample = 0;                 // dlib pyramid_up count for the first detection try
   bool retry_upsampled = false;     // no face: try once more with upsample + 1
+  bool retry_cnn = false;           // still none: try dlib's CNN detector (same upsampling as
+                                    // the last HOG try)
   std::optional<FaceBox> fallback;  // still none: use this box (landmarks still predicted)
   bool mirror = false;              // also encode the mirrored chip and average the two embeddings
                                     // (re-normalised when the model ends in an L2 normalisation)
@@ -41,6 +43,7 @@ std::vector<cv::Mat> augment_chip(const cv::Mat& chip, const FaceOptions& opt,
 struct EncodedFace {
   Face face;
   bool fallback = false;  // the box is FaceOptions::fallback, not a detection
+  bool cnn = false;       // found by the CNN detector (FaceOptions::retry_cnn)
   std::vector<float> embedding;
 };
 
@@ -56,7 +59,7 @@ struct PhotoCallbacks {
 };
 
 struct PhotoStats {
-  size_t photos = 0, faces = 0, no_face = 0, failed = 0, fallback = 0;
+  size_t photos = 0, faces = 0, no_face = 0, failed = 0, fallback = 0, cnn = 0;
 };
 
 // Photos are processed `batch` at a time: decode + detect + align on all cores (OpenMP), then

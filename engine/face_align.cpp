@@ -6,8 +6,11 @@
 #include <dlib/image_transforms.h>
 #include <dlib/opencv/cv_image.h>
 
+#include <dlib/dnn.h>
+
 #include <algorithm>
 #include <cstdlib>
+#include <mutex>
 #include <opencv2/imgproc.hpp>
 
 #include "engine/error.h"
@@ -74,6 +77,26 @@ constexpr float kOpenFaceTemplate[3][2] = {
     {0.194156995f, 0.169266902f}, {0.788859082f, 0.158171151f}, {0.494950915f, 0.514441322f}};
 constexpr int kOpenFaceIndices[3] = {36, 45, 33};
 
+// dlib's CNN face detector (the network mmod_human_face_detector.dat was trained as).
+template <long N, typename SUBNET>
+using con5d = dlib::con<N, 5, 5, 2, 2, SUBNET>;
+template <long N, typename SUBNET>
+using con5 = dlib::con<N, 5, 5, 1, 1, SUBNET>;
+template <typename SUBNET>
+using downsampler = dlib::relu<dlib::affine<
+    con5d<32, dlib::relu<dlib::affine<con5d<32, dlib::relu<dlib::affine<con5d<16, SUBNET>>>>>>>>>;
+template <typename SUBNET>
+using rcon5 = dlib::relu<dlib::affine<con5<45, SUBNET>>>;
+using mmod_net = dlib::loss_mmod<dlib::con<
+    1, 9, 9, 1, 1,
+    rcon5<rcon5<rcon5<downsampler<dlib::input_rgb_image_pyramid<dlib::pyramid_down<6>>>>>>>>;
+
+// Largest box first.
+void sort_largest_first(std::vector<Face>& faces) {
+  std::stable_sort(faces.begin(), faces.end(),
+                   [](const Face& a, const Face& b) { return a.box.area() > b.box.area(); });
+}
+
 }  // namespace
 
 Alignment parse_alignment(const std::string& s) {
@@ -99,10 +122,14 @@ std::filesystem::path default_dlib_models_dir() {
 }
 
 struct FaceAligner::Impl {
+  std::filesystem::path dir;
   dlib::shape_predictor sp68, sp5;
+  std::mutex cnn_mutex;
+  std::unique_ptr<mmod_net> cnn;  // loaded on first use
 };
 
 FaceAligner::FaceAligner(const std::filesystem::path& dir) : impl_(new Impl) {
+  impl_->dir = dir;
   try {
     impl_->sp68 = load_predictor(dir / "shape_predictor_68_face_landmarks.dat");
     impl_->sp5 = load_predictor(dir / "shape_predictor_5_face_landmarks.dat");
@@ -146,8 +173,40 @@ std::vector<Face> FaceAligner::detect(const cv::Mat& bgr, int upsample) const {
     f.score = d.detection_confidence;
     faces.push_back(std::move(f));
   }
-  std::stable_sort(faces.begin(), faces.end(),
-                   [](const Face& a, const Face& b) { return a.box.area() > b.box.area(); });
+  sort_largest_first(faces);
+  return faces;
+}
+
+std::vector<Face> FaceAligner::detect_cnn(const cv::Mat& bgr, int upsample) const {
+  // The network takes RGB: convert (and upsample) first, outside the lock.
+  dlib::matrix<dlib::rgb_pixel> img;
+  dlib::assign_image(img, view(bgr));
+  dlib::pyramid_down<2> pyr;
+  for (int i = 0; i < upsample; ++i) dlib::pyramid_up(img, pyr);
+  std::vector<dlib::mmod_rect> dets;
+  {
+    std::lock_guard<std::mutex> lock(impl_->cnn_mutex);
+    if (!impl_->cnn) {
+      const auto file = impl_->dir / "mmod_human_face_detector.dat";
+      if (!std::filesystem::is_regular_file(file))
+        fail(file.string(), ": CNN face detector not found (run weights/fetch_dlib_models.sh)");
+      auto net = std::make_unique<mmod_net>();
+      try {
+        dlib::deserialize(file.string()) >> *net;
+      } catch (const std::exception& e) {
+        fail(file.string(), ": not dlib's CNN face detector (", e.what(), ")");
+      }
+      impl_->cnn = std::move(net);
+    }
+    dets = (*impl_->cnn)(img);
+  }
+  std::vector<Face> faces;
+  for (const auto& d : dets) {
+    Face f = landmarks(bgr, from_dlib(pyr.rect_down(d.rect, upsample)));
+    f.score = d.detection_confidence;
+    faces.push_back(std::move(f));
+  }
+  sort_largest_first(faces);
   return faces;
 }
 

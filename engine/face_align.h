@@ -59,6 +59,11 @@ class FaceAligner {
   // 80x80 px and more, 1 about 40x40). Thread-safe (one detector per thread).
   std::vector<Face> detect(const cv::Mat& bgr, int upsample = 0) const;
 
+  // The same with dlib's CNN face detector (mmod_human_face_detector.dat, loaded on first use
+  // from the models folder): finds faces the HOG detector misses (profile, occlusion, blur),
+  // ~100x slower on a CPU, so meant as a second try. Thread-safe (serialised).
+  std::vector<Face> detect_cnn(const cv::Mat& bgr, int upsample = 0) const;
+
   // Landmarks for a given box (no detection), e.g. a fixed box when the detector fails.
   Face landmarks(const cv::Mat& bgr, const FaceBox& box) const;
 

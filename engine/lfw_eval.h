@@ -70,6 +70,7 @@ struct LfwOptions {
   // is the labelled person. Still nothing: the fixed box below (LFW images are centred on
   // the face), with landmarks predicted inside it. Counted as "fallback" in the report.
   FaceBox fallback{77, 89, 181, 189};  // median HOG box on deep-funneled LFW (250x250)
+  bool retry_cnn = true;               // before the fixed box: dlib's CNN detector (upsample 1)
   bool mirror = false;                 // average each face's embedding with its mirror image's
   int jitter = 0;                      // > 0: average over this many jittered copies instead
   std::function<void(size_t done, size_t total)> on_progress;

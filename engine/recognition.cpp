@@ -44,6 +44,7 @@ struct Encoder::Faces {
     options.pick = parse_face_pick(a.pick);
     options.upsample = a.upsample;
     options.jitter = a.jitter;
+    options.retry_cnn = a.retry_cnn;
   }
 };
 #else

@@ -30,6 +30,7 @@ struct AlignOptions {
   std::string pick = "none";  // none | largest | all
   std::string dlib_models;    // folder of dlib's landmark models; empty: the default
   int upsample = 0;           // detector upsampling
+  bool retry_cnn = false;     // no HOG face: retry with dlib's CNN detector
   int jitter = 0;             // > 0: average this many jittered copies of each face (dlib's)
 };
 

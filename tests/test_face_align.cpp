@@ -89,6 +89,43 @@ TEST(FaceAlign, ChipsHaveTheModelSizesAndHoldContent) {
   EXPECT_THROW(parse_alignment("nope"), Error);
 }
 
+// A deep-funneled LFW photo the HOG detector misses even upsampled; dlib's CNN detector finds
+// the face, centred as LFW's faces are, with a box of the HOG boxes' size (~100 px).
+TEST(FaceAlign, CnnDetectorFindsTheFaceHogMisses) {
+  FN_REQUIRE_LANDMARK_MODELS();
+  const FaceAligner aligner;
+  const cv::Mat img =
+      read_image(test::shared_path("data/lfw/lfw-deepfunneled/Jelena_Dokic/Jelena_Dokic_0004.jpg"));
+  EXPECT_TRUE(aligner.detect(img, 0).empty());
+  EXPECT_TRUE(aligner.detect(img, 1).empty());
+  const auto faces = aligner.detect_cnn(img, 1);
+  ASSERT_GE(faces.size(), 1u);
+  const FaceBox& b = faces[0].box;
+  EXPECT_NEAR((b.left + b.right) / 2.0, 125, 30);
+  EXPECT_NEAR((b.top + b.bottom) / 2.0, 125, 30);
+  EXPECT_GT(b.width(), 60);
+  EXPECT_LT(b.width(), 160);
+  EXPECT_EQ(faces[0].landmarks5.size(), 5u);
+  EXPECT_EQ(faces[0].landmarks.size(), 68u);
+
+  cv::Mat blank(300, 400, CV_8UC3, cv::Scalar(90, 140, 200));
+  EXPECT_TRUE(aligner.detect_cnn(blank).empty());
+}
+
+TEST(FaceAlign, MissingCnnModelIsNamed) {
+  FN_REQUIRE_LANDMARK_MODELS();
+  const auto dir = std::filesystem::temp_directory_path() / "facenet-no-cnn";
+  std::filesystem::create_directories(dir);
+  for (const char* f :
+       {"shape_predictor_68_face_landmarks.dat", "shape_predictor_5_face_landmarks.dat"})
+    if (!std::filesystem::exists(dir / f))
+      std::filesystem::create_symlink(default_dlib_models_dir() / f, dir / f);
+  const FaceAligner aligner(dir);
+  test::expect_error([&] { aligner.detect_cnn(cv::Mat::zeros(100, 100, CV_8UC3)); },
+                     {"mmod_human_face_detector.dat", "fetch_dlib_models.sh"});
+  std::filesystem::remove_all(dir);
+}
+
 // dlib's jitter_image as test-time augmentation: n chip-sized copies, each a small
 // rotation/zoom/shift of the chip (or of its mirror image), reproducible from the seed.
 TEST(FaceAlign, JitterMakesSeededNearbyCopies) {

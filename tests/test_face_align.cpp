@@ -67,6 +67,15 @@ TEST(FaceAlign, NoFaceImageGivesNoFaces) {
   EXPECT_TRUE(aligner.detect(blank, 1).empty());
 }
 
+// The 150x150 dlib chip of a photo's only face (empty when it holds none or several).
+cv::Mat dlib_chip(const std::filesystem::path& photo) {
+  const FaceAligner aligner;
+  const cv::Mat img = read_image(photo);
+  const auto faces = aligner.detect(img);
+  return faces.size() == 1 ? FaceAligner::align(img, faces[0], Alignment::dlib_chip_150)
+                           : cv::Mat();
+}
+
 TEST(FaceAlign, ChipsHaveTheModelSizesAndHoldContent) {
   FN_REQUIRE_LANDMARK_MODELS();
   const FaceAligner aligner;
@@ -130,11 +139,8 @@ TEST(FaceAlign, MissingCnnModelIsNamed) {
 // rotation/zoom/shift of the chip (or of its mirror image), reproducible from the seed.
 TEST(FaceAlign, JitterMakesSeededNearbyCopies) {
   FN_REQUIRE_LANDMARK_MODELS();
-  const FaceAligner aligner;
-  const cv::Mat img = read_image(example("clapton-2.jpg"));
-  const auto faces = aligner.detect(img);
-  ASSERT_EQ(faces.size(), 1u);
-  const cv::Mat chip = FaceAligner::align(img, faces[0], Alignment::dlib_chip_150);
+  const cv::Mat chip = dlib_chip(example("clapton-2.jpg"));
+  ASSERT_FALSE(chip.empty());
   cv::Mat flipped;
   cv::flip(chip, flipped, 1);
   const auto a = FaceAligner::jitter(chip, 6, "x.jpg#0");

@@ -237,6 +237,10 @@ std::string typed_name(const TypedConfig& c) {
   return std::string(dtype_name(c.dtype)) + "_" + layout_name(c.layout);
 }
 
+void PrintTo(const TypedConfig& c, std::ostream* os) {
+  *os << typed_name(c);
+}
+
 // A host NCHW tensor on the device in `dtype` and `layout` (converted there by copy_centred).
 struct TypedTensor {
   DeviceBuffer<unsigned char> buf;
@@ -545,6 +549,10 @@ struct DlibConfig {
 
 std::string dlib_config_name(const DlibConfig& c) {
   return c.precision + "_" + c.layout;
+}
+// gtest prints parameters (ctest's test names too): the name, not the struct's bytes.
+void PrintTo(const DlibConfig& c, std::ostream* os) {
+  *os << dlib_config_name(c);
 }
 
 // The chips, their float inputs and the fast CPU backend's descriptors: computed once for all

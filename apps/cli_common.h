@@ -13,7 +13,8 @@ namespace facenet::cli {
 
 inline constexpr const char* kCnnRetryHelp =
     "With --align: where the HOG detector finds no face, retry with dlib's CNN detector "
-    "(finds profile, blurred and occluded faces; ~1 s per photo on a CPU)";
+    "(finds profile, blurred and occluded faces; ~0.1 s for a 250x250 photo on 2 cores, growing "
+    "with the pixel count)";
 inline constexpr const char* kJitterHelp =
     "Encode N randomly jittered copies of each face (dlib's jitter_image: small "
     "rotation/zoom/shift, random mirror) and average them; N times the encoding work, "

@@ -33,22 +33,25 @@ def gpu_name():
 
 
 def encode_rows(results):
-    rows = ["| precision | batch | ours img/s | latency ms | end-to-end img/s | best PyTorch img/s (config) | ours/peer | GPU mem GiB |",
-            "|---|---|---|---|---|---|---|---|"]
-    peer = {}  # best peer per batch: the peer runs once (fp16 step) for every configuration
+    rows = ["| model | precision | batch | ours img/s | latency ms | end-to-end img/s | best PyTorch img/s (config) | ours/peer | GPU mem GiB |",
+            "|---|---|---|---|---|---|---|---|---|"]
+    # Best peer per (model, batch): the peer runs once (fp16 step) for every precision of the
+    # model it was given; a model benchmarked without a peer (dlib's ResNet) gets no ratio.
+    peer = {}
     for j in results.values():
         for p in j.get("peer", {}).get("results", []) if isinstance(j.get("peer"), dict) else []:
-            if p.get("img_per_s", 0) > peer.get(p.get("batch"), (0, ""))[0]:
-                peer[p["batch"]] = (p["img_per_s"], p.get("config", "?"))
+            key = (j.get("model"), p.get("batch"))
+            if p.get("img_per_s", 0) > peer.get(key, (0, ""))[0]:
+                peer[key] = (p["img_per_s"], p.get("config", "?"))
     for name, j in results.items():
         if "error" in j:
             rows.append(f"| {name} | {j['error']} |")
             continue
         for r in j.get("results", []):
-            best = peer.get(r.get("batch"), (None, "-"))
+            best = peer.get((j.get("model"), r.get("batch")), (None, "-"))
             ratio = r["img_per_s"] / best[0] if best[0] else None
             mem = r.get("backend_device_bytes")
-            rows.append(f"| {j.get('dtype', name)} | {r.get('batch')} | {num(r.get('img_per_s'), '{:,.0f}')} | "
+            rows.append(f"| {j.get('model', '?')} | {j.get('dtype', name)} | {r.get('batch')} | {num(r.get('img_per_s'), '{:,.0f}')} | "
                         f"{num(r.get('latency_ms'), '{:.3f}')} | {num(r.get('end_to_end', {}).get('img_per_s'), '{:,.0f}')} | "
                         f"{num(best[0], '{:,.0f}')} ({best[1]}) | {num(ratio, '{:.2f}')} | "
                         f"{num(mem / 2**30 if mem else None, '{:.2f}')} |")
@@ -86,6 +89,18 @@ def search_rows(results):
     return rows
 
 
+def measured_lines(work):
+    """The '[ measured ] ...' lines the GPU tests print (GPU-vs-CPU errors per precision)."""
+    lines = []
+    for log in sorted(glob.glob(os.path.join(work, "logs", "05-*.log"))):
+        try:
+            lines += [l.strip()[len("[ measured ]"):].strip() for l in open(log, errors="replace")
+                      if l.strip().startswith("[ measured ]")]
+        except OSError:
+            pass
+    return lines
+
+
 def main():
     work, out = sys.argv[1], sys.argv[2]
     files = {os.path.basename(f)[:-5]: load(f) for f in sorted(glob.glob(os.path.join(work, "json", "*.json")))}
@@ -93,6 +108,7 @@ def main():
         "encode": {k[len("encode-"):]: v for k, v in files.items() if k.startswith("encode-")},
         "triplet": files.get("triplet", {"error": "no triplet.json"}),
         "search": {k[len("search-"):]: v for k, v in files.items() if k.startswith("search-")},
+        "gpu_test_errors": measured_lines(work),
     }
     with open(os.path.join(out, "results.json"), "w") as f:
         json.dump(merged, f, indent=1)
@@ -105,6 +121,8 @@ def main():
     md += ["", "rc: 0 passed, 124/137 timed out, skip = no time left before the deadline.", "",
            "## encode (model-only img/s with resident input; end-to-end from JPEG bytes)", ""]
     md += encode_rows(merged["encode"])
+    md += ["", "## GPU vs CPU (max abs error, as the GPU tests measured it)", ""]
+    md += [f"- {l}" for l in merged["gpu_test_errors"]] or ["- none measured (the GPU tests did not run)"]
     md += ["", "## triplet loss + gradient (fp32)", ""] + triplet_rows(merged["triplet"])
     md += ["", "## exact k-NN search", ""] + search_rows(merged["search"])
     with open(os.path.join(out, "RESULTS.md"), "w") as f:

@@ -62,6 +62,10 @@ std::vector<EncodedFace> find_faces(const FaceAligner& aligner, const cv::Mat& i
 
 }  // namespace
 
+int views_per_face(const FaceOptions& opt) {
+  return opt.jitter > 0 ? opt.jitter : opt.mirror ? 2 : 1;
+}
+
 std::vector<cv::Mat> augment_chip(const cv::Mat& chip, const FaceOptions& opt,
                                   const std::string& seed) {
   if (opt.jitter > 0) return FaceAligner::jitter(chip, opt.jitter, seed);
@@ -117,7 +121,7 @@ PhotoStats encode_photos(Backend& backend, const Model& model, const FaceAligner
     output.resize(total * dim);
     if (total) backend.forward(input.data(), total, output.data());
     k = 0;
-    const int views = opt.jitter > 0 ? opt.jitter : opt.mirror ? 2 : 1;
+    const int views = views_per_face(opt);
     const bool normalised = model.graph.nodes.back().op == OpType::l2norm;
     for (auto& r : results) {
       for (auto& f : r.faces) {

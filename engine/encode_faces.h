@@ -35,8 +35,9 @@ struct FaceOptions {
                    // face's index, so results do not depend on batching or threads
 };
 
-// The chips a face is encoded from under `opt`: the chip itself, + its mirror image, or
-// `opt.jitter` jittered copies (seeded by `seed`).
+// The chips a face is encoded from under `opt` (views_per_face(opt) of them): the chip
+// itself, + its mirror image, or `opt.jitter` jittered copies (seeded by `seed`).
+int views_per_face(const FaceOptions& opt);
 std::vector<cv::Mat> augment_chip(const cv::Mat& chip, const FaceOptions& opt,
                                   const std::string& seed);
 

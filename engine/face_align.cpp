@@ -91,10 +91,20 @@ using mmod_net = dlib::loss_mmod<dlib::con<
     1, 9, 9, 1, 1,
     rcon5<rcon5<rcon5<downsampler<dlib::input_rgb_image_pyramid<dlib::pyramid_down<6>>>>>>>>;
 
-// Largest box first.
-void sort_largest_first(std::vector<Face>& faces) {
+// Faces at a dlib detector's detections (rect + detection_confidence) in `bgr`'s coordinates,
+// with both landmark sets, largest box first.
+template <typename Detection>
+std::vector<Face> located_faces(const FaceAligner& aligner, const cv::Mat& bgr,
+                                const std::vector<Detection>& dets) {
+  std::vector<Face> faces;
+  for (const auto& d : dets) {
+    Face f = aligner.landmarks(bgr, from_dlib(d.rect));
+    f.score = d.detection_confidence;
+    faces.push_back(std::move(f));
+  }
   std::stable_sort(faces.begin(), faces.end(),
                    [](const Face& a, const Face& b) { return a.box.area() > b.box.area(); });
+  return faces;
 }
 
 }  // namespace
@@ -167,14 +177,7 @@ std::vector<Face> FaceAligner::detect(const cv::Mat& bgr, int upsample) const {
     detector(up, dets);
     for (auto& d : dets) d.rect = pyr.rect_down(d.rect, upsample);
   }
-  std::vector<Face> faces;
-  for (const auto& d : dets) {
-    Face f = landmarks(bgr, from_dlib(d.rect));
-    f.score = d.detection_confidence;
-    faces.push_back(std::move(f));
-  }
-  sort_largest_first(faces);
-  return faces;
+  return located_faces(*this, bgr, dets);
 }
 
 std::vector<Face> FaceAligner::detect_cnn(const cv::Mat& bgr, int upsample) const {
@@ -200,14 +203,8 @@ std::vector<Face> FaceAligner::detect_cnn(const cv::Mat& bgr, int upsample) cons
     }
     dets = (*impl_->cnn)(img);
   }
-  std::vector<Face> faces;
-  for (const auto& d : dets) {
-    Face f = landmarks(bgr, from_dlib(pyr.rect_down(d.rect, upsample)));
-    f.score = d.detection_confidence;
-    faces.push_back(std::move(f));
-  }
-  sort_largest_first(faces);
-  return faces;
+  for (auto& d : dets) d.rect = pyr.rect_down(d.rect, upsample);
+  return located_faces(*this, bgr, dets);
 }
 
 cv::Mat FaceAligner::align(const cv::Mat& bgr, const Face& face, Alignment a) {

@@ -36,10 +36,10 @@ inline void write_chips_raw(const std::filesystem::path& path, const std::vector
 }
 
 inline std::vector<uint8_t> read_chips_raw(const std::filesystem::path& path) {
-  const std::vector<unsigned char> bytes = read_file_bytes(path);
+  std::vector<uint8_t> bytes = read_file_bytes(path);
   if (bytes.empty() || bytes.size() % kChipBytes != 0)
     fail(path.string(), ": ", bytes.size(), " bytes is not a whole number of 150x150x3 chips");
-  return std::vector<uint8_t>(bytes.begin(), bytes.end());
+  return bytes;
 }
 
 #if FACENET_HAS_DLIB

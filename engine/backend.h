@@ -54,8 +54,10 @@ class Backend {
   // x: n images, each the graph's input shape (C x H x W), contiguous float32 NCHW.
   // y: n x embedding_dim float32. Thread-compatible, not thread-safe.
   virtual void forward(const float* x, int64_t n, float* y) = 0;
-  // The staged 8-bit path with `slots` slots of `capacity` images, allocated here once; null
-  // when the backend has none (the CPU backends take forward()'s float input).
+  // The staged 8-bit path with `slots` slots of `capacity` images; null when the backend has
+  // none (the CPU backends take forward()'s float input). The CUDA backend keeps a returned
+  // encoder's slots and lends them again to the next request they fit. Must not outlive
+  // the backend.
   virtual std::unique_ptr<StagedEncoder> make_staged_encoder(int /*slots*/, int64_t /*capacity*/) {
     return nullptr;
   }

@@ -171,6 +171,8 @@ struct Plan {
   bool graph_failed = false;
 };
 
+class CudaStaging;
+
 class CudaBackendImpl final : public CudaBackend {
  public:
   CudaBackendImpl(const Model& m, const BackendOptions& opt)
@@ -187,6 +189,7 @@ class CudaBackendImpl final : public CudaBackend {
     in_per_image_ = element_count(graph_.input_shape);
     out_dim_ = element_count(shapes_.at(graph_.output));
   }
+  ~CudaBackendImpl() override;  // after CudaStaging, which the staging cache holds
 
   std::string name() const override {
     return std::string("cuda ") + dtype_name(dtype_) +
@@ -212,7 +215,13 @@ class CudaBackendImpl final : public CudaBackend {
     download_output(y, n);
   }
 
+  // Hands out the cached slots when they fit (same slot count, capacity at least this), so
+  // repeated encode_files calls allocate no pinned memory; otherwise allocates new ones.
   std::unique_ptr<StagedEncoder> make_staged_encoder(int slots, int64_t capacity) override;
+  // A returned encoder's slots, drained: kept when no larger set is cached.
+  void return_staging(std::unique_ptr<CudaStaging> staging);
+  // Device bytes held by live staged encoders (CudaStaging's constructor and destructor).
+  void count_staging_bytes(int64_t delta) { staging_dev_bytes_ += delta; }
 
   // The staged path's device half (CudaStaging::submit), on the compute stream: once
   // `uploaded` has fired, dev_bgr's n images -> model input, record `consumed` (dev_bgr may
@@ -246,7 +255,8 @@ class CudaBackendImpl final : public CudaBackend {
 
   std::size_t device_bytes() const override {
     return weight_bytes_ + arena_.bytes() + input_.bytes() + output_.bytes() +
-           staging_f32_.bytes() + staging_u8_.bytes() + workspace_bytes_;
+           staging_f32_.bytes() + staging_u8_.bytes() + workspace_bytes_ +
+           static_cast<std::size_t>(staging_dev_bytes_);
   }
 
  private:
@@ -769,6 +779,9 @@ class CudaBackendImpl final : public CudaBackend {
   DeviceBuffer<float> output_, staging_f32_;
   DeviceBuffer<uint8_t> staging_u8_;
   std::map<int64_t, std::unique_ptr<Plan>> plans_;
+  int64_t staging_dev_bytes_ = 0;
+  // Last: destroyed first, while the streams it synchronises still exist.
+  std::unique_ptr<CudaStaging> staging_cache_;
 };
 
 // The staged 8-bit path. Per slot: pinned host input and output, a device copy of the input,
@@ -802,11 +815,19 @@ class CudaStaging final : public StagedEncoder {
       s.done = make_event(cudaEventDisableTiming);
       slots_.push_back(std::move(s));
     }
+    for (const Slot& s : slots_) backend_.count_staging_bytes(static_cast<int64_t>(s.dev.bytes()));
   }
 
   // Nothing may still read or write a slot's buffers when they are freed (an exception can
   // leave work queued on either stream).
   ~CudaStaging() override {
+    drain();
+    for (const Slot& s : slots_) backend_.count_staging_bytes(-static_cast<int64_t>(s.dev.bytes()));
+  }
+
+  // Waits for everything queued on either stream (errors included: this also runs while an
+  // exception unwinds, so it reports nothing).
+  void drain() {
     cudaStreamSynchronize(copy_stream_.get());
     cudaStreamSynchronize(backend_.stream());
   }
@@ -844,8 +865,48 @@ class CudaStaging final : public StagedEncoder {
   std::vector<Slot> slots_;
 };
 
+// What make_staged_encoder returns: a CudaStaging on loan, given back to the backend's cache
+// when the caller is done. Reports the capacity asked for, whatever the slots hold.
+class StagingLease final : public StagedEncoder {
+ public:
+  StagingLease(CudaBackendImpl& backend, std::unique_ptr<CudaStaging> staging, int64_t capacity)
+      : backend_(backend), staging_(std::move(staging)), capacity_(capacity) {}
+  ~StagingLease() override { backend_.return_staging(std::move(staging_)); }
+
+  int slots() const override { return staging_->slots(); }
+  int64_t capacity() const override { return capacity_; }
+  uint8_t* input(int slot) override { return staging_->input(slot); }
+  const float* output(int slot) const override { return staging_->output(slot); }
+  void submit(int slot, int64_t n) override {
+    FN_ASSERT(n >= 1 && n <= capacity_);
+    staging_->submit(slot, n);
+  }
+  void wait(int slot) override { staging_->wait(slot); }
+
+ private:
+  CudaBackendImpl& backend_;
+  std::unique_ptr<CudaStaging> staging_;
+  const int64_t capacity_;
+};
+
 std::unique_ptr<StagedEncoder> CudaBackendImpl::make_staged_encoder(int slots, int64_t capacity) {
-  return std::make_unique<CudaStaging>(*this, slots, capacity);
+  std::unique_ptr<CudaStaging> staging;
+  if (staging_cache_ && staging_cache_->slots() == slots && staging_cache_->capacity() >= capacity)
+    staging = std::move(staging_cache_);
+  else
+    staging = std::make_unique<CudaStaging>(*this, slots, capacity);
+  return std::make_unique<StagingLease>(*this, std::move(staging), capacity);
+}
+
+void CudaBackendImpl::return_staging(std::unique_ptr<CudaStaging> staging) {
+  // The next user writes the pinned inputs straight away: nothing may still read them.
+  staging->drain();
+  if (!staging_cache_ || staging_cache_->capacity() < staging->capacity())
+    staging_cache_ = std::move(staging);
+}
+
+CudaBackendImpl::~CudaBackendImpl() {
+  staging_cache_.reset();
 }
 
 }  // namespace

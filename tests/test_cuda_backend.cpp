@@ -484,6 +484,42 @@ TEST(GpuStaged, SlotsInFlightTogetherKeepTheirOwnResults) {
   }
 }
 
+// Staging slots are allocated once and lent again: a later encoder that fits gets the same
+// pinned buffers, one that does not (or one asked for while the first is out) gets new ones,
+// and device_bytes() counts every set the backend holds.
+TEST(GpuStaged, SlotsAreReusedAndCounted) {
+  FN_REQUIRE_GPU();
+  const Model m = load_model(test::converted_model("openface"));
+  const std::size_t image = 96 * 96 * 3;
+  BackendOptions opt;
+  opt.device = Device::cuda;
+  auto backend = make_cuda_backend(m, opt);
+  const std::size_t base = backend->device_bytes();
+  uint8_t* kept = nullptr;
+  {
+    auto a = backend->make_staged_encoder(2, 8);
+    const uint8_t* first = a->input(0);
+    EXPECT_EQ(backend->device_bytes(), base + 2 * 8 * image);
+    auto b = backend->make_staged_encoder(2, 8);  // while `a` is out: its own slots
+    EXPECT_NE(b->input(0), first);
+    EXPECT_EQ(backend->device_bytes(), base + 4 * 8 * image);
+    kept = b->input(0);  // `b` goes back first (reverse order), so its set is the one kept
+  }
+  EXPECT_EQ(backend->device_bytes(), base + 2 * 8 * image);
+  {
+    auto c = backend->make_staged_encoder(2, 5);
+    EXPECT_EQ(c->capacity(), 5);
+    EXPECT_EQ(c->input(0), kept);
+    EXPECT_EQ(backend->device_bytes(), base + 2 * 8 * image);  // no new allocation
+  }
+  {
+    auto d = backend->make_staged_encoder(2, 16);  // too big for the cached set
+    EXPECT_EQ(d->capacity(), 16);
+    EXPECT_EQ(backend->device_bytes(), base + 2 * 8 * image + 2 * 16 * image);
+  }
+  EXPECT_EQ(backend->device_bytes(), base + 2 * 16 * image);  // the larger set replaced it
+}
+
 // encode_files through the CUDA pipeline gives the CPU path's callbacks and embeddings on the
 // happy-house photos, with unreadable files interleaved, batches that leave a partial last
 // one or exceed the file count, and twice per batch size (the second run replays graphs).

@@ -126,7 +126,7 @@ void add_detect(CLI::App& app, int& exit_code) {
 // ---- eval lfw ------------------------------------------------------------------------------
 struct EvalArgs {
   std::string model, pairs, images, output, plot, dlib_models, device = "cpu";
-  int batch = 64, threads = 0, jitter = 0;
+  int batch = 64, threads = 0, jitter = 0, upsample = 0;
   bool mirror = false, no_cnn = false;
 };
 
@@ -141,6 +141,7 @@ int run_eval_lfw(const EvalArgs& a) {
   opt.batch = a.batch;
   opt.mirror = a.mirror;
   opt.jitter = a.jitter;
+  opt.upsample = a.upsample;
   opt.retry_cnn = !a.no_cnn;
   const bool tty = isatty(fileno(stderr));
   int last_decile = -1;
@@ -206,6 +207,11 @@ void add_eval(CLI::App& app, int& exit_code) {
   lfw->add_flag("--mirror", a->mirror,
                 "Average each face's embedding with its mirror image's (2x the encoding work)");
   lfw->add_option("--jitter", a->jitter, kJitterHelp)->check(CLI::Range(0, 1000));
+  lfw->add_option("--upsample", a->upsample,
+                  "HOG detector upsampling for the first try (0-3); a photo without a face is "
+                  "retried with one more")
+      ->check(CLI::Range(0, 3))
+      ->capture_default_str();
   lfw->add_flag("--no-cnn", a->no_cnn,
                 "Do not retry with dlib's CNN detector where the HOG detector finds no face");
   lfw->add_option("--threads", a->threads, "CPU threads (0 = all cores)")->capture_default_str();

@@ -268,6 +268,7 @@ nlohmann::json evaluate_lfw(Backend& backend, const Model& model, const FaceAlig
 
   FaceOptions fo;
   fo.pick = FacePick::centre;
+  fo.upsample = opt.upsample;
   fo.retry_upsampled = true;
   fo.fallback = opt.fallback;
   fo.retry_cnn = opt.retry_cnn;
@@ -366,9 +367,11 @@ nlohmann::json evaluate_lfw(Backend& backend, const Model& model, const FaceAlig
         {"fallback_images", fallback_images},
         {"failed_images", failed_images}}},
       {"failure_handling",
-       std::string("HOG detector with upsample 0, then 1") +
-           (opt.retry_cnn ? ", then dlib's CNN detector with upsample 1 (images.by_cnn_detector)"
-                          : "") +
+       "HOG detector with upsample " + std::to_string(opt.upsample) + ", then " +
+           std::to_string(opt.upsample + 1) +
+           (opt.retry_cnn ? ", then dlib's CNN detector with upsample " +
+                                std::to_string(opt.upsample + 1) + " (images.by_cnn_detector)"
+                          : std::string()) +
            "; the face nearest the image centre is used; no face: landmarks are predicted in "
            "the fixed box [77, 89, 181, 189] (the median detection) and the image is aligned "
            "and encoded from it (images.fallback_box); an unreadable image makes its pairs "

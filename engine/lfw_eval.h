@@ -66,9 +66,10 @@ FoldAccuracy logistic_folds(const std::vector<float>& x, int64_t dim, const std:
 // ---- end to end ----------------------------------------------------------------------------
 struct LfwOptions {
   int batch = 64;
-  // Detection: upsample 0 first, 1 when nothing is found; the face nearest the image centre
-  // is the labelled person. Still nothing: the fixed box below (LFW images are centred on
-  // the face), with landmarks predicted inside it. Counted as "fallback" in the report.
+  int upsample = 0;  // dlib pyramid_up count for the first HOG try
+  // Detection: upsample `upsample` first, one more when nothing is found; the face nearest the
+  // image centre is the labelled person. Still nothing: the fixed box below (LFW images are centred
+  // on the face), with landmarks predicted inside it. Counted as "fallback" in the report.
   FaceBox fallback{77, 89, 181, 189};  // median HOG box on deep-funneled LFW (250x250)
   bool retry_cnn = true;               // before the fixed box: dlib's CNN detector (upsample 1)
   bool mirror = false;                 // average each face's embedding with its mirror image's

@@ -131,8 +131,10 @@ struct Step {
   int out = 0, in = 0, kernel = 1, stride = 1, pad = 0;
   bool relu = false;  // conv, affine, add: ReLU fused into the step
   PoolKind pool = PoolKind::max;
-  // affine (not after a conv): y = gamma_c * x + beta_c, float32.
+  // affine (not after a conv): y = gamma_c * x + beta_c, float32. A conv that cuDNN runs
+  // unfused: ones and its bias (from `bias`, the float32 host copy), for the affine kernel.
   DeviceBuffer<float> gamma, beta;
+  std::vector<float> bias;
   // head: dense weight transposed [in][out] and bias, float32.
   DeviceBuffer<float> head_wt, head_b;
   bool l2norm = false;
@@ -198,7 +200,7 @@ class CudaBackendImpl final : public CudaBackend {
 
   void forward(const float* x, int64_t n, float* y) override {
     if (n <= 0) return;
-    Plan& p = plan_for(n);
+    Plan& p = plan_covering(n);
     upload_input(x, n);
     execute(p);
     download_output(y, n);
@@ -206,7 +208,7 @@ class CudaBackendImpl final : public CudaBackend {
 
   void forward_bgr8(const uint8_t* bgr, int64_t n, float* y) override {
     if (n <= 0) return;
-    Plan& p = plan_for(n);
+    Plan& p = plan_covering(n);
     const Shape& s = graph_.input_shape;
     staging_u8_.resize(std::max(staging_u8_.size(), static_cast<size_t>(n * s[1] * s[2] * 3)));
     staging_u8_.upload(bgr, n * s[1] * s[2] * 3, ctx_.stream());
@@ -218,7 +220,8 @@ class CudaBackendImpl final : public CudaBackend {
   // Hands out the cached slots when they fit (same slot count, capacity at least this), so
   // repeated encode_files calls allocate no pinned memory; otherwise allocates new ones.
   std::unique_ptr<StagedEncoder> make_staged_encoder(int slots, int64_t capacity) override;
-  // A returned encoder's slots, drained: kept when no larger set is cached.
+  // A returned encoder's slots, drained: kept unless the cached set has as many slots and
+  // holds more images.
   void return_staging(std::unique_ptr<CudaStaging> staging);
   // Device bytes held by live staged encoders (CudaStaging's constructor and destructor).
   void count_staging_bytes(int64_t delta) { staging_dev_bytes_ += delta; }
@@ -228,7 +231,7 @@ class CudaBackendImpl final : public CudaBackend {
   // be refilled after it), forward, n x out_dim floats -> y (pinned host), record `done`.
   void enqueue_bgr8(const uint8_t* dev_bgr, int64_t n, cudaEvent_t uploaded, cudaEvent_t consumed,
                     float* y, cudaEvent_t done) {
-    Plan& p = plan_for(n);
+    Plan& p = plan_covering(n);
     cudaStream_t st = ctx_.stream();
     FN_GPU_CHECK(cudaStreamWaitEvent(st, uploaded, 0));
     convert_bgr8(dev_bgr, n);
@@ -252,6 +255,12 @@ class CudaBackendImpl final : public CudaBackend {
   void forward_resident(int64_t n) override { execute(plan_for(n)); }
 
   cudaStream_t stream() const override { return ctx_.stream(); }
+
+  std::vector<int64_t> planned_batches() const override {
+    std::vector<int64_t> sizes;
+    for (const auto& [n, plan] : plans_) sizes.push_back(n);
+    return sizes;
+  }
 
   std::size_t device_bytes() const override {
     return weight_bytes_ + arena_.bytes() + input_.bytes() + output_.bytes() +
@@ -292,6 +301,7 @@ class CudaBackendImpl final : public CudaBackend {
           if (layout_ == Layout::nhwc) w = kcrs_to_krsc(w, s.out, s.in, s.kernel);
           s.w = upload(to_dtype(w, dtype_), ctx_.stream());
           s.b = upload(to_dtype(b, dtype_), ctx_.stream());
+          s.bias = b;
           weight_bytes_ += s.w.bytes() + s.b.bytes();
           break;
         }
@@ -501,6 +511,23 @@ class CudaBackendImpl final : public CudaBackend {
   }
 
   // ---- per batch size: plan ------------------------------------------------------------------
+  // The plan that runs n images: every image is independent of the others, so a plan for
+  // more images computes the first n exactly and the rest (stale input) is ignored. Planning
+  // costs a cuDNN search per convolution and a graph capture, which a service that encodes
+  // one request at a time must not pay for every new tail size: an existing plan of at most
+  // 2n images is reused; otherwise a batch larger than any planned so far gets its own exact
+  // plan (the full batches), a smaller one the next power of two (tails). So at most about
+  // log2(batch) tail plans ever exist.
+  Plan& plan_covering(int64_t n) {
+    auto it = plans_.lower_bound(n);
+    if (it != plans_.end() && it->first <= 2 * n) return *it->second;
+    if (plans_.empty() || n > plans_.rbegin()->first) return plan_for(n);
+    int64_t size = 1;
+    while (size < n) size *= 2;
+    return plan_for(size);
+  }
+
+  // The plan for exactly n images (built on first use).
   Plan& plan_for(int64_t n) {
     auto it = plans_.find(n);
     if (it != plans_.end()) return *it->second;
@@ -523,6 +550,9 @@ class CudaBackendImpl final : public CudaBackend {
     arena_.resize(static_cast<std::size_t>(arena_per_image_ * n) * es);
     input_.resize(static_cast<std::size_t>(in_per_image_ * n) * es);
     output_.resize(static_cast<std::size_t>(out_dim_ * n));
+    // Defined contents: planning runs cuDNN on them, and a tail plan reads images past n.
+    FN_GPU_CHECK(cudaMemsetAsync(arena_.data(), 0, arena_.bytes(), ctx_.stream()));
+    FN_GPU_CHECK(cudaMemsetAsync(input_.data(), 0, input_.bytes(), ctx_.stream()));
     capacity_ = n;
     ++generation_;
   }
@@ -584,7 +614,7 @@ class CudaBackendImpl final : public CudaBackend {
       if (dtype_ != DType::f32)
         FN_GPU_CHECK(cudnnSetConvolutionMathType(c.conv.get(), perf[k].mathType));
       c.algo = perf[k].algo;
-      c.workspace = perf[k].memory;
+      c.workspace = kWorkspaceLimit;  // reserved anyway; Find measured the plain convolution
       if (run_fused(c, s, xv.data, yv.data) == CUDNN_STATUS_SUCCESS) chosen = &c;
     }
     if (!chosen) {
@@ -596,6 +626,14 @@ class CudaBackendImpl final : public CudaBackend {
       c.algo = perf[first_ok].algo;
       c.workspace = perf[first_ok].memory;
       c.fused = false;
+      // Bias (+ ReLU) by the affine kernel, which takes every dtype and strided slice; run the
+      // sequence once now so that a refusal names this node at planning, not mid-batch.
+      if (!s.gamma.data()) {
+        s.gamma = upload(std::vector<float>(s.out, 1.0f), ctx_.stream());
+        s.beta = upload(s.bias, ctx_.stream());
+        weight_bytes_ += s.gamma.bytes() + s.beta.bytes();
+      }
+      run_conv(c, s, n);
     }
     return c;
   }
@@ -619,10 +657,8 @@ class CudaBackendImpl final : public CudaBackend {
     FN_GPU_CHECK(cudnnConvolutionForward(cudnn_.get(), &one, c.x.get(), x, c.w.get(), s.w.data(),
                                          c.conv.get(), c.algo, ctx_.workspace(c.workspace),
                                          c.workspace, &zero, c.y.get(), y));
-    FN_GPU_CHECK(cudnnAddTensor(cudnn_.get(), &one, c.bias.get(), s.b.data(), &one, c.y.get(), y));
-    if (s.relu)
-      FN_GPU_CHECK(cudnnActivationForward(cudnn_.get(), c.act.get(), &one, c.y.get(), y, &zero,
-                                          c.y.get(), y));
+    const TensorView4 yv = view(s.output, n);
+    launch_affine(yv, s.gamma.data(), s.beta.data(), s.relu, yv, ctx_.stream());  // in place
   }
 
   // ---- per batch: run --------------------------------------------------------------------------
@@ -710,6 +746,10 @@ class CudaBackendImpl final : public CudaBackend {
       run_steps(p);
     } catch (const Error& e) {
       why = e.what();
+    } catch (...) {  // not a refusal to capture: leave the stream usable, then report it
+      if (cudaStreamEndCapture(st, &g) == cudaSuccess && g) cudaGraphDestroy(g);
+      cudaGetLastError();
+      throw;
     }
     const cudaError_t end = cudaStreamEndCapture(st, &g);
     cudaGraphExec_t exec = nullptr;
@@ -890,6 +930,8 @@ class StagingLease final : public StagedEncoder {
 };
 
 std::unique_ptr<StagedEncoder> CudaBackendImpl::make_staged_encoder(int slots, int64_t capacity) {
+  if (slots < 1 || capacity < 1)
+    fail("staged encoder: needs >= 1 slot of >= 1 image (got ", slots, " x ", capacity, ")");
   std::unique_ptr<CudaStaging> staging;
   if (staging_cache_ && staging_cache_->slots() == slots && staging_cache_->capacity() >= capacity)
     staging = std::move(staging_cache_);
@@ -901,11 +943,15 @@ std::unique_ptr<StagedEncoder> CudaBackendImpl::make_staged_encoder(int slots, i
 void CudaBackendImpl::return_staging(std::unique_ptr<CudaStaging> staging) {
   // The next user writes the pinned inputs straight away: nothing may still read them.
   staging->drain();
-  if (!staging_cache_ || staging_cache_->capacity() < staging->capacity())
+  if (!staging_cache_ || staging_cache_->slots() != staging->slots() ||
+      staging_cache_->capacity() < staging->capacity())
     staging_cache_ = std::move(staging);
 }
 
 CudaBackendImpl::~CudaBackendImpl() {
+  // forward_resident and the staged path return with work queued; nothing it uses may be
+  // freed under it. Errors are not reported from a destructor.
+  cudaStreamSynchronize(ctx_.stream());
   staging_cache_.reset();
 }
 

@@ -8,6 +8,7 @@
 #include <cstddef>
 #include <cstdint>
 #include <memory>
+#include <vector>
 
 #include "engine/backend.h"
 
@@ -29,8 +30,14 @@ class CudaBackend : public Backend {
   virtual void forward_resident(int64_t n) = 0;
   virtual cudaStream_t stream() const = 0;
 
-  // Device memory held by the backend: weights, activation arena, I/O buffers, workspace.
+  // Device memory held by the backend: weights, activation arena, I/O buffers, workspace,
+  // staging slots.
   virtual std::size_t device_bytes() const = 0;
+
+  // The batch sizes planned so far, ascending. forward() and the staged path run n images
+  // on an existing plan of at most 2n images; otherwise they plan n exactly when it exceeds
+  // every planned size (full batches), else the next power of two (tails).
+  virtual std::vector<int64_t> planned_batches() const = 0;
 };
 
 // precision: "fp32" (NCHW, no TF32) | "fp16" | "bf16" (NHWC, tensor cores; float accumulation

@@ -199,9 +199,8 @@ __global__ void bgr8_to_input_kernel(const uint8_t* __restrict__ bgr, T* __restr
 // x, y: (n, c, h, w) strided, same dtype and shape; gamma, beta: [c] float32. One thread owns
 // one element. Math in fp32.
 template <typename T>
-__global__ void affine_kernel(const T* __restrict__ x, View xv, const float* __restrict__ gamma,
-                              const float* __restrict__ beta, bool relu, T* __restrict__ y,
-                              View yv) {
+__global__ void affine_kernel(const T* x, View xv, const float* __restrict__ gamma,
+                              const float* __restrict__ beta, bool relu, T* y, View yv) {
   const int64_t i = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x;
   if (i >= yv.n * yv.c * yv.h * yv.w) return;
   const Index4 o = decompose(i, yv);

@@ -66,6 +66,7 @@ void launch_pooled_dense_head(const TensorView4& x, const float* wt, const float
                               bool l2norm, float eps, float* y, cudaStream_t stream);
 
 // y_c = gamma_c * x_c + beta_c (dlib's affine layer in CONV mode), then max(y, 0) when relu.
+// x and y may be the same tensor (in place).
 // x and y share dtype and shape; gamma, beta: x.c float32 values in device memory.
 void launch_affine(const TensorView4& x, const float* gamma, const float* beta, bool relu,
                    const TensorView4& y, cudaStream_t stream);

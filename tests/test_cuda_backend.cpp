@@ -520,6 +520,34 @@ TEST(GpuStaged, SlotsAreReusedAndCounted) {
   EXPECT_EQ(backend->device_bytes(), base + 2 * 16 * image);  // the larger set replaced it
 }
 
+// A tail batch runs on a planned batch of at most twice its size (the images past it are
+// stale and ignored); a new tail size gets a power-of-two plan, a new largest size its own.
+// Every call still gives the CPU backend's embeddings for its own images.
+TEST(GpuPlans, TailsRunOnALargerPlanAndMatchCpu) {
+  FN_REQUIRE_GPU();
+  const Model m = load_model(test::converted_model("openface"));
+  const int64_t per = 3 * 96 * 96, most = 20;
+  std::mt19937 rng(71);
+  std::uniform_real_distribution<float> u(0.0f, 1.0f);
+  std::vector<float> x(most * per);
+  for (auto& v : x) v = u(rng);
+  std::vector<float> want(most * 128);
+  make_backend(m, {})->forward(x.data(), most, want.data());
+  BackendOptions opt;
+  opt.device = Device::cuda;
+  auto gpu = make_cuda_backend(m, opt);
+  const std::vector<std::pair<int64_t, std::vector<int64_t>>> calls = {
+      {8, {8}}, {5, {8}}, {3, {4, 8}}, {20, {4, 8, 20}}, {7, {4, 8, 20}}, {1, {1, 4, 8, 20}}};
+  for (const auto& [n, plans] : calls) {
+    std::vector<float> got(n * 128);
+    gpu->forward(x.data(), n, got.data());
+    EXPECT_EQ(gpu->planned_batches(), plans) << "after a batch of " << n;
+    double err = 0;
+    for (int64_t i = 0; i < n * 128; ++i) err = std::max(err, std::fabs(double(got[i]) - want[i]));
+    EXPECT_LE(err, 1e-4) << "batch " << n;
+  }
+}
+
 // encode_files through the CUDA pipeline gives the CPU path's callbacks and embeddings on the
 // happy-house photos, with unreadable files interleaved, batches that leave a partial last
 // one or exceed the file count, and twice per batch size (the second run replays graphs).

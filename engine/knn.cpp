@@ -400,6 +400,7 @@ constexpr size_t kGemmTileBytes = size_t{512} << 20;  // inner-product tile in t
 constexpr size_t kPartialBytes = size_t{256} << 20;   // fused per-split top-k lists
 constexpr int64_t kMergeKeysPerQuery = 1 << 18;       // fused: splits * k cap per query
 constexpr int64_t kFusedMaxQueries = 64;              // auto: fused up to here, GEMM above
+constexpr int kFusedMaxDim = 2048;                    // auto: wider embeddings take GEMM
 
 size_t align_up(size_t bytes) {
   return (bytes + 255) / 256 * 256;
@@ -540,7 +541,10 @@ int64_t GpuFlatIndex::remove(const int64_t* ids, int64_t n) {
 }
 
 KnnAlgorithm GpuFlatIndex::choose(int64_t nq, int /*k*/) const {
-  return nq <= kFusedMaxQueries ? KnnAlgorithm::kFused : KnnAlgorithm::kGemm;
+  // The fused kernel keeps its queries in shared memory (up to 8 x dim floats a block):
+  // very wide embeddings go through the GEMM path instead.
+  return nq <= kFusedMaxQueries && dim_ <= kFusedMaxDim ? KnnAlgorithm::kFused
+                                                        : KnnAlgorithm::kGemm;
 }
 
 // Workspace: final keys [nq][k], then per path: fused per-split lists, or the GEMM tile, query

@@ -401,6 +401,9 @@ void knn_fused_partial(const float* queries, int64_t nq, const void* gallery, Kn
   if (splits < 1 || splits > 65535) fail("knn_fused_partial: splits = ", splits);
   if (nq <= 0) return;
   const int qt = knn_fused_queries_per_block(nq, k);
+  if ((nq + qt - 1) / qt > 65535)
+    fail("knn_fused_partial: ", nq, " queries in one launch (at most ", int64_t{65535} * qt,
+         " for k = ", k, ")");
   if (dtype == KnnDtype::kFloat16)
     launch_fused_for<__half>(qt, queries, nq, gallery, norms, n, dim, k, splits, partial, stream);
   else

@@ -206,12 +206,14 @@ if [ $built = 1 ]; then
       --precision $prec --model '$model' --batch 1,64,256,1024,4096 --warmup 3 --repeats 10 \
       $peer > '$json/encode-$prec.json'"
   done
-  # dlib's ResNet (150x150, residual adds): no PyTorch peer for it.
+  # dlib's ResNet (150x150, residual adds), with its peer at fp16 as for nn4.small2.
   if [ -f "${FACENET_DLIB_MODEL:-}" ]; then
     for prec in fp16 fp32; do
-      run_step "09-bench-encode-dlib-$prec" 60 30 "'$build/apps/facenet' bench encode --device cuda \
-        --precision $prec --model '$FACENET_DLIB_MODEL' --batch 1,64,256 --warmup 3 --repeats 10 \
-        --no-peer > '$json/encode-dlib-$prec.json'"
+      peer=--no-peer limit=60
+      [ $prec = fp16 ] && peer="" limit=90
+      run_step "09-bench-encode-dlib-$prec" $limit 30 "'$build/apps/facenet' bench encode \
+        --device cuda --precision $prec --model '$FACENET_DLIB_MODEL' \
+        --batch 1,64,256 --warmup 3 --repeats 10 $peer > '$json/encode-dlib-$prec.json'"
     done
   fi
   run_step 10-bench-triplet 90 30 "'$build/apps/facenet' bench triplet --device cuda \

@@ -32,9 +32,39 @@ def read_safetensors(path):
     return meta, tensors
 
 
+def read_rgb(path):
+    """H x W x 3 uint8 RGB. Binary PPM (P6, maxval 255) is read here, so checks on PPM chips
+    need no OpenCV; other formats through cv2."""
+    with open(path, "rb") as f:
+        data = f.read()
+    if data[:2] == b"P6":
+        fields, pos = [], 2
+        while len(fields) < 3:  # width, height, maxval, between whitespace and comments
+            while data[pos:pos + 1].isspace():
+                pos += 1
+            if data[pos:pos + 1] == b"#":
+                pos = data.index(b"\n", pos)
+                continue
+            end = pos
+            while not data[end:end + 1].isspace():
+                end += 1
+            fields.append(int(data[pos:end]))
+            pos = end
+        w, h, maxval = fields
+        if maxval != 255:
+            raise ValueError(f"{path}: PPM maxval {maxval}, expected 255")
+        return np.frombuffer(data, np.uint8, w * h * 3, pos + 1).reshape(h, w, 3)
+    import cv2
+    img = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_COLOR)
+    if img is None:
+        raise ValueError(f"{path}: cannot decode")
+    return np.ascontiguousarray(img[:, :, ::-1])
+
+
 def build(path, torch):
     """Returns forward(x: NCHW tensor) -> embeddings, evaluating the graph node by node with
-    torch.nn.functional ops (BatchNorm folded into the conv as any deployment would)."""
+    torch.nn.functional ops (BatchNorm or a per-channel affine that follows a conv folded into
+    it, as any deployment would, and as our backends do)."""
     F = torch.nn.functional
     meta, t = read_safetensors(path)
     graph = json.loads(meta["facenet.graph"])
@@ -59,12 +89,24 @@ def build(path, torch):
                 b = (b - t[bn["mean"]]) * scale + t[bn["beta"]]
                 i += 1
                 step["name"] = bn["name"]
+            elif (n["op"] == "conv" and i + 1 < len(nodes) and nodes[i + 1]["op"] == "affine"
+                  and consumers[n["name"]] == 1):
+                af = nodes[i + 1]
+                gamma = t[af["gamma"]].astype(np.float64)
+                w = w * gamma.reshape((-1,) + (1,) * (w.ndim - 1))
+                b = b * gamma + t[af["beta"]]
+                i += 1
+                step["name"] = af["name"]
             params[n["name"]] = (torch.tensor(w, dtype=torch.float32), torch.tensor(b, dtype=torch.float32))
             step["param"] = n["name"]
             if i + 1 < len(nodes) and nodes[i + 1]["op"] == "relu" and nodes[i + 1]["inputs"][0] == step["name"]:
                 step["relu"] = True
                 i += 1
                 step["name"] = nodes[i]["name"]
+        elif n["op"] == "affine":  # one not after a conv: y = gamma_c * x + beta_c
+            params[n["name"]] = (torch.tensor(t[n["gamma"]]).reshape(1, -1, 1, 1),
+                                 torch.tensor(t[n["beta"]]).reshape(1, -1, 1, 1))
+            step["param"] = n["name"]
         steps.append(step)
         i += 1
 
@@ -83,6 +125,14 @@ def build(path, torch):
                 y = F.relu(y) if s.get("relu") else y
             elif op == "relu":
                 y = F.relu(a)
+            elif op == "affine":
+                g, b = dev_params[s["param"]]
+                y = a * g + b
+            elif op == "add":  # dlib's add_prev: zero-pad the smaller to the larger extent
+                p, q = a, v[s["inputs"][1]]
+                C, H, W = (max(p.shape[d], q.shape[d]) for d in (1, 2, 3))
+                y = sum(F.pad(z, (0, W - z.shape[3], 0, H - z.shape[2], 0, C - z.shape[1]))
+                        for z in (p, q))
             elif op == "maxpool":
                 y = F.max_pool2d(a, s["kernel"], s["stride"], s["pad"])
             elif op == "avgpool":
@@ -211,13 +261,17 @@ def main():
             if args.device == "cuda":
                 torch.cuda.empty_cache()
     if args.embed:
-        import cv2
         embs = {}
         for p in args.embed:
-            img = cv2.imread(p, cv2.IMREAD_COLOR)[:, :, ::-1]
+            img = read_rgb(p)
             if img.shape[:2] != (h, w):
+                import cv2
                 img = cv2.resize(img, (w, h), interpolation=cv2.INTER_LINEAR)
-            x = torch.tensor(np.ascontiguousarray(img.transpose(2, 0, 1)) / 255.0, dtype=torch.float32)[None].to(dev)
+            pre = graph.get("preprocess", {})
+            mean = np.array(pre.get("mean", [0.0, 0.0, 0.0]), dtype=np.float32).reshape(3, 1, 1)
+            scale = pre.get("scale", 1.0 / 255.0)
+            chw = np.ascontiguousarray(img.transpose(2, 0, 1)).astype(np.float32)
+            x = torch.tensor((chw - mean) * scale, dtype=torch.float32)[None].to(dev)
             with torch.inference_mode():
                 embs[p] = forward(x, dev_params)[0].cpu().numpy().tolist()
         out["embeddings"] = embs

@@ -27,24 +27,41 @@ namespace {
 std::vector<EncodedFace> find_faces(const FaceAligner& aligner, const cv::Mat& img,
                                     const FaceOptions& opt) {
   const int upsample = opt.upsample + (opt.retry_upsampled ? 1 : 0);
-  std::vector<Face> faces = aligner.detect(img, opt.upsample);
-  if (faces.empty() && opt.retry_upsampled) faces = aligner.detect(img, upsample);
+  const double cx = img.cols / 2.0, cy = img.rows / 2.0;
+  bool off_centre = false;
+  // centre_only: drops the boxes that miss the image centre, and remembers a try whose every
+  // box missed it (the detector found only other people there).
+  auto usable = [&](std::vector<Face> faces) {
+    if (opt.pick != FacePick::centre || !opt.centre_only) return faces;
+    const size_t found = faces.size();
+    faces.erase(std::remove_if(faces.begin(), faces.end(),
+                               [&](const Face& f) {
+                                 return !(f.box.left <= cx && cx <= f.box.right &&
+                                          f.box.top <= cy && cy <= f.box.bottom);
+                               }),
+                faces.end());
+    off_centre |= found > 0 && faces.empty();
+    return faces;
+  };
+  std::vector<Face> faces = usable(aligner.detect(img, opt.upsample));
+  if (faces.empty() && opt.retry_upsampled) faces = usable(aligner.detect(img, upsample));
   bool cnn = false;
   if (faces.empty() && opt.retry_cnn) {
-    faces = aligner.detect_cnn(img, upsample);
+    faces = usable(aligner.detect_cnn(img, upsample));
     cnn = !faces.empty();
   }
   std::vector<EncodedFace> out;
   if (faces.empty()) {
-    if (opt.fallback) out.push_back({aligner.landmarks(img, *opt.fallback), true, false, {}});
+    if (opt.fallback)
+      out.push_back({aligner.landmarks(img, *opt.fallback), true, false, off_centre, {}});
     return out;
   }
   if (opt.pick == FacePick::all) {
-    for (auto& f : faces) out.push_back({std::move(f), false, cnn, {}});
+    for (auto& f : faces) out.push_back({std::move(f), false, cnn, off_centre, {}});
   } else if (opt.pick == FacePick::largest) {
-    out.push_back({std::move(faces.front()), false, cnn, {}});  // detect*() sort largest first
+    // detect*() sort largest first
+    out.push_back({std::move(faces.front()), false, cnn, off_centre, {}});
   } else {
-    const double cx = img.cols / 2.0, cy = img.rows / 2.0;
     auto dist = [&](const Face& f) {
       const double x = (f.box.left + f.box.right) / 2.0 - cx;
       const double y = (f.box.top + f.box.bottom) / 2.0 - cy;
@@ -55,6 +72,7 @@ std::vector<EncodedFace> find_faces(const FaceAligner& aligner, const cv::Mat& i
                            [&](const Face& a, const Face& b) { return dist(a) < dist(b); }),
          false,
          cnn,
+         off_centre,
          {}});
   }
   return out;

@@ -22,6 +22,10 @@ FacePick parse_face_pick(const std::string& s);  // "largest" | "all" | "centre"
 
 struct FaceOptions {
   FacePick pick = FacePick::largest;
+  // With pick centre: only a box containing the image centre counts (LFW's definition of the
+  // labelled face: each image is centred on it); other detections are set aside as if no
+  // face were found, so the retries below run.
+  bool centre_only = false;
   int upsample = 0;                 // dlib pyramid_up count for the first detection try
   bool retry_upsampled = false;     // no face: try once more with upsample + 1
   bool retry_cnn = false;           // still none: try dlib's CNN detector (same upsampling as
@@ -43,8 +47,9 @@ std::vector<cv::Mat> augment_chip(const cv::Mat& chip, const FaceOptions& opt,
 
 struct EncodedFace {
   Face face;
-  bool fallback = false;  // the box is FaceOptions::fallback, not a detection
-  bool cnn = false;       // found by the CNN detector (FaceOptions::retry_cnn)
+  bool fallback = false;         // the box is FaceOptions::fallback, not a detection
+  bool cnn = false;              // found by the CNN detector (FaceOptions::retry_cnn)
+  bool off_centre_seen = false;  // centre_only: a detection try found faces, none at the centre
   std::vector<float> embedding;
 };
 

@@ -270,6 +270,7 @@ nlohmann::json evaluate_lfw(Backend& backend, const Model& model, const FaceAlig
   fo.pick = FacePick::centre;
   fo.upsample = opt.upsample;
   fo.retry_upsampled = true;
+  fo.centre_only = opt.centre_only;
   fo.fallback = opt.fallback;
   fo.retry_cnn = opt.retry_cnn;
   fo.mirror = opt.mirror;
@@ -278,7 +279,7 @@ nlohmann::json evaluate_lfw(Backend& backend, const Model& model, const FaceAlig
   std::vector<float> emb(files.size() * dim, 0.f);
   std::vector<bool> ok(files.size(), false);
   size_t next = 0;
-  std::vector<std::string> fallback_images, failed_images, cnn_images;
+  std::vector<std::string> fallback_images, failed_images, cnn_images, off_centre_images;
   PhotoCallbacks cb;
   cb.on_photo = [&](const PhotoResult& r) {
     const size_t i = next++;
@@ -289,6 +290,7 @@ nlohmann::json evaluate_lfw(Backend& backend, const Model& model, const FaceAlig
     const EncodedFace& f = r.faces.front();
     if (f.fallback) fallback_images.push_back(r.path.string());
     if (f.cnn) cnn_images.push_back(r.path.string());
+    if (f.off_centre_seen) off_centre_images.push_back(r.path.string());
     std::copy(f.embedding.begin(), f.embedding.end(), emb.begin() + i * dim);
     ok[i] = true;
   };
@@ -361,9 +363,11 @@ nlohmann::json evaluate_lfw(Backend& backend, const Model& model, const FaceAlig
        {{"total", files.size()},
         {"detected", files.size() - fallback_images.size() - failed_images.size()},
         {"by_cnn_detector", cnn_images.size()},
+        {"only_off_centre_detections", off_centre_images.size()},
         {"fallback_box", fallback_images.size()},
         {"failed", failed_images.size()},
         {"cnn_images", cnn_images},
+        {"off_centre_images", off_centre_images},
         {"fallback_images", fallback_images},
         {"failed_images", failed_images}}},
       {"failure_handling",
@@ -372,7 +376,13 @@ nlohmann::json evaluate_lfw(Backend& backend, const Model& model, const FaceAlig
            (opt.retry_cnn ? ", then dlib's CNN detector with upsample " +
                                 std::to_string(opt.upsample + 1) + " (images.by_cnn_detector)"
                           : std::string()) +
-           "; the face nearest the image centre is used; no face: landmarks are predicted in "
+           (opt.centre_only
+                ? std::string("; only a box containing the image centre is the labelled face "
+                              "(a try that finds only other faces counts as finding none: "
+                              "images.off_centre_images), the nearest such "
+                              "is used")
+                : std::string("; the face nearest the image centre is used")) +
+           "; no face: landmarks are predicted in "
            "the fixed box [77, 89, 181, 189] (the median detection) and the image is aligned "
            "and encoded from it (images.fallback_box); an unreadable image makes its pairs "
            "count as errors"},

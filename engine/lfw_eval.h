@@ -72,8 +72,11 @@ struct LfwOptions {
   // on the face), with landmarks predicted inside it. Counted as "fallback" in the report.
   FaceBox fallback{77, 89, 181, 189};  // median HOG box on deep-funneled LFW (250x250)
   bool retry_cnn = true;               // before the fixed box: dlib's CNN detector (upsample 1)
-  bool mirror = false;                 // average each face's embedding with its mirror image's
-  int jitter = 0;                      // > 0: average over this many jittered copies instead
+  // Only a detection whose box contains the image centre is the labelled person (LFW's images
+  // are centred on that face); one elsewhere is another person, and the retries run instead.
+  bool centre_only = true;
+  bool mirror = false;  // average each face's embedding with its mirror image's
+  int jitter = 0;       // > 0: average over this many jittered copies instead
   std::function<void(size_t done, size_t total)> on_progress;
 };
 

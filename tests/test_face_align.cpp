@@ -2,9 +2,11 @@
 // no face. Skips when the dlib landmark models have not been fetched.
 #include <opencv2/imgproc.hpp>
 
+#include "engine/encode_faces.h"
 #include "engine/error.h"
 #include "engine/face_align.h"
 #include "engine/image_cv.h"
+#include "tests/model_fixture.h"
 #include "tests/test_util.h"
 
 namespace facenet {
@@ -119,6 +121,41 @@ TEST(FaceAlign, CnnDetectorFindsTheFaceHogMisses) {
 
   cv::Mat blank(300, 400, CV_8UC3, cv::Scalar(90, 140, 200));
   EXPECT_TRUE(aligner.detect_cnn(blank).empty());
+}
+
+// LFW's Tung_Chee-hwa_0001: HOG finds only the man at the left edge, not the labelled
+// (centred) face. Nearest-the-centre takes that wrong face; centre_only sets it aside and the
+// retries run (HOG upsampled finds nothing more; the CNN detector finds the centred face).
+TEST(FacePhotos, CentreOnlyTakesTheCentredFaceNotAnotherPerson) {
+  FN_REQUIRE_LANDMARK_MODELS();
+  const Model m = load_model(test::converted_model("openface"));
+  auto backend = make_backend(m, {});
+  const FaceAligner aligner;
+  const std::vector<std::filesystem::path> files = {
+      test::shared_path("data/lfw/lfw-deepfunneled/Tung_Chee-hwa/Tung_Chee-hwa_0001.jpg")};
+  auto encode = [&](bool centre_only) {
+    FaceOptions fo;
+    fo.pick = FacePick::centre;
+    fo.retry_upsampled = true;
+    fo.retry_cnn = true;
+    fo.centre_only = centre_only;
+    std::vector<EncodedFace> faces;
+    PhotoCallbacks cb;
+    cb.on_photo = [&](const PhotoResult& r) { faces = r.faces; };
+    encode_photos(*backend, m, aligner, files, fo, 4, cb);
+    EXPECT_EQ(faces.size(), 1u);
+    return faces.empty() ? EncodedFace{} : faces.front();
+  };
+  auto holds_centre = [](const FaceBox& b) {
+    return b.left <= 125 && 125 <= b.right && b.top <= 125 && 125 <= b.bottom;
+  };
+  const EncodedFace nearest = encode(false);
+  EXPECT_FALSE(holds_centre(nearest.face.box)) << "the left-edge face was expected here";
+  EXPECT_FALSE(nearest.off_centre_seen);
+  const EncodedFace centred = encode(true);
+  EXPECT_TRUE(holds_centre(centred.face.box));
+  EXPECT_TRUE(centred.off_centre_seen);
+  EXPECT_FALSE(centred.fallback);
 }
 
 TEST(FaceAlign, MissingCnnModelIsNamed) {

@@ -18,6 +18,26 @@ model=$b/bench-nn4-openface.safetensors
 echo "bench_cpu: encode" >&2
 $b/apps/facenet bench encode --model "$model" --batch 1,16,64 --repeats 10 --threads "$threads" \
   > "$out/encode.json"
+# dlib's ResNet (150x150): converted by tools/quickstart.sh; skipped when absent.
+dlib_model=weights/dlib_resnet_v1.safetensors
+if [ -f "$dlib_model" ]; then
+  echo "bench_cpu: encode (dlib ResNet)" >&2
+  $b/apps/facenet bench encode --model "$dlib_model" --batch 1,16,64 --repeats 5 \
+    --threads "$threads" > "$out/encode-dlib.json"
+else
+  echo "bench_cpu: $dlib_model missing (tools/quickstart.sh makes it): dlib encode skipped" >&2
+fi
+# An OPENBLAS_CORETYPE in the environment (this project's machine sets Haswell: AVX2 kernels
+# on an AVX-512 CPU) holds our GEMMs back while PyTorch's oneDNN picks its own: the encoders
+# once more with OpenBLAS choosing for itself.
+if [ -n "${OPENBLAS_CORETYPE:-}" ]; then
+  echo "bench_cpu: encode again without OPENBLAS_CORETYPE=$OPENBLAS_CORETYPE" >&2
+  env -u OPENBLAS_CORETYPE $b/apps/facenet bench encode --model "$model" --batch 1,16,64 \
+    --repeats 10 --threads "$threads" > "$out/encode-openblas-auto.json"
+  [ -f "$dlib_model" ] && env -u OPENBLAS_CORETYPE $b/apps/facenet bench encode \
+    --model "$dlib_model" --batch 1,16,64 --repeats 5 --threads "$threads" \
+    > "$out/encode-dlib-openblas-auto.json"
+fi
 echo "bench_cpu: triplet" >&2
 $b/apps/facenet bench triplet --batch 256,1024 --modes batch_all,batch_hard,semi_hard \
   --repeats 5 --threads "$threads" > "$out/triplet-small.json"
@@ -40,13 +60,25 @@ m = enc["machine"]
 lines = [f"# CPU benchmarks, {m['date']}", "",
          f"Machine: {m['cpu']}, {m['cores']} cores; BLAS: {m.get('blas', '?')}; threads {enc['threads']}.",
          "Every ratio is ours / the peer's, measured in the same run.", "",
-         "## Encoder (nn4.small2, model only, fp32)", "",
-         "| batch | ours img/s | latency ms | PyTorch img/s | ratio |", "|---|---|---|---|---|"]
-peer = {r["batch"]: r for r in enc.get("peer", {}).get("results", [])}
-for r in enc["results"]:
-    p = peer.get(r["batch"], {})
-    lines.append(f"| {r['batch']} | {r['img_per_s']:.1f} | {r['latency_ms']:.2f} | "
-                 f"{p.get('img_per_s', float('nan')):.1f} | {r.get('ratio_vs_peer', float('nan')):.2f} |")
+         ]
+def blas_kernels(e):
+    return e.get("machine", {}).get("blas", "?").split()[-2]
+encoders = [("nn4.small2", "encode.json"), ("dlib ResNet v1, 150x150", "encode-dlib.json"),
+            ("nn4.small2", "encode-openblas-auto.json"),
+            ("dlib ResNet v1, 150x150", "encode-dlib-openblas-auto.json")]
+encoders = [(t, load(f)) for t, f in encoders if os.path.exists(os.path.join(out, f))]
+encoders = [(f"{t}, model only, fp32, OpenBLAS {blas_kernels(e)} kernels; "
+             f"{e.get('machine', {}).get('date', '?')}", e) for t, e in encoders]
+for title, e in encoders:
+    lines += [f"## Encoder ({title})", "",
+              "| batch | ours img/s | latency ms | PyTorch img/s | ratio |", "|---|---|---|---|---|"]
+    peer = {r["batch"]: r for r in e.get("peer", {}).get("results", [])}
+    for r in e["results"]:
+        p = peer.get(r["batch"], {})
+        lines.append(f"| {r['batch']} | {r['img_per_s']:.1f} | {r['latency_ms']:.2f} | "
+                     f"{p.get('img_per_s', float('nan')):.1f} | {r.get('ratio_vs_peer', float('nan')):.2f} |")
+    lines.append("")
+lines.pop()
 lines += ["", "## Triplet loss + gradient (d=128)", "",
           "| B | mode | ours ms | PyTorch ms | ratio |", "|---|---|---|---|---|"]
 for f in ("triplet-small.json", "triplet-4096.json"):

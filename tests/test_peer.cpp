@@ -19,7 +19,7 @@
 namespace facenet {
 namespace {
 
-// Writes `images` as PPM (lossless, and the peer reads it without OpenCV), runs the peer's
+// Writes `images` as PNG (lossless), runs the peer's
 // --embed on them and compares with our CPU backend on the same pixels. Returns the largest
 // difference; skipped (returns -1) when the peer cannot run here.
 double peer_vs_cpu(const std::filesystem::path& model_file, const std::vector<cv::Mat>& images) {
@@ -29,7 +29,7 @@ double peer_vs_cpu(const std::filesystem::path& model_file, const std::vector<cv
                                    "0",       "--repeats",         "1",       "--embed"};
   std::vector<std::string> files;
   for (size_t i = 0; i < images.size(); ++i) {
-    files.push_back((dir / ("image" + std::to_string(i) + ".ppm")).string());
+    files.push_back((dir / ("image" + std::to_string(i) + ".png")).string());
     EXPECT_TRUE(cv::imwrite(files.back(), images[i]));
     args.push_back(files.back());
   }

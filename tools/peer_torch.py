@@ -32,35 +32,6 @@ def read_safetensors(path):
     return meta, tensors
 
 
-def read_rgb(path):
-    """H x W x 3 uint8 RGB. Binary PPM (P6, maxval 255) is read here, so checks on PPM chips
-    need no OpenCV; other formats through cv2."""
-    with open(path, "rb") as f:
-        data = f.read()
-    if data[:2] == b"P6":
-        fields, pos = [], 2
-        while len(fields) < 3:  # width, height, maxval, between whitespace and comments
-            while data[pos:pos + 1].isspace():
-                pos += 1
-            if data[pos:pos + 1] == b"#":
-                pos = data.index(b"\n", pos)
-                continue
-            end = pos
-            while not data[end:end + 1].isspace():
-                end += 1
-            fields.append(int(data[pos:end]))
-            pos = end
-        w, h, maxval = fields
-        if maxval != 255:
-            raise ValueError(f"{path}: PPM maxval {maxval}, expected 255")
-        return np.frombuffer(data, np.uint8, w * h * 3, pos + 1).reshape(h, w, 3)
-    import cv2
-    img = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_COLOR)
-    if img is None:
-        raise ValueError(f"{path}: cannot decode")
-    return np.ascontiguousarray(img[:, :, ::-1])
-
-
 def build(path, torch):
     """Returns forward(x: NCHW tensor) -> embeddings, evaluating the graph node by node with
     torch.nn.functional ops (BatchNorm or a per-channel affine that follows a conv folded into
@@ -261,11 +232,14 @@ def main():
             if args.device == "cuda":
                 torch.cuda.empty_cache()
     if args.embed:
+        import cv2
         embs = {}
         for p in args.embed:
-            img = read_rgb(p)
+            bgr = cv2.imread(p, cv2.IMREAD_COLOR)
+            if bgr is None:
+                raise ValueError(f"{p}: cannot read image")
+            img = np.ascontiguousarray(bgr[:, :, ::-1])
             if img.shape[:2] != (h, w):
-                import cv2
                 img = cv2.resize(img, (w, h), interpolation=cv2.INTER_LINEAR)
             pre = graph.get("preprocess", {})
             mean = np.array(pre.get("mean", [0.0, 0.0, 0.0]), dtype=np.float32).reshape(3, 1, 1)

@@ -67,13 +67,14 @@ FoldAccuracy logistic_folds(const std::vector<float>& x, int64_t dim, const std:
 struct LfwOptions {
   int batch = 64;
   int upsample = 0;  // dlib pyramid_up count for the first HOG try
-  // Detection: upsample `upsample` first, one more when nothing is found; the face nearest the
-  // image centre is the labelled person. Still nothing: the fixed box below (LFW images are centred
-  // on the face), with landmarks predicted inside it. Counted as "fallback" in the report.
+  // Detection: HOG at `upsample`, then one level more, then (retry_cnn) dlib's CNN detector at
+  // that level; the face nearest the image centre is the labelled person. Still nothing: the
+  // fixed box below (LFW images are centred on the face), with landmarks predicted inside it.
+  // Counted as "fallback" in the report.
   FaceBox fallback{77, 89, 181, 189};  // median HOG box on deep-funneled LFW (250x250)
-  bool retry_cnn = true;               // before the fixed box: dlib's CNN detector (upsample 1)
-  // Only a detection whose box contains the image centre is the labelled person (LFW's images
-  // are centred on that face); one elsewhere is another person, and the retries run instead.
+  bool retry_cnn = true;
+  // Only a box containing the image centre may be the labelled person; a try that finds only
+  // boxes elsewhere (other people) counts as finding none, and the next one runs.
   bool centre_only = true;
   bool mirror = false;  // average each face's embedding with its mirror image's
   int jitter = 0;       // > 0: average over this many jittered copies instead

@@ -542,9 +542,7 @@ TEST(GpuPlans, TailsRunOnALargerPlanAndMatchCpu) {
     std::vector<float> got(n * 128);
     gpu->forward(x.data(), n, got.data());
     EXPECT_EQ(gpu->planned_batches(), plans) << "after a batch of " << n;
-    double err = 0;
-    for (int64_t i = 0; i < n * 128; ++i) err = std::max(err, std::fabs(double(got[i]) - want[i]));
-    EXPECT_LE(err, 1e-4) << "batch " << n;
+    EXPECT_LE(test::max_abs_diff(got.data(), want.data(), n * 128), 1e-4) << "batch " << n;
   }
 }
 

@@ -33,12 +33,7 @@ std::vector<float> to_inputs(const Model& m, const std::vector<cv::Mat>& chips) 
 
 double max_abs_diff(const std::vector<float>& a, const std::vector<float>& b) {
   EXPECT_EQ(a.size(), b.size());
-  double m = 0;
-  for (size_t i = 0; i < std::min(a.size(), b.size()); ++i) {
-    EXPECT_TRUE(std::isfinite(a[i]));
-    m = std::max(m, std::fabs(static_cast<double>(a[i]) - b[i]));
-  }
-  return m;
+  return test::max_abs_diff(a.data(), b.data(), std::min(a.size(), b.size()));
 }
 
 TEST(DlibResnet, GraphHasDlibShapes) {

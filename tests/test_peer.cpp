@@ -51,8 +51,8 @@ double peer_vs_cpu(const std::filesystem::path& model_file, const std::vector<cv
   for (int64_t i = 0; i < n; ++i) {
     const auto theirs = peer["embeddings"].value(files[i], std::vector<float>{});
     EXPECT_EQ(theirs.size(), static_cast<size_t>(dim)) << files[i];
-    for (int64_t j = 0; j < std::min<int64_t>(dim, theirs.size()); ++j)
-      err = std::max(err, std::fabs(double(theirs[j]) - ours[i * dim + j]));
+    err = std::max(err, test::max_abs_diff(theirs.data(), ours.data() + i * dim,
+                                           std::min<size_t>(dim, theirs.size())));
   }
   return err;
 }

@@ -3,6 +3,8 @@
 
 #include <gtest/gtest.h>
 
+#include <algorithm>
+#include <cmath>
 #include <cstdlib>
 #include <filesystem>
 #include <functional>
@@ -14,6 +16,16 @@
 #include "engine/gpu.h"
 
 namespace facenet::test {
+
+// Largest |got_i - want_i| over n values; every got_i must be finite.
+inline double max_abs_diff(const float* got, const float* want, std::size_t n) {
+  double err = 0;
+  for (std::size_t i = 0; i < n; ++i) {
+    EXPECT_TRUE(std::isfinite(got[i])) << "value " << i;
+    err = std::max(err, std::fabs(static_cast<double>(got[i]) - want[i]));
+  }
+  return err;
+}
 
 // Root of the read-only shared material: $FACENET_SHARED, else the build-time setting
 // (FACENET_SHARED_DIR, default ../shared next to the project).

@@ -1,7 +1,7 @@
 // Backend factory.
 #include "engine/backend.h"
 
-#include "engine/cpu_backend.h"
+#include "engine/backend/cpu/cpu_backend.h"
 #include "engine/cpu_reference.h"
 #include "engine/error.h"
 #include "engine/gpu.h"
@@ -31,8 +31,8 @@ const char* device_name(Device d) {
 }
 
 std::unique_ptr<Backend> make_backend(const Model& model, const BackendOptions& options) {
-  if (options.precision != "fp32" && options.device != Device::cuda)
-    fail("--precision ", options.precision, " is only available with --device cuda");
+  if (options.precision != "fp32" && options.device == Device::cpu_reference)
+    fail("--precision ", options.precision, ": the cpu-reference backend computes in fp32 only");
   switch (options.device) {
     case Device::cpu:
       return make_cpu_backend(model, options);

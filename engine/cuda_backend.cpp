@@ -22,7 +22,7 @@
 #include <map>
 #include <set>
 
-#include "engine/cpu_ops.h"
+#include "engine/backend/lowering.h"
 #include "engine/cudnn_util.h"
 #include "engine/error.h"
 #include "engine/image_io.h"

@@ -10,7 +10,7 @@
 #include <cstddef>
 #include <cstdint>
 
-#include "engine/cpu_ops.h"  // PoolKind
+#include "engine/backend/lowering.h"  // PoolKind
 
 namespace facenet {
 
@@ -71,7 +71,7 @@ void launch_pooled_dense_head(const TensorView4& x, const float* wt, const float
 void launch_affine(const TensorView4& x, const float* gamma, const float* beta, bool relu,
                    const TensorView4& y, cudaStream_t stream);
 
-// y = a + b, then max(y, 0) when relu (dlib's add_prev, as cpu_ops.h's add_padded): y has the
+// y = a + b, then max(y, 0) when relu (dlib's add_prev, as the reference's add_direct): y has the
 // larger extent of a and b on every axis (same n); an element of a or b beyond its own
 // extent (missing channels at the end, missing rows/columns at the bottom/right) counts as 0.
 // a, b and y share a dtype; any strides (NCHW, NHWC, slices); y must not overlap a or b.

@@ -12,7 +12,7 @@
 #include <random>
 
 #include "engine/backend.h"
-#include "engine/cpu_ops.h"
+#include "engine/backend/lowering.h"
 #include "engine/cpu_reference.h"
 #include "engine/cuda_backend.h"
 #include "engine/cuda_util.h"
@@ -133,11 +133,16 @@ TEST_P(KernelTest, CentredCopyIntoSliceMatchesReference) {
   const uint32_t seed = 31;
   const int64_t n = 2, c = 3, h = 5, w = 4, C = 8, H = 12, W = 12, c0 = 4;
   const HostTensor x = random_tensor({n, c, h, w}, seed);
-  // Reference: copy_centred per plane into an NCHW [n][C][H][W] buffer at channel c0.
+  // Reference: each plane centred (floor((H-h)/2) rows before) into an NCHW [n][C][H][W]
+  // buffer at channel c0, zeros around it.
   HostTensor want({n, C, H, W});
+  const int64_t top = (H - h) / 2, left = (W - w) / 2;
   for (int64_t i = 0; i < n; ++i)
-    copy_centred(x.data.data() + i * c * h * w, c, h, w, want.data.data() + (i * C + c0) * H * W, H,
-                 W);
+    for (int64_t ch = 0; ch < c; ++ch)
+      for (int64_t y = 0; y < h; ++y)
+        for (int64_t xx = 0; xx < w; ++xx)
+          want.data[((i * C + c0 + ch) * H + y + top) * W + xx + left] =
+              x.data[((i * c + ch) * h + y) * w + xx];
   DeviceTensor dx = to_device(x, GetParam());
   DeviceTensor dy = to_device(random_tensor({n, C, H, W}, seed + 1), GetParam());
   // The slice view covers channels [c0, c0 + c); the rest of y must be left untouched.

@@ -1,0 +1,405 @@
+// The CPU backend: the lowered plan (engine/backend/lowering.h) on oneDNN. Activations are
+// NHWC float32 or bfloat16 in one arena laid out by the lowering; convolutions (bias, ReLU and
+// the residual sum as post-ops), max/avg pools, LRN and inner products are oneDNN primitives,
+// built once per micro-batch size with their weights reordered into the layout each one
+// chooses; the rest are nhwc_ops.h. Reorders only at the input (NCHW float32 -> NHWC) and, for
+// a graph whose output is not a dense layer, at the output. No allocation per batch once a
+// batch size has been planned.
+#include "engine/backend/cpu/cpu_backend.h"
+
+#include <omp.h>
+
+#include <algorithm>
+#include <oneapi/dnnl/dnnl.hpp>
+#include <optional>
+#include <unordered_map>
+
+#include "engine/backend/cpu/nhwc_ops.h"
+#include "engine/backend/lowering.h"
+#include "engine/error.h"
+
+namespace facenet {
+
+namespace {
+
+using dnnl::memory;
+using Tag = memory::format_tag;
+using Dt = memory::data_type;
+
+std::string isa_name(dnnl::cpu_isa isa) {
+  switch (isa) {
+    case dnnl::cpu_isa::sse41:
+      return "sse41";
+    case dnnl::cpu_isa::avx:
+      return "avx";
+    case dnnl::cpu_isa::avx2:
+      return "avx2";
+    case dnnl::cpu_isa::avx2_vnni:
+      return "avx2_vnni";
+    case dnnl::cpu_isa::avx512_core:
+      return "avx512_core";
+    case dnnl::cpu_isa::avx512_core_vnni:
+      return "avx512_core_vnni";
+    case dnnl::cpu_isa::avx512_core_bf16:
+      return "avx512_core_bf16";
+    case dnnl::cpu_isa::avx512_core_amx:
+      return "avx512_core_amx";
+    default:
+      return "other";
+  }
+}
+
+bool isa_has_bf16(dnnl::cpu_isa isa) {
+  return isa == dnnl::cpu_isa::avx512_core_bf16 || isa == dnnl::cpu_isa::avx512_core_amx;
+}
+
+// One step's primitive and its arguments for one batch size.
+struct Exec {
+  dnnl::primitive prim;
+  std::unordered_map<int, memory> args;
+};
+
+struct BatchPlan {
+  int64_t n = 0;
+  std::vector<std::optional<Exec>> steps;  // empty for our own ops
+  Exec input;                              // user NCHW f32 -> input value
+  std::optional<Exec> output;              // output value -> user NCHW f32 (arena outputs)
+};
+
+class CpuBackend final : public Backend {
+ public:
+  CpuBackend(const Model& m, const BackendOptions& opt)
+      : g_(lower(m, cpu_fusions(), kAlign)), eng_(dnnl::engine::kind::cpu, 0), stream_(eng_) {
+    if (opt.precision == "fp32") {
+      act_ = ActType::f32;
+    } else if (opt.precision == "bf16") {
+      const auto isa = dnnl::get_effective_cpu_isa();
+      if (!isa_has_bf16(isa))
+        fail("--precision bf16: this CPU has no bfloat16 instructions (oneDNN reports ISA ",
+             isa_name(isa), "; needs avx512_core_bf16 or newer)");
+      act_ = ActType::bf16;
+    } else {
+      fail("--precision ", opt.precision, ": the cpu backend runs fp32 or bf16");
+    }
+    require_supported(g_, "cpu", [&](const Step& s) { return why_not(s); });
+    threads_ = opt.threads > 0 ? opt.threads : omp_get_num_procs();
+    micro_batch_ = opt.micro_batch > 0 ? opt.micro_batch : kDefaultMicroBatch;
+    const int64_t es = act_size(act_);
+    arena_.assign(static_cast<size_t>(g_.arena_per_image * micro_batch_ * es + 64), 0);
+    input_.assign(static_cast<size_t>(element_count(g_.input_shape) * micro_batch_ * es), 0);
+    weights_.resize(g_.steps.size());
+  }
+
+  std::string name() const override { return act_ == ActType::f32 ? "cpu" : "cpu bf16"; }
+
+  void forward(const float* x, int64_t n, float* y) override {
+    struct OmpThreadsGuard {  // oneDNN's OpenMP runtime uses the caller's thread count
+      int saved = omp_get_max_threads();
+      ~OmpThreadsGuard() { omp_set_num_threads(saved); }
+    } guard;
+    omp_set_num_threads(threads_);
+    const int64_t in_dim = element_count(g_.input_shape), out_dim = g_.output_dim();
+    for (int64_t i0 = 0; i0 < n; i0 += micro_batch_) {
+      const int64_t nb = std::min<int64_t>(micro_batch_, n - i0);
+      run(plan_for(nb), x + i0 * in_dim, y + i0 * out_dim);
+    }
+  }
+
+ private:
+  static constexpr int64_t kAlign = 16;  // 64 bytes of float32 per slot and image
+  // Measured at batch 64 on a 2-core AVX-512 machine: 16 images per pass keep a layer's
+  // activations in L2/L3 (see the README's speed section).
+  static constexpr int64_t kDefaultMicroBatch = 16;
+
+  static Fusions cpu_fusions() {
+    Fusions f;
+    f.residual_add = true;  // oneDNN's sum post-op
+    return f;
+  }
+
+  std::string why_not(const Step& s) const {
+    switch (s.op) {
+      case StepOp::lrn:
+        if (s.lrn_size % 2 == 0) return "an LRN window of even size (oneDNN's is symmetric)";
+        return "";
+      case StepOp::l2norm:
+        if (s.output != g_.output) return "l2norm other than as the graph's output";
+        return "";
+      case StepOp::dense:
+        if (s.l2norm && s.output != g_.output)
+          return "an l2-normalised dense layer not at the output";
+        return "";
+      default:
+        return "";
+    }
+  }
+
+  Dt dt() const { return act_ == ActType::f32 ? Dt::f32 : Dt::bf16; }
+
+  // ---- values ------------------------------------------------------------------------------
+  void* value_ptr(const std::string& v, int64_t n) {
+    const Placement& p = g_.placement.at(v);
+    const int64_t es = act_size(act_);
+    if (p.slot < 0) return input_.data();
+    return arena_.data() + (g_.slots[p.slot].offset * n + p.c0) * es;
+  }
+
+  NhwcView view(const std::string& v, int64_t n) {
+    const Placement& p = g_.placement.at(v);
+    const Shape& s = g_.shape(v);
+    const int64_t cs = p.slot < 0 ? s[0] : g_.slots[p.slot].c;
+    return {value_ptr(v, n), act_, n, s[0], s[1], s[2], cs};
+  }
+
+  memory::desc value_desc(const std::string& v, int64_t n) {
+    const NhwcView w = view(v, n);
+    return memory::desc({n, w.c, w.h, w.w}, dt(), {w.h * w.w * w.cs, 1, w.w * w.cs, w.cs});
+  }
+
+  memory value_mem(const std::string& v, int64_t n) {
+    return memory(value_desc(v, n), eng_, value_ptr(v, n));
+  }
+
+  dnnl::primitive_attr attr(const dnnl::post_ops& po = dnnl::post_ops()) const {
+    dnnl::primitive_attr a;
+    a.set_post_ops(po);
+    a.set_scratchpad_mode(dnnl::scratchpad_mode::user);
+    return a;
+  }
+
+  // The step's weights in the layout its primitive chose, reordered once per layout.
+  memory weights_for(size_t step, const memory::desc& want, const memory::desc& user) {
+    for (auto& [desc, mem] : weights_[step])
+      if (desc == want) return mem;
+    const Step& s = g_.steps[step];
+    memory src(user, eng_, const_cast<float*>(s.w.data()));
+    memory dst(want, eng_);
+    dnnl::reorder(src, dst).execute(stream_, src, dst);
+    stream_.wait();
+    weights_[step].push_back({want, dst});
+    return dst;
+  }
+
+  memory bias_mem(const Step& s) {
+    return memory({{static_cast<int64_t>(s.b.size())}, Dt::f32, Tag::a}, eng_,
+                  const_cast<float*>(s.b.data()));
+  }
+
+  template <typename PrimitiveDesc>
+  void add_scratchpad(const PrimitiveDesc& pd, Exec& e) {
+    const size_t bytes = pd.scratchpad_desc().get_size();
+    if (bytes > scratch_.size()) scratch_.resize(bytes);
+    e.args[DNNL_ARG_SCRATCHPAD] = memory(pd.scratchpad_desc(), eng_, nullptr);
+  }
+
+  // ---- per batch size: plan ----------------------------------------------------------------
+  BatchPlan& plan_for(int64_t n) {
+    auto it = plans_.find(n);
+    if (it != plans_.end()) return it->second;
+    BatchPlan p;
+    p.n = n;
+    const Shape& in = g_.input_shape;
+    {
+      memory::desc user({n, in[0], in[1], in[2]}, Dt::f32, Tag::nchw);
+      memory src(user, eng_, nullptr), dst = value_mem(g_.input, n);
+      p.input = {dnnl::reorder(src, dst), {{DNNL_ARG_FROM, src}, {DNNL_ARG_TO, dst}}};
+    }
+    for (size_t i = 0; i < g_.steps.size(); ++i) p.steps.push_back(plan_step(i, n));
+    if (g_.output_in_arena) {
+      const Shape& os = g_.shape(g_.output);
+      memory src = value_mem(g_.output, n);
+      memory dst({{n, os[0], os[1], os[2]}, Dt::f32, Tag::nchw}, eng_, nullptr);
+      p.output = Exec{dnnl::reorder(src, dst), {{DNNL_ARG_FROM, src}, {DNNL_ARG_TO, dst}}};
+    }
+    return plans_.emplace(n, std::move(p)).first->second;
+  }
+
+  std::optional<Exec> plan_step(size_t i, int64_t n) {
+    const Step& s = g_.steps[i];
+    switch (s.op) {
+      case StepOp::conv:
+        return plan_conv(i, n);
+      case StepOp::dense:
+        return plan_dense(i, n);
+      case StepOp::pool:
+        if (s.pool == PoolKind::l2) return std::nullopt;
+        return plan_pool(s, n);
+      case StepOp::lrn:
+        return plan_lrn(s, n);
+      case StepOp::concat:
+      case StepOp::affine:
+      case StepOp::add:
+      case StepOp::l2norm:
+        return std::nullopt;  // nhwc_ops.h
+    }
+    return std::nullopt;
+  }
+
+  Exec plan_conv(size_t i, int64_t n) {
+    const Step& s = g_.steps[i];
+    const memory::desc src = value_desc(s.inputs[0], n), dst = value_desc(s.output, n);
+    const memory::desc wany({s.out, s.in, s.kernel, s.kernel}, dt(), Tag::any);
+    const memory::desc bias({s.out}, Dt::f32, Tag::a);
+    dnnl::post_ops po;
+    if (!s.residual.empty()) po.append_sum(1.0f);  // dst = conv + dst (the residual's slot)
+    if (s.relu) po.append_eltwise(1.0f, dnnl::algorithm::eltwise_relu, 0.0f, 0.0f);
+    dnnl::convolution_forward::desc d(dnnl::prop_kind::forward_inference,
+                                      dnnl::algorithm::convolution_direct, src, wany, bias, dst,
+                                      {s.stride, s.stride}, {s.pad, s.pad}, {s.pad, s.pad});
+    dnnl::convolution_forward::primitive_desc pd(d, attr(po), eng_);
+    Exec e{dnnl::convolution_forward(pd), {}};
+    e.args[DNNL_ARG_SRC] = value_mem(s.inputs[0], n);
+    e.args[DNNL_ARG_WEIGHTS] =
+        weights_for(i, pd.weights_desc(), {{s.out, s.in, s.kernel, s.kernel}, Dt::f32, Tag::oihw});
+    e.args[DNNL_ARG_BIAS] = bias_mem(s);
+    e.args[DNNL_ARG_DST] = value_mem(s.output, n);
+    add_scratchpad(pd, e);
+    return e;
+  }
+
+  // Inner product over the flattened input (oneDNN flattens the logical C, H, W: our weights'
+  // [out][C*H*W] order whatever the memory layout). The graph's output is float32 in the
+  // caller's buffer (handle set per call); another dense value goes to its slot.
+  Exec plan_dense(size_t i, int64_t n) {
+    const Step& s = g_.steps[i];
+    const Shape& is = g_.shape(s.inputs[0]);
+    const memory::desc src = value_desc(s.inputs[0], n);
+    const bool to_output = s.output == g_.output;
+    const memory::desc dst = to_output ? memory::desc({n, s.out}, Dt::f32, Tag::nc)
+                                       : memory::desc({n, s.out}, dt(), Tag::nc);
+    const memory::desc wany({s.out, is[0], is[1], is[2]}, dt(), Tag::any);
+    const memory::desc bias({s.out}, Dt::f32, Tag::a);
+    dnnl::post_ops po;
+    if (s.relu) po.append_eltwise(1.0f, dnnl::algorithm::eltwise_relu, 0.0f, 0.0f);
+    dnnl::inner_product_forward::desc d(dnnl::prop_kind::forward_inference, src, wany, bias, dst);
+    dnnl::inner_product_forward::primitive_desc pd(d, attr(po), eng_);
+    Exec e{dnnl::inner_product_forward(pd), {}};
+    e.args[DNNL_ARG_SRC] = value_mem(s.inputs[0], n);
+    e.args[DNNL_ARG_WEIGHTS] =
+        weights_for(i, pd.weights_desc(), {{s.out, is[0], is[1], is[2]}, Dt::f32, Tag::oihw});
+    e.args[DNNL_ARG_BIAS] = bias_mem(s);
+    e.args[DNNL_ARG_DST] =
+        to_output ? memory(dst, eng_, nullptr) : memory(dst, eng_, value_ptr(s.output, n));
+    add_scratchpad(pd, e);
+    return e;
+  }
+
+  // Floor mode: with right padding = left padding, oneDNN's (in + 2p - k) / s + 1 is ours.
+  // Average pooling includes the padding and divides by kernel^2, as the reference does.
+  Exec plan_pool(const Step& s, int64_t n) {
+    const auto alg = s.pool == PoolKind::max ? dnnl::algorithm::pooling_max
+                                             : dnnl::algorithm::pooling_avg_include_padding;
+    dnnl::pooling_forward::desc d(dnnl::prop_kind::forward_inference, alg,
+                                  value_desc(s.inputs[0], n), value_desc(s.output, n),
+                                  {s.stride, s.stride}, {s.kernel, s.kernel}, {s.pad, s.pad},
+                                  {s.pad, s.pad});
+    dnnl::pooling_forward::primitive_desc pd(d, attr(), eng_);
+    Exec e{dnnl::pooling_forward(pd), {}};
+    e.args[DNNL_ARG_SRC] = value_mem(s.inputs[0], n);
+    e.args[DNNL_ARG_DST] = value_mem(s.output, n);
+    add_scratchpad(pd, e);
+    return e;
+  }
+
+  // oneDNN's across-channel LRN: x / (k + alpha / size * sum over `size` channels)^beta.
+  Exec plan_lrn(const Step& s, int64_t n) {
+    dnnl::lrn_forward::desc d(dnnl::prop_kind::forward_inference,
+                              dnnl::algorithm::lrn_across_channels, value_desc(s.inputs[0], n),
+                              s.lrn_size, static_cast<float>(s.lrn_alpha),
+                              static_cast<float>(s.lrn_beta), static_cast<float>(s.lrn_k));
+    dnnl::lrn_forward::primitive_desc pd(d, attr(), eng_);
+    if (pd.dst_desc() != value_desc(s.output, n))
+      fail("step '", s.output, "': oneDNN's LRN chose another layout for its output");
+    Exec e{dnnl::lrn_forward(pd), {}};
+    e.args[DNNL_ARG_SRC] = value_mem(s.inputs[0], n);
+    e.args[DNNL_ARG_DST] = value_mem(s.output, n);
+    add_scratchpad(pd, e);
+    return e;
+  }
+
+  // ---- per batch: run ------------------------------------------------------------------------
+  void execute(Exec& e) {
+    auto sp = e.args.find(DNNL_ARG_SCRATCHPAD);
+    if (sp != e.args.end()) sp->second.set_data_handle(scratch_.data());
+    e.prim.execute(stream_, e.args);
+  }
+
+  void run(BatchPlan& p, const float* x, float* y) {
+    const int64_t n = p.n;
+    p.input.args.at(DNNL_ARG_FROM).set_data_handle(const_cast<float*>(x));
+    execute(p.input);
+    for (size_t i = 0; i < g_.steps.size(); ++i) {
+      const Step& s = g_.steps[i];
+      switch (s.op) {
+        case StepOp::conv:
+        case StepOp::lrn:
+          execute(*p.steps[i]);
+          break;
+        case StepOp::pool:
+          if (s.pool == PoolKind::l2)
+            l2pool_nhwc(view(s.inputs[0], n), view(s.output, n), s.kernel, s.stride, s.pad,
+                        threads_);
+          else
+            execute(*p.steps[i]);
+          break;
+        case StepOp::dense:
+          if (s.output == g_.output) p.steps[i]->args.at(DNNL_ARG_DST).set_data_handle(y);
+          execute(*p.steps[i]);
+          if (s.l2norm) {
+            const NhwcView out{y, ActType::f32, n, s.out, 1, 1, s.out};
+            l2norm_rows(out, s.eps, y, threads_);
+          }
+          break;
+        case StepOp::concat: {
+          const NhwcView out = view(s.output, n);
+          int64_t c0 = 0;
+          for (const auto& in : s.inputs) {
+            NhwcView slice = out;
+            slice.data = static_cast<char*>(out.data) + c0 * act_size(act_);
+            slice.c = g_.shape(in)[0];
+            copy_centred_nhwc(view(in, n), slice, threads_);
+            c0 += slice.c;
+          }
+          break;
+        }
+        case StepOp::affine:
+          affine_nhwc(view(s.inputs[0], n), s.w.data(), s.b.data(), s.relu, view(s.output, n),
+                      threads_);
+          break;
+        case StepOp::add:
+          add_padded_nhwc(view(s.inputs[0], n), view(s.inputs[1], n), s.relu, view(s.output, n),
+                          threads_);
+          break;
+        case StepOp::l2norm:
+          l2norm_rows(view(s.inputs[0], n), s.eps, y, threads_);
+          return;  // why_not: only as the output
+      }
+    }
+    if (p.output) {
+      p.output->args.at(DNNL_ARG_TO).set_data_handle(y);
+      execute(*p.output);
+    }
+  }
+
+  LoweredGraph g_;
+  dnnl::engine eng_;
+  dnnl::stream stream_;
+  ActType act_ = ActType::f32;
+  int threads_ = 1;
+  int64_t micro_batch_ = kDefaultMicroBatch;
+  std::vector<char> arena_, input_, scratch_;
+  std::vector<std::vector<std::pair<memory::desc, memory>>> weights_;  // per step
+  std::map<int64_t, BatchPlan> plans_;
+};
+
+}  // namespace
+
+std::string cpu_isa_description() {
+  return isa_name(dnnl::get_effective_cpu_isa());
+}
+
+std::unique_ptr<Backend> make_cpu_backend(const Model& model, const BackendOptions& options) {
+  return std::make_unique<CpuBackend>(model, options);
+}
+
+}  // namespace facenet

@@ -1,10 +1,11 @@
-// CUDA backend. Load: BatchNorm and per-channel affine folded into convs (fold_batchnorm,
-// fold_affine), ReLU fused into cuDNN's conv epilogue (or into the affine / residual-add
-// kernel), avg pool + dense + L2 norm fused into one head kernel, every value given a slot in
-// one activation arena by lifetime (concat inputs of full size live in their channel slice of
-// the concat: no copy), weights uploaded in the compute dtype/layout. Per batch size
-// (first call): cuDNN algorithms found on the real buffers, workspace reserved, then the
-// forward captured in a CUDA graph and replayed. No allocation on the per-batch path.
+// CUDA backend: the lowered plan (engine/backend/lowering.h) on cuDNN and our kernels. Load:
+// the shared lowering folds BatchNorm/affine into convs, fuses ReLU into cuDNN's conv epilogue
+// (or into the affine / residual-add kernel), fuses global avg pool + dense + L2 norm into one
+// head kernel, and lays every value out in one activation arena by lifetime (concat inputs of
+// full size live in their channel slice of the concat: no copy); weights are uploaded in the
+// compute dtype/layout. Per batch size (first call): cuDNN algorithms found on the real
+// buffers, workspace reserved, then the forward captured in a CUDA graph and replayed. No
+// allocation on the per-batch path.
 // The legacy cuDNN entry points used here (cudnnConvolutionBiasActivationForward, Find) are
 // marked deprecated in cuDNN 9 in favour of the graph API; they remain supported and are the
 // simplest obviously-correct route, so the warnings are silenced for this file only.
@@ -119,39 +120,13 @@ DeviceBuffer<T> upload(const std::vector<T>& host, cudaStream_t stream) {
   return d;
 }
 
-enum class StepKind { conv, pool, lrn, concat, head, affine, add };
-
-struct Step {
-  StepKind kind = StepKind::conv;
-  std::vector<std::string> inputs;
-  std::string output;
-  const Node* node = nullptr;  // pool / LRN attributes
-  // conv: folded weights [out][in][k][k] (or [out][k][k][in] for NHWC) and bias, dtype bytes.
+// A lowered step's device data: conv weights [out][in][k][k] (or [out][k][k][in] for NHWC)
+// and bias in the compute dtype; affine gamma/beta (and, for a conv cuDNN runs unfused, ones
+// and the conv's bias) in float32; the head's dense weight transposed [in][out] and bias.
+struct DeviceStep {
   DeviceBuffer<unsigned char> w, b;
-  int out = 0, in = 0, kernel = 1, stride = 1, pad = 0;
-  bool relu = false;  // conv, affine, add: ReLU fused into the step
-  PoolKind pool = PoolKind::max;
-  // affine (not after a conv): y = gamma_c * x + beta_c, float32. A conv that cuDNN runs
-  // unfused: ones and its bias (from `bias`, the float32 host copy), for the affine kernel.
   DeviceBuffer<float> gamma, beta;
-  std::vector<float> bias;
-  // head: dense weight transposed [in][out] and bias, float32.
   DeviceBuffer<float> head_wt, head_b;
-  bool l2norm = false;
-  float eps = 0;
-};
-
-// Where a value lives: `c0` channels into arena slot `slot` (slot -1: the input buffer).
-struct Placement {
-  int slot = -1;
-  int64_t c0 = 0;
-};
-
-struct Slot {
-  int64_t c = 0, h = 0, w = 0;
-  int first = INT_MAX, last = -1;  // steps that write / read it
-  int64_t offset = 0;              // elements per image from the arena start
-  int64_t per_image() const { return (c * h * w + kSlotAlign - 1) / kSlotAlign * kSlotAlign; }
 };
 
 struct ConvPlan {
@@ -183,13 +158,12 @@ class CudaBackendImpl final : public CudaBackend {
         layout_(parse_layout(opt.layout, dtype_)),
         use_graphs_(opt.cuda_graphs),
         ctx_(0),
-        cudnn_(make_cudnn(ctx_.stream())) {
-    shapes_[graph_.input] = graph_.input_shape;
-    for (size_t i = 0; i < graph_.nodes.size(); ++i) shapes_[graph_.nodes[i].name] = m.shapes[i];
-    build_steps(m);
-    plan_storage();
+        cudnn_(make_cudnn(ctx_.stream())),
+        g_(lower(m, cuda_fusions(), kSlotAlign)) {
+    require_supported(g_, "cuda", [&](const Step& s) { return why_not(s); });
+    upload_steps();
     in_per_image_ = element_count(graph_.input_shape);
-    out_dim_ = element_count(shapes_.at(graph_.output));
+    out_dim_ = g_.output_dim();
   }
   ~CudaBackendImpl() override;  // after CudaStaging, which the staging cache holds
 
@@ -269,137 +243,68 @@ class CudaBackendImpl final : public CudaBackend {
   }
 
  private:
-  // ---- load: graph -> fused steps ----------------------------------------------------------
-  void build_steps(const Model& m) {
-    std::map<std::string, int> uses;
-    for (const Node& n : graph_.nodes)
-      for (const auto& i : n.inputs) ++uses[i];
-    const auto& nodes = graph_.nodes;
-    // True when nodes[i+1] is `op`, reads nodes[i] and is its only consumer.
-    auto sole_next = [&](size_t i, OpType op) {
-      return i + 1 < nodes.size() && nodes[i + 1].op == op &&
-             nodes[i + 1].inputs[0] == nodes[i].name && uses[nodes[i].name] == 1;
-    };
-    for (size_t i = 0; i < nodes.size(); ++i) {
-      const Node& n = nodes[i];
-      Step s;
-      s.inputs = n.inputs;
-      s.output = n.name;
-      s.node = &n;
-      switch (n.op) {
-        case OpType::conv: {
-          s.kind = StepKind::conv;
-          std::vector<float> w = m.tensors.at(n.weight).data, b = m.tensors.at(n.bias).data;
-          s.out = n.out;
-          s.in = static_cast<int>(shapes_.at(n.inputs[0])[0]);
-          s.kernel = n.kernel, s.stride = n.stride, s.pad = n.pad;
-          if (sole_next(i, OpType::batchnorm))
-            fold(m, nodes[++i], w, b, s);
-          else if (sole_next(i, OpType::affine))
-            fold_conv_affine(m, nodes[++i], w, b, s);
-          if (sole_next(i, OpType::relu)) s.relu = true, s.output = nodes[++i].name;
-          if (layout_ == Layout::nhwc) w = kcrs_to_krsc(w, s.out, s.in, s.kernel);
-          s.w = upload(to_dtype(w, dtype_), ctx_.stream());
-          s.b = upload(to_dtype(b, dtype_), ctx_.stream());
-          s.bias = b;
-          weight_bytes_ += s.w.bytes() + s.b.bytes();
+  // ---- load: the lowered steps' weights on the device --------------------------------------
+  static Fusions cuda_fusions() {
+    Fusions f;
+    f.global_pool_dense = true;  // launch_pooled_dense_head
+    f.concat_slices = true;      // cuDNN writes strided channel slices
+    return f;
+  }
+
+  std::string why_not(const Step& s) const {
+    switch (s.op) {
+      case StepOp::dense: {
+        if (s.output != graph_.output) return "a dense layer other than the output head";
+        if (s.relu) return "ReLU after the dense head";
+        const Shape& in = g_.shape(s.inputs[0]);
+        if (!s.global_pool && (in[1] != 1 || in[2] != 1))
+          return "a dense layer whose input is not 1x1 (after a global average pool)";
+        return "";
+      }
+      case StepOp::l2norm:
+        return "an l2norm not fused into the dense head";
+      case StepOp::conv:
+        if (!s.residual.empty()) return "a fused residual add (not asked for)";
+        return "";
+      default:
+        return "";
+    }
+  }
+
+  void upload_steps() {
+    dev_.resize(g_.steps.size());
+    for (size_t i = 0; i < g_.steps.size(); ++i) {
+      const Step& s = g_.steps[i];
+      DeviceStep& d = dev_[i];
+      switch (s.op) {
+        case StepOp::conv: {
+          const std::vector<float> w =
+              layout_ == Layout::nhwc ? kcrs_to_krsc(s.w, s.out, s.in, s.kernel) : s.w;
+          d.w = upload(to_dtype(w, dtype_), ctx_.stream());
+          d.b = upload(to_dtype(s.b, dtype_), ctx_.stream());
+          weight_bytes_ += d.w.bytes() + d.b.bytes();
           break;
         }
-        case OpType::maxpool:
-        case OpType::avgpool:
-        case OpType::l2pool:
-          if (n.op == OpType::avgpool && is_global_pool(n) && sole_next(i, OpType::dense)) {
-            s.output = build_head(m, i + 1, sole_next, s);
-            s.inputs = n.inputs;
-            i = static_cast<size_t>(graph_.index_of(s.output));
-            break;
-          }
-          s.kind = StepKind::pool;
-          s.pool = n.op == OpType::maxpool   ? PoolKind::max
-                   : n.op == OpType::avgpool ? PoolKind::avg
-                                             : PoolKind::l2;
+        case StepOp::affine:
+          d.gamma = upload(s.w, ctx_.stream());
+          d.beta = upload(s.b, ctx_.stream());
+          weight_bytes_ += d.gamma.bytes() + d.beta.bytes();
           break;
-        case OpType::lrn:
-          s.kind = StepKind::lrn;
-          break;
-        case OpType::concat:
-          s.kind = StepKind::concat;
-          break;
-        case OpType::dense: {
-          const Shape& in = shapes_.at(n.inputs[0]);
-          if (in[1] != 1 || in[2] != 1)
-            fail("node '", n.name, "': the cuda backend needs a dense layer's input to be 1x1 ",
-                 "(after a global average pool); got ", shape_string(in));
-          s.output = build_head(m, i, sole_next, s);
-          i = static_cast<size_t>(graph_.index_of(s.output));
+        case StepOp::dense: {
+          const int in = s.global_pool ? static_cast<int>(g_.shape(s.inputs[0])[0]) : s.in;
+          std::vector<float> wt(s.w.size());  // [out][in] -> [in][out]
+          for (int o = 0; o < s.out; ++o)
+            for (int c = 0; c < in; ++c)
+              wt[static_cast<size_t>(c) * s.out + o] = s.w[static_cast<size_t>(o) * in + c];
+          d.head_wt = upload(wt, ctx_.stream());
+          d.head_b = upload(s.b, ctx_.stream());
+          weight_bytes_ += d.head_wt.bytes() + d.head_b.bytes();
           break;
         }
-        case OpType::batchnorm:
-        case OpType::relu:
-        case OpType::l2norm:
-          fail("node '", n.name, "': a standalone ", op_name(n.op),
-               " is not supported by the cuda backend (only fused into a conv / the head)");
-        case OpType::affine:  // one a conv could not absorb
-          s.kind = StepKind::affine;
-          s.gamma = upload(m.tensors.at(n.gamma).data, ctx_.stream());
-          s.beta = upload(m.tensors.at(n.beta).data, ctx_.stream());
-          weight_bytes_ += s.gamma.bytes() + s.beta.bytes();
-          if (sole_next(i, OpType::relu)) s.relu = true, s.output = nodes[++i].name;
-          break;
-        case OpType::add:
-          s.kind = StepKind::add;
-          if (sole_next(i, OpType::relu)) s.relu = true, s.output = nodes[++i].name;
+        default:
           break;
       }
-      if (s.kind == StepKind::head && s.output != graph_.output)
-        fail("node '", s.output, "': the cuda backend needs the dense head to be the output");
-      steps_.push_back(std::move(s));
     }
-  }
-
-  bool is_global_pool(const Node& n) const {
-    const Shape& in = shapes_.at(n.inputs[0]);
-    return n.pad == 0 && n.kernel == in[1] && n.kernel == in[2];
-  }
-
-  template <typename SoleNext>
-  std::string build_head(const Model& m, size_t dense_index, SoleNext&& sole_next, Step& s) {
-    const Node& d = graph_.nodes[dense_index];
-    size_t i = dense_index;
-    std::vector<float> w = m.tensors.at(d.weight).data, b = m.tensors.at(d.bias).data;
-    s.kind = StepKind::head;
-    s.out = d.out;
-    s.in = static_cast<int>(static_cast<int64_t>(w.size()) / d.out);
-    if (sole_next(i, OpType::batchnorm)) fold(m, graph_.nodes[++i], w, b, s);
-    if (sole_next(i, OpType::l2norm)) {
-      ++i;
-      s.l2norm = true;
-      s.eps = static_cast<float>(graph_.nodes[i].eps);
-    }
-    if (i + 1 < graph_.nodes.size() && graph_.nodes[i + 1].op == OpType::relu)
-      fail("node '", graph_.nodes[i + 1].name, "': ReLU after dense is not supported on cuda");
-    std::vector<float> wt(w.size());  // [out][in] -> [in][out]
-    for (int o = 0; o < s.out; ++o)
-      for (int c = 0; c < s.in; ++c) wt[static_cast<size_t>(c) * s.out + o] = w[o * s.in + c];
-    s.head_wt = upload(wt, ctx_.stream());
-    s.head_b = upload(b, ctx_.stream());
-    weight_bytes_ += s.head_wt.bytes() + s.head_b.bytes();
-    return graph_.nodes[i].name;
-  }
-
-  void fold(const Model& m, const Node& bn, std::vector<float>& w, std::vector<float>& b, Step& s) {
-    fold_batchnorm(w, b, static_cast<int64_t>(w.size()) / s.out, m.tensors.at(bn.gamma).data.data(),
-                   m.tensors.at(bn.beta).data.data(), m.tensors.at(bn.mean).data.data(),
-                   m.tensors.at(bn.var).data.data(), bn.eps);
-    s.output = bn.name;
-  }
-
-  // dlib's con -> affine: w'[o] = w[o] * gamma_o, b'[o] = b[o] * gamma_o + beta_o.
-  void fold_conv_affine(const Model& m, const Node& af, std::vector<float>& w,
-                        std::vector<float>& b, Step& s) {
-    fold_affine(w, b, static_cast<int64_t>(w.size()) / s.out, m.tensors.at(af.gamma).data.data(),
-                m.tensors.at(af.beta).data.data());
-    s.output = af.name;
   }
 
   static std::vector<float> kcrs_to_krsc(const std::vector<float>& w, int k, int c, int r) {
@@ -410,87 +315,6 @@ class CudaBackendImpl final : public CudaBackend {
     return out;
   }
 
-  // ---- load: values -> arena slots -----------------------------------------------------------
-  void plan_storage() {
-    auto new_slot = [&](const std::string& v) {
-      const Shape& s = shapes_.at(v);
-      slots_.push_back({s[0], s[1], s[2]});
-      placement_[v] = {static_cast<int>(slots_.size()) - 1, 0};
-    };
-    placement_[graph_.input] = {-1, 0};
-    std::set<std::string> concat_outputs;
-    for (const Step& s : steps_) {
-      if (s.kind != StepKind::head) new_slot(s.output);
-      if (s.kind == StepKind::concat) concat_outputs.insert(s.output);
-    }
-    // Full-size concat inputs move into their channel slice of the concat's slot (not the
-    // input image, nor another concat: its own aliases would be left behind).
-    for (const Step& s : steps_) {
-      if (s.kind != StepKind::concat) continue;
-      const Shape& cs = shapes_.at(s.output);
-      int64_t c0 = 0;
-      for (const auto& in : s.inputs) {
-        const Shape& is = shapes_.at(in);
-        if (in != graph_.input && !concat_outputs.count(in) && is[1] == cs[1] && is[2] == cs[2] &&
-            !aliased_.count(in)) {
-          placement_[in] = {placement_.at(s.output).slot, c0};
-          aliased_.insert(in);
-        }
-        c0 += is[0];
-      }
-    }
-    // Lifetimes: first write, last read (the graph output lives to the end).
-    for (size_t i = 0; i < steps_.size(); ++i) {
-      const int t = static_cast<int>(i);
-      if (steps_[i].kind != StepKind::head) {
-        Slot& out = slots_[placement_.at(steps_[i].output).slot];
-        out.first = std::min(out.first, t);
-        out.last = std::max(out.last, t);
-      }
-      for (const auto& in : steps_[i].inputs) {
-        const int slot = placement_.at(in).slot;
-        if (slot >= 0) slots_[slot].last = std::max(slots_[slot].last, t);
-      }
-    }
-    if (output_in_arena())
-      slots_[placement_.at(graph_.output).slot].last = static_cast<int>(steps_.size());
-    assign_offsets();
-  }
-
-  // False when the head writes the output straight to output_ (the head's value has no
-  // placement); true for a truncated graph whose output lives in an arena slot.
-  bool output_in_arena() const {
-    const auto it = placement_.find(graph_.output);
-    return it != placement_.end() && it->second.slot >= 0;
-  }
-
-  // Greedy by size: each slot takes the lowest offset that overlaps no already placed slot
-  // whose lifetime intersects its own. Offsets are per image; x n keeps every slot disjoint.
-  void assign_offsets() {
-    std::vector<int> order(slots_.size());
-    for (size_t i = 0; i < order.size(); ++i) order[i] = static_cast<int>(i);
-    std::sort(order.begin(), order.end(),
-              [&](int a, int b) { return slots_[a].per_image() > slots_[b].per_image(); });
-    std::vector<int> placed;
-    for (int id : order) {
-      Slot& s = slots_[id];
-      if (s.first > s.last) continue;                 // emptied by aliasing
-      std::vector<std::pair<int64_t, int64_t>> busy;  // [begin, end) of live neighbours
-      for (int p : placed)
-        if (slots_[p].first <= s.last && s.first <= slots_[p].last)
-          busy.push_back({slots_[p].offset, slots_[p].offset + slots_[p].per_image()});
-      std::sort(busy.begin(), busy.end());
-      int64_t offset = 0;
-      for (const auto& [b, e] : busy) {
-        if (offset + s.per_image() <= b) break;
-        offset = std::max(offset, e);
-      }
-      s.offset = offset;
-      arena_per_image_ = std::max(arena_per_image_, offset + s.per_image());
-      placed.push_back(id);
-    }
-  }
-
   // ---- views ---------------------------------------------------------------------------------
   TensorView4 input_view(int64_t n) {
     const Shape& s = graph_.input_shape;
@@ -498,10 +322,10 @@ class CudaBackendImpl final : public CudaBackend {
   }
 
   TensorView4 view(const std::string& value, int64_t n) {
-    const Placement& p = placement_.at(value);
+    const Placement& p = g_.placement.at(value);
     if (p.slot < 0) return input_view(n);
-    const Slot& slot = slots_[p.slot];
-    const Shape& s = shapes_.at(value);
+    const Slot& slot = g_.slots[p.slot];
+    const Shape& s = g_.shape(value);
     void* base = arena_.data() + slot.offset * n * static_cast<int64_t>(dtype_size(dtype_));
     return packed_view(base, dtype_, layout_, n, s[0], s[1], s[2], slot.c, p.c0);
   }
@@ -536,8 +360,8 @@ class CudaBackendImpl final : public CudaBackend {
     ensure_capacity(n);
     auto plan = std::make_unique<Plan>();
     plan->n = n;
-    for (size_t i = 0; i < steps_.size(); ++i)
-      if (steps_[i].kind == StepKind::conv) plan->convs[i] = plan_conv(steps_[i], n);
+    for (size_t i = 0; i < g_.steps.size(); ++i)
+      if (g_.steps[i].op == StepOp::conv) plan->convs[i] = plan_conv(i, n);
     ctx_.synchronize();
     return *(plans_[n] = std::move(plan));
   }
@@ -547,7 +371,7 @@ class CudaBackendImpl final : public CudaBackend {
   void ensure_capacity(int64_t n) {
     if (n <= capacity_) return;
     const std::size_t es = dtype_size(dtype_);
-    arena_.resize(static_cast<std::size_t>(arena_per_image_ * n) * es);
+    arena_.resize(static_cast<std::size_t>(g_.arena_per_image * n) * es);
     input_.resize(static_cast<std::size_t>(in_per_image_ * n) * es);
     output_.resize(static_cast<std::size_t>(out_dim_ * n));
     // Defined contents: planning runs cuDNN on them, and a tail plan reads images past n.
@@ -571,7 +395,9 @@ class CudaBackendImpl final : public CudaBackend {
         static_cast<int>(v.sh), static_cast<int>(v.sw)));
   }
 
-  ConvPlan plan_conv(Step& s, int64_t n) {
+  ConvPlan plan_conv(size_t step, int64_t n) {
+    const Step& s = g_.steps[step];
+    DeviceStep& d = dev_[step];
     ConvPlan c;
     c.x = make_tensor_desc(), c.y = make_tensor_desc(), c.bias = make_tensor_desc();
     c.w = make_filter_desc(), c.conv = make_conv_desc(), c.act = make_activation_desc();
@@ -600,7 +426,7 @@ class CudaBackendImpl final : public CudaBackend {
     cudnnConvolutionFwdAlgoPerf_t perf[kMaxAlgos];
     int found = 0;
     FN_GPU_CHECK(cudnnFindConvolutionForwardAlgorithmEx(
-        cudnn_.get(), c.x.get(), xv.data, c.w.get(), s.w.data(), c.conv.get(), c.y.get(), yv.data,
+        cudnn_.get(), c.x.get(), xv.data, c.w.get(), d.w.data(), c.conv.get(), c.y.get(), yv.data,
         kMaxAlgos, &found, perf, ws, kWorkspaceLimit));
     // Fastest first. The fused call supports fewer configurations than plain convolution
     // (IDENTITY activation only with IMPLICIT_PRECOMP_GEMM; some dtype/stride combinations):
@@ -615,7 +441,7 @@ class CudaBackendImpl final : public CudaBackend {
         FN_GPU_CHECK(cudnnSetConvolutionMathType(c.conv.get(), perf[k].mathType));
       c.algo = perf[k].algo;
       c.workspace = kWorkspaceLimit;  // reserved anyway; Find measured the plain convolution
-      if (run_fused(c, s, xv.data, yv.data) == CUDNN_STATUS_SUCCESS) chosen = &c;
+      if (run_fused(c, d, xv.data, yv.data) == CUDNN_STATUS_SUCCESS) chosen = &c;
     }
     if (!chosen) {
       if (first_ok < 0)
@@ -628,91 +454,96 @@ class CudaBackendImpl final : public CudaBackend {
       c.fused = false;
       // Bias (+ ReLU) by the affine kernel, which takes every dtype and strided slice; run the
       // sequence once now so that a refusal names this node at planning, not mid-batch.
-      if (!s.gamma.data()) {
-        s.gamma = upload(std::vector<float>(s.out, 1.0f), ctx_.stream());
-        s.beta = upload(s.bias, ctx_.stream());
-        weight_bytes_ += s.gamma.bytes() + s.beta.bytes();
+      if (!d.gamma.data()) {
+        d.gamma = upload(std::vector<float>(s.out, 1.0f), ctx_.stream());
+        d.beta = upload(s.b, ctx_.stream());
+        weight_bytes_ += d.gamma.bytes() + d.beta.bytes();
       }
-      run_conv(c, s, n);
+      run_conv(c, step, n);
     }
     return c;
   }
 
-  cudnnStatus_t run_fused(const ConvPlan& c, const Step& s, const void* x, void* y) {
+  cudnnStatus_t run_fused(const ConvPlan& c, const DeviceStep& d, const void* x, void* y) {
     const float one = 1.0f, zero = 0.0f;
     return cudnnConvolutionBiasActivationForward(
-        cudnn_.get(), &one, c.x.get(), x, c.w.get(), s.w.data(), c.conv.get(), c.algo,
-        ctx_.workspace(c.workspace), c.workspace, &zero, c.y.get(), y, c.bias.get(), s.b.data(),
+        cudnn_.get(), &one, c.x.get(), x, c.w.get(), d.w.data(), c.conv.get(), c.algo,
+        ctx_.workspace(c.workspace), c.workspace, &zero, c.y.get(), y, c.bias.get(), d.b.data(),
         c.act.get(), c.y.get(), y);
   }
 
-  void run_conv(const ConvPlan& c, const Step& s, int64_t n) {
+  void run_conv(const ConvPlan& c, size_t step, int64_t n) {
+    const Step& s = g_.steps[step];
+    const DeviceStep& d = dev_[step];
     const void* x = view(s.inputs[0], n).data;
     void* y = view(s.output, n).data;
     if (c.fused) {
-      FN_GPU_CHECK(run_fused(c, s, x, y));
+      FN_GPU_CHECK(run_fused(c, d, x, y));
       return;
     }
     const float one = 1.0f, zero = 0.0f;
-    FN_GPU_CHECK(cudnnConvolutionForward(cudnn_.get(), &one, c.x.get(), x, c.w.get(), s.w.data(),
+    FN_GPU_CHECK(cudnnConvolutionForward(cudnn_.get(), &one, c.x.get(), x, c.w.get(), d.w.data(),
                                          c.conv.get(), c.algo, ctx_.workspace(c.workspace),
                                          c.workspace, &zero, c.y.get(), y));
     const TensorView4 yv = view(s.output, n);
-    launch_affine(yv, s.gamma.data(), s.beta.data(), s.relu, yv, ctx_.stream());  // in place
+    launch_affine(yv, d.gamma.data(), d.beta.data(), s.relu, yv, ctx_.stream());  // in place
   }
 
   // ---- per batch: run --------------------------------------------------------------------------
   void run_steps(Plan& p) {
     const int64_t n = p.n;
     cudaStream_t st = ctx_.stream();
-    for (size_t i = 0; i < steps_.size(); ++i) {
-      const Step& s = steps_[i];
-      switch (s.kind) {
-        case StepKind::conv:
-          run_conv(p.convs.at(i), s, n);
+    for (size_t i = 0; i < g_.steps.size(); ++i) {
+      const Step& s = g_.steps[i];
+      const DeviceStep& d = dev_[i];
+      switch (s.op) {
+        case StepOp::conv:
+          run_conv(p.convs.at(i), i, n);
           break;
-        case StepKind::pool:
-          launch_pool2d(view(s.inputs[0], n), view(s.output, n), s.pool, s.node->kernel,
-                        s.node->stride, s.node->pad, st);
+        case StepOp::pool:
+          launch_pool2d(view(s.inputs[0], n), view(s.output, n), s.pool, s.kernel, s.stride, s.pad,
+                        st);
           break;
-        case StepKind::lrn:
-          launch_lrn(view(s.inputs[0], n), view(s.output, n), s.node->size,
-                     static_cast<float>(s.node->alpha), static_cast<float>(s.node->beta_pow),
-                     static_cast<float>(s.node->k), st);
+        case StepOp::lrn:
+          launch_lrn(view(s.inputs[0], n), view(s.output, n), s.lrn_size,
+                     static_cast<float>(s.lrn_alpha), static_cast<float>(s.lrn_beta),
+                     static_cast<float>(s.lrn_k), st);
           break;
-        case StepKind::concat:
+        case StepOp::concat:
           run_concat(s, n);
           break;
-        case StepKind::head:
-          launch_pooled_dense_head(view(s.inputs[0], n), s.head_wt.data(), s.head_b.data(), s.out,
-                                   s.l2norm, s.eps, output_.data(), st);
+        case StepOp::dense:  // why_not: the output head, over a whole map or a 1x1 one
+          launch_pooled_dense_head(view(s.inputs[0], n), d.head_wt.data(), d.head_b.data(), s.out,
+                                   s.l2norm, static_cast<float>(s.eps), output_.data(), st);
           break;
-        case StepKind::affine:
-          launch_affine(view(s.inputs[0], n), s.gamma.data(), s.beta.data(), s.relu,
+        case StepOp::affine:
+          launch_affine(view(s.inputs[0], n), d.gamma.data(), d.beta.data(), s.relu,
                         view(s.output, n), st);
           break;
-        case StepKind::add:
+        case StepOp::add:
           launch_add_padded(view(s.inputs[0], n), view(s.inputs[1], n), s.relu, view(s.output, n),
                             st);
           break;
+        case StepOp::l2norm:
+          FN_ASSERT(false);  // why_not rejects it at load
       }
     }
-    if (output_in_arena())  // a truncated graph: export the value
+    if (g_.output_in_arena)  // a truncated graph: export the value
       launch_copy_centred(view(graph_.output, n),
-                          f32_nchw(output_.data(), n, shapes_.at(graph_.output)), st);
+                          f32_nchw(output_.data(), n, g_.shape(graph_.output)), st);
   }
 
   // Inputs aliased into this concat's slot are already in place; the rest (smaller maps, or
   // values already living in another concat) are copied, centred, into their slice.
   void run_concat(const Step& s, int64_t n) {
-    const Placement& out = placement_.at(s.output);
-    const Shape& os = shapes_.at(s.output);
-    const Slot& slot = slots_[out.slot];
+    const Placement& out = g_.placement.at(s.output);
+    const Shape& os = g_.shape(s.output);
+    const Slot& slot = g_.slots[out.slot];
     void* base = arena_.data() + slot.offset * n * static_cast<int64_t>(dtype_size(dtype_));
     int64_t c0 = 0;
     for (const auto& in : s.inputs) {
-      const Shape& is = shapes_.at(in);
-      const Placement& p = placement_.at(in);
+      const Shape& is = g_.shape(in);
+      const Placement& p = g_.placement.at(in);
       if (!(p.slot == out.slot && p.c0 == c0))
         launch_copy_centred(view(in, n),
                             packed_view(base, dtype_, layout_, n, is[0], os[1], os[2], slot.c, c0),
@@ -805,12 +636,9 @@ class CudaBackendImpl final : public CudaBackend {
   bool use_graphs_;
   GpuContext ctx_;
   UniqueCudnn cudnn_;
-  std::map<std::string, Shape> shapes_;
-  std::vector<Step> steps_;
-  std::map<std::string, Placement> placement_;
-  std::set<std::string> aliased_;
-  std::vector<Slot> slots_;
-  int64_t arena_per_image_ = 0, in_per_image_ = 0, out_dim_ = 0;
+  LoweredGraph g_;
+  std::vector<DeviceStep> dev_;  // per step of g_
+  int64_t in_per_image_ = 0, out_dim_ = 0;
   std::size_t weight_bytes_ = 0, workspace_bytes_ = 0;
 
   int64_t capacity_ = 0;  // images the arena and I/O buffers hold

@@ -10,6 +10,7 @@
 #include "engine/backend/lowering.h"
 #include "engine/cpu_reference.h"
 #include "tests/dlib_fixture.h"
+#include "tests/golden_fixture.h"
 #include "tests/model_fixture.h"
 #include "tests/test_util.h"
 
@@ -200,6 +201,50 @@ TEST(Backends, DlibResnetMatchesTheReference) {
 #else
   GTEST_SKIP() << "this build has no dlib (the ResNet converter)";
 #endif
+}
+
+// The happy-house scenario (12 people enrolled, 6 camera probes, threshold 0.7): bf16 must give
+// every probe the same answer and the same top-3 order as fp32.
+TEST(Backends, Bf16KeepsEveryHappyHouseAnswer) {
+  if (available_backends().size() < 2 || available_backends()[1].precision != "bf16")
+    GTEST_SKIP() << "no bf16 on this CPU (oneDNN ISA " << cpu_isa_description() << ")";
+  for (const char* variant : {"openface", "coursera"}) {
+    const Model m = load_model(test::converted_model(variant));
+    const auto imgs = test::golden(variant);
+    const std::vector<float> x = test::load_inputs(m, imgs);
+    const int64_t n = static_cast<int64_t>(imgs.size()), d = m.embedding_dim();
+    BackendOptions o;
+    const std::vector<float> f32 = forward(m, o, x, n);
+    o.precision = "bf16";
+    const std::vector<float> bf16 = forward(m, o, x, n);
+    const double err = test::max_abs_diff(bf16.data(), f32.data(), f32.size());
+    std::printf("[ measured ] %s, cpu bf16 vs fp32: max abs embedding difference %.3g\n", variant,
+                err);
+    EXPECT_LT(err, 5e-2);
+    std::vector<int64_t> probes, people;
+    for (int64_t i = 0; i < n; ++i)
+      (imgs[i].path.find("camera_") != std::string::npos ? probes : people).push_back(i);
+    ASSERT_EQ(probes.size(), 6u);
+    ASSERT_EQ(people.size(), 12u);
+    auto ranking = [&](const std::vector<float>& e, int64_t probe) {
+      std::vector<std::pair<double, int64_t>> r;
+      for (int64_t p : people) {
+        double ss = 0;
+        for (int64_t k = 0; k < d; ++k) {
+          const double diff = e[probe * d + k] - e[p * d + k];
+          ss += diff * diff;
+        }
+        r.push_back({std::sqrt(ss), p});
+      }
+      std::sort(r.begin(), r.end());
+      return r;
+    };
+    for (int64_t probe : probes) {
+      const auto a = ranking(f32, probe), b = ranking(bf16, probe);
+      for (int i = 0; i < 3; ++i) EXPECT_EQ(a[i].second, b[i].second) << imgs[probe].path;
+      EXPECT_EQ(a[0].first <= 0.7, b[0].first <= 0.7) << imgs[probe].path;
+    }
+  }
 }
 
 // ---- the lowering itself -----------------------------------------------------------------------

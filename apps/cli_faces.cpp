@@ -125,7 +125,7 @@ void add_detect(CLI::App& app, int& exit_code) {
 
 // ---- eval lfw ------------------------------------------------------------------------------
 struct EvalArgs {
-  std::string model, pairs, images, output, plot, dlib_models, device = "cpu";
+  std::string model, pairs, images, output, plot, dlib_models, device = "cpu", precision = "fp32";
   int batch = 64, threads = 0, jitter = 0, upsample = 0;
   bool mirror = false, no_cnn = false, nearest_face = false;
 };
@@ -135,6 +135,7 @@ int run_eval_lfw(const EvalArgs& a) {
   BackendOptions bo;
   bo.device = parse_device(a.device);
   bo.threads = a.threads;
+  bo.precision = a.precision;
   auto backend = make_backend(model, bo);
   const FaceAligner aligner(models_dir(a.dlib_models));
   LfwOptions opt;
@@ -203,6 +204,10 @@ void add_eval(CLI::App& app, int& exit_code) {
   lfw->add_option("--plot", a->plot, "ROC curve PNG to write");
   lfw->add_option("--device", a->device, "cpu | cuda | cpu-reference")
       ->check(CLI::IsMember({"cpu", "cuda", "cpu-reference"}))
+      ->capture_default_str();
+  lfw->add_option("--precision", a->precision,
+                  "fp32 | bf16 (cpu with bf16 instructions) | fp16 (cuda)")
+      ->check(CLI::IsMember({"fp32", "fp16", "bf16"}))
       ->capture_default_str();
   lfw->add_option("--batch", a->batch, "Photos per forward pass")
       ->check(CLI::PositiveNumber)

@@ -152,7 +152,8 @@ void add_encode(CLI::App& app, int& exit_code) {
   enc->add_option("--device", a->device, "cpu | cuda | cpu-reference (slow oracle)")
       ->check(CLI::IsMember({"cpu", "cuda", "cpu-reference"}))
       ->capture_default_str();
-  enc->add_option("--precision", a->precision, "cuda only: fp32 | fp16 | bf16")
+  enc->add_option("--precision", a->precision,
+                  "fp32 | bf16 (cpu: where the CPU has bf16 instructions) | fp16 (cuda)")
       ->check(CLI::IsMember({"fp32", "fp16", "bf16"}))
       ->capture_default_str();
   enc->add_option("--batch", a->batch, "Images per forward pass")
@@ -242,8 +243,13 @@ void add_bench(CLI::App& app) {
   enc->add_option("--repeats", o->repeats, "Timed repeats per batch size")->capture_default_str();
   enc->add_option("--warmup", o->warmup, "Untimed warm-up runs")->capture_default_str();
   enc->add_option("--threads", o->threads, "CPU threads (0 = all cores)")->capture_default_str();
+  enc->add_option("--micro-batch", o->micro_batch,
+                  "cpu: images per internal pass (0 = the backend's default)")
+      ->check(CLI::NonNegativeNumber)
+      ->capture_default_str();
   enc->add_flag("--no-peer", *no_peer, "Skip the PyTorch peer (tools/peer_torch.py)");
-  enc->add_option("--precision", o->precision, "cuda only: fp32 | fp16 | bf16")
+  enc->add_option("--precision", o->precision,
+                  "fp32 | bf16 (cpu: where the CPU has bf16 instructions) | fp16 (cuda)")
       ->check(CLI::IsMember({"fp32", "fp16", "bf16"}))
       ->capture_default_str();
   enc->add_option("--layout", o->layout, "cuda only: auto | nchw | nhwc")

@@ -173,10 +173,11 @@ nlohmann::json run_encode_bench(const EncodeBenchOptions& o) {
     return run_cuda_bench(o, model);
 #endif
   }
-  if (o.precision != "fp32") fail("--precision ", o.precision, " is only available on cuda");
   BackendOptions bo;
   bo.device = o.device;
   bo.threads = o.threads;
+  bo.precision = o.precision;
+  bo.micro_batch = o.micro_batch;
   auto backend = make_backend(model, bo);
   const int threads = o.threads > 0 ? o.threads : omp_get_num_procs();
   const int64_t per_image = element_count(model.graph.input_shape);
@@ -199,7 +200,8 @@ nlohmann::json run_encode_bench(const EncodeBenchOptions& o) {
                         {"device", device_name(o.device)},
                         {"backend", backend->name()},
                         {"threads", threads},
-                        {"dtype", "fp32"},
+                        {"dtype", o.precision},
+                        {"micro_batch", o.micro_batch},
                         {"machine", machine_json()},
                         {"results", results}};
   if (o.peer) {

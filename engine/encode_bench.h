@@ -21,7 +21,8 @@ struct EncodeBenchOptions {
   int repeats = 10;
   int threads = 0;  // 0 = every core
   bool peer = true;
-  std::string precision = "fp32";  // cuda: fp32 | fp16 | bf16
+  std::string precision = "fp32";  // cpu: fp32 | bf16; cuda: fp32 | fp16 | bf16
+  int micro_batch = 0;             // cpu: images per internal pass (0 = the backend's default)
   std::string layout = "auto";     // cuda: auto | nchw | nhwc
   bool end_to_end = true;          // cuda: also time JPEG bytes in memory -> embeddings
 };

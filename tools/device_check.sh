@@ -135,6 +135,14 @@ if ! ls $cuda_lib/libcublas.so >/dev/null 2>&1; then
     LD_LIBRARY_PATH="$(dirname "$cublas")${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}"
   fi
 fi
+# oneDNN (the CPU backend): the system's, else the carried one unpacked here.
+if [ ! -f /usr/include/oneapi/dnnl/dnnl.hpp ] && [ -f "$repo/.devroot/dnnl.tar.xz" ]; then
+  dnnl_root="$work/dnnl"
+  rm -rf "$dnnl_root" && mkdir -p "$dnnl_root" && tar -C "$dnnl_root" -xJf "$repo/.devroot/dnnl.tar.xz"
+  dnnl_so="$(find "$dnnl_root" -name 'libdnnl.so' | head -1)"
+  cmake_args+=("-DDNNL_INCLUDE_DIR=$dnnl_root/usr/include" "-DDNNL_LIBRARY=$dnnl_so")
+  LD_LIBRARY_PATH="$(dirname "$dnnl_so"):$(dirname "$(find "$dnnl_root" -name 'libOpenCL.so.1' | head -1)")${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}"
+fi
 export LD_LIBRARY_PATH="${LD_LIBRARY_PATH:-}"
 
 # ---- 1. inventory ----------------------------------------------------------------------------

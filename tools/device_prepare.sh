@@ -7,6 +7,7 @@
 #                       SQLite, GoogleTest, CLI11, nlohmann-json, libjpeg-turbo, libpng, zlib and
 #                       the reference CBLAS. Shared objects are removed so the build links the
 #                       .a files and the binaries need no carried library at run time.
+#   .devroot/dnnl.tar.xz  oneDNN (shared only in Debian): headers, libdnnl.so*, libOpenCL.so.1*
 #   .devroot/models     nn4-openface.safetensors, nn4-coursera.safetensors (for
 #                       FACENET_TEST_MODELS; the 60 MB CSV weights stay here)
 #   .devroot/shared     golden/ and data/{happy-house,krasserm-lfw10} (for FACENET_SHARED)
@@ -60,6 +61,18 @@ ln -s x86_64-linux-gnu/cblas-netlib.h "$usr/include/cblas.h"
 ln -s blas/libblas.a "$lib/libblas.a"
 rm -f "$lib/pkgconfig/blas-netlib.pc"
 
+# ---- oneDNN: a shared library (Debian ships no static one) ---------------------------------------
+# Its headers, libdnnl.so* and libOpenCL.so.1* (linked for its unused GPU runtime) as one
+# tar.xz, about 7 MiB; device_check.sh unpacks it into WORK and points the build and
+# LD_LIBRARY_PATH at it.
+mkdir -p "$debs/dnnl/root"
+(cd "$debs/dnnl" && apt-get download libdnnl2 libdnnl-dev ocl-icd-libopencl1 2>&1 |
+  grep -v '^W: Download is performed unsandboxed')
+for deb in "$debs"/dnnl/*.deb; do dpkg -x "$deb" "$debs/dnnl/root"; done
+(cd "$debs/dnnl/root" && find . -path '*/include/oneapi/*' -o -name 'libdnnl.so*' \
+  -o -name 'libOpenCL.so.1*' | tar -cJf "$dest/dnnl.tar.xz" --no-recursion -T -)
+echo "device_prepare: oneDNN $(tar -tJf "$dest/dnnl.tar.xz" | grep -c .) files"
+
 # ---- models and test data ---------------------------------------------------------------------
 cmake --build "$build" --target facenet >/dev/null
 for variant in openface coursera; do
@@ -98,8 +111,8 @@ chmod -R u+w "$dest/shared"
 du -sh "$dest"/* | sed 's/^/device_prepare: /'
 total_kib=$(du -sk "$dest" | cut -f1)
 tree_kib=$(cd "$repo" && git ls-files -z --cached --others --exclude-standard | du -ck --files0-from=- 2>/dev/null | tail -1 | cut -f1)
-awk -v d="$total_kib" -v t="$tree_kib" 'BEGIN { printf "device_prepare: .devroot %.1f MiB + working tree %.1f MiB = %.1f MiB (limit 64, aim < 55)\n", d / 1024, t / 1024, (d + t) / 1024 }'
-if [ $((total_kib + tree_kib)) -gt $((55 * 1024)) ]; then
-  echo "device_prepare: over the 55 MiB aim; the transfer may be refused" >&2
+awk -v d="$total_kib" -v t="$tree_kib" 'BEGIN { printf "device_prepare: .devroot %.1f MiB + working tree %.1f MiB = %.1f MiB (limit 64, aim < 60)\n", d / 1024, t / 1024, (d + t) / 1024 }'
+if [ $((total_kib + tree_kib)) -gt $((60 * 1024)) ]; then
+  echo "device_prepare: over the 60 MiB aim; the transfer may be refused" >&2
   exit 1
 fi

@@ -13,6 +13,7 @@
 #include "engine/encode_bench.h"
 #include "engine/error.h"
 #include "engine/model.h"
+#include "engine/onnx_export.h"
 #include "engine/triplet_bench.h"
 
 namespace fs = std::filesystem;
@@ -70,6 +71,30 @@ void add_convert(CLI::App& app) {
       for (const auto& u : unused) std::cerr << " " << u;
       std::cerr << "\n";
     }
+  });
+}
+
+// ---- export ------------------------------------------------------------------------------
+void add_export(CLI::App& app) {
+  auto* exp = app.add_subcommand("export", "Export a facenet model file to another format");
+  exp->require_subcommand(1);
+  auto model = std::make_shared<std::string>();
+  auto output = std::make_shared<std::string>();
+  auto* onnx = exp->add_subcommand(
+      "onnx", "Write the network as a standard ONNX model (for ONNX Runtime, OpenVINO, ...)");
+  onnx->add_option("model", *model, "Model file (.safetensors)")->required();
+  onnx->add_option("-o,--output", *output, "ONNX file to write (.onnx)")->required();
+  onnx->footer(
+      "ONNX opset 13, IR version 8, weights stored in the file (float32). Input: the graph's\n"
+      "input name, float32 [N, C, H, W] after the model's normalisation (`facenet info` shows\n"
+      "it; it is also stored as metadata \"facenet.preprocess\"), N any batch size. Output:\n"
+      "the graph's output name, float32 [N, D]: the same embeddings as `facenet encode` from\n"
+      "the same input. BatchNorm stays a BatchNormalization node (runtimes fold it);\n"
+      "L2 pooling is written as sqrt(k^2 * AveragePool(x^2)). Graphs ONNX cannot express\n"
+      "exactly (e.g. an LRN of even size) are refused with the node named.");
+  onnx->callback([model, output] {
+    export_onnx_file(*model, *output);
+    std::cerr << "wrote " << *output << "\n";
   });
 }
 
@@ -272,6 +297,7 @@ int main(int argc, char** argv) {
   int exit_code = 0;
   add_convert(app);
   add_info(app);
+  add_export(app);
   add_encode(app, exit_code);
   add_bench(app);
   cli::add_gallery_commands(app, exit_code);

@@ -267,7 +267,13 @@ void add_bench(CLI::App& app) {
   enc->add_option("--repeats", o->repeats, "Timed repeats per batch size")->capture_default_str();
   enc->add_option("--warmup", o->warmup, "Untimed warm-up runs")->capture_default_str();
   enc->add_option("--threads", o->threads, "CPU threads (0 = all cores)")->capture_default_str();
-  enc->add_flag("--no-peer", *no_peer, "Skip the PyTorch peer (tools/peer_torch.py)");
+  auto peers = std::make_shared<std::string>("pytorch,onnxruntime,openvino");
+  enc->add_option("--peers", *peers,
+                  "Comma-separated peers timed in the same run: pytorch (tools/peer_torch.py, "
+                  "the model file), onnxruntime and openvino (tools/peer_onnx.py, on this "
+                  "model exported with `facenet export onnx`; cpu only)")
+      ->capture_default_str();
+  enc->add_flag("--no-peer", *no_peer, "Time no peer");
   enc->add_option("--precision", o->precision, "cuda only: fp32 | fp16 | bf16")
       ->check(CLI::IsMember({"fp32", "fp16", "bf16"}))
       ->capture_default_str();
@@ -281,7 +287,13 @@ void add_bench(CLI::App& app) {
     o->model_path = *model;
     o->device = parse_device(*device);
     o->batches = parse_int_list(*batches, "--batch");
-    o->peer = !*no_peer;
+    o->peers.clear();
+    std::stringstream ss(*peers);
+    for (std::string p; !*no_peer && std::getline(ss, p, ',');) {
+      if (p != "pytorch" && p != "onnxruntime" && p != "openvino")
+        fail("--peers: unknown peer '", p, "' (expected pytorch, onnxruntime, openvino)");
+      o->peers.push_back(p);
+    }
     std::cout << run_encode_bench(*o).dump(2) << "\n";
   });
   add_bench_triplet(bench);

@@ -2,6 +2,7 @@
 // wire-format writer (field numbers from onnx/onnx.proto).
 #include "engine/onnx_export.h"
 
+#include <climits>
 #include <cstring>
 #include <fstream>
 #include <set>
@@ -185,7 +186,8 @@ class OnnxGraph {
   ProtoWriter& proto() { return graph_; }
 
  private:
-  // Little-endian hosts only (x86-64, aarch64): raw_data is the bytes as they lie in memory.
+  // raw_data is little-endian: the bytes as they lie in memory on the hosts we build for.
+  static_assert(__BYTE_ORDER__ == __ORDER_LITTLE_ENDIAN__, "raw_data needs a little-endian host");
   void add_initializer(const std::string& name, const Shape& dims, int data_type, const void* data,
                        size_t bytes) {
     ProtoWriter t;
@@ -347,6 +349,10 @@ std::string export_onnx(const Model& model) {
       .message_field(pb::model::metadata_props, metadata("facenet.variant", gr.variant))
       .message_field(pb::model::metadata_props,
                      metadata("facenet.preprocess", gr.preprocess.dump()));
+  // Protobuf messages are limited to 2 GiB; larger models would need ONNX's external data.
+  if (m.bytes().size() > static_cast<size_t>(INT32_MAX))
+    fail("ONNX export: the model is ", m.bytes().size() >> 20,
+         " MiB, over protobuf's 2 GiB limit (external weight files are not supported)");
   return m.bytes();
 }
 

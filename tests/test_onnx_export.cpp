@@ -66,6 +66,11 @@ RuntimeDiffs run_runtimes(const fs::path& onnx, const std::vector<float>& x, int
     return d;
   }
   EXPECT_EQ(r.value("input_shape", nlohmann::json::array()).at(0), "N") << "batch not dynamic";
+  const auto checker = r.value("onnx_checker", nlohmann::json());
+  if (checker.is_string()) {
+    std::printf("onnx checker: %s\n", checker.get<std::string>().c_str());
+    EXPECT_EQ(checker.get<std::string>().rfind("passed", 0), 0u) << checker.get<std::string>();
+  }
   for (const auto& [runtime, path] : r.at("outputs").items()) {
     const NpyMatrix y = read_npy(path.get<std::string>());
     EXPECT_EQ(y.rows, n) << runtime;
@@ -194,6 +199,14 @@ TEST(OnnxExport, RefusesEvenLrnNamingFileAndNode) {
 TEST(OnnxExport, MissingModelFileIsNamed) {
   test::expect_error([] { export_onnx_file("/nonexistent/m.safetensors", "/tmp/never.onnx"); },
                      {"/nonexistent/m.safetensors"});
+  const fs::path dir = scratch_dir();
+  const std::string cmd = "'" + test::cli_path() +
+                          "' export onnx /nonexistent/m.safetensors -o never.onnx 2>'" +
+                          (dir / "stderr.txt").string() + "'";
+  const int raw = std::system(cmd.c_str());
+  EXPECT_EQ(WIFEXITED(raw) ? WEXITSTATUS(raw) : -1, 2) << "exit status: nothing could be done";
+  EXPECT_NE(test::slurp(dir / "stderr.txt").find("/nonexistent/m.safetensors"), std::string::npos);
+  fs::remove_all(dir);
 }
 
 }  // namespace

@@ -2,7 +2,8 @@
 """Runs an ONNX model written by `facenet export onnx` with ONNX Runtime and, where it is
 importable, OpenVINO (CPU, f32) on a float32 .npy input (N rows of C*H*W values, reshaped
 to the model's NCHW input), and writes each runtime's [N, D] output as <out-dir>/<runtime>.npy.
-tests/test_onnx_export.cpp compares those files with our backends.
+tests/test_onnx_export.cpp compares those files with our backends. Where the `onnx` package is
+importable, its checker (full_check) validates the file too ("onnx_checker").
 
 Prints one JSON object as the last line of stdout: {"available": false, "reason"} when ONNX
 Runtime cannot be imported, else the runtimes' versions and output files. Run with Debian's
@@ -33,13 +34,24 @@ def main():
         print(json.dumps({"available": False, "reason": f"import onnxruntime failed: {e}"}))
         return 0
     x = np.load(args.input)
+    out = {"available": True, "onnxruntime": ort.__version__, "outputs": {}}
+    try:  # the ONNX package's own validator, where installed (not a dependency)
+        import onnx
+    except ImportError:
+        out["onnx_checker"] = None
+    else:
+        try:
+            onnx.checker.check_model(args.model, full_check=True)
+            out["onnx_checker"] = f"passed (onnx {onnx.__version__}, full_check)"
+        except Exception as e:  # noqa: BLE001 -- any checker complaint is reported
+            out["onnx_checker"] = f"failed: {type(e).__name__}: {e}"[:2000]
     opts = ort.SessionOptions()
     opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
     sess = ort.InferenceSession(args.model, opts, providers=["CPUExecutionProvider"])
     inp = sess.get_inputs()[0]
     x = nchw(x, inp.shape)
-    out = {"available": True, "onnxruntime": ort.__version__, "input": inp.name,
-           "input_shape": [str(d) for d in inp.shape], "batch": x.shape[0], "outputs": {}}
+    out.update({"input": inp.name, "input_shape": [str(d) for d in inp.shape],
+                "batch": x.shape[0]})
     y = sess.run(None, {inp.name: x})[0]
     path = os.path.join(args.out_dir, "onnxruntime.npy")
     np.save(path, np.ascontiguousarray(y, dtype=np.float32))

@@ -181,7 +181,9 @@ class OnnxGraph {
 
   void claim(const std::string& value) {
     if (!names_.insert(value).second)
-      fail("ONNX export: value name '", value, "' is used twice (rename the node)");
+      fail("ONNX export: the value name '", value,
+           "' is taken twice (a node is named like the input, another node or one of the "
+           "'<node>/...' helper values: rename it)");
   }
   ProtoWriter& proto() { return graph_; }
 

@@ -196,6 +196,17 @@ TEST(OnnxExport, RefusesEvenLrnNamingFileAndNode) {
   fs::remove_all(dir);
 }
 
+// Node names are free text; one that clashes with a helper value the export makes is named.
+TEST(OnnxExport, RefusesClashingValueNames) {
+  Model m = edge_case_model();
+  for (Node& n : m.graph.nodes) {
+    if (n.name == "ap") n.name = "cat/pad1";  // the name of concat's padded second input (c2)
+    for (auto& in : n.inputs)
+      if (in == "ap") in = "cat/pad1";
+  }
+  test::expect_error([&] { export_onnx(m); }, {"'cat/pad1'", "taken twice"});
+}
+
 TEST(OnnxExport, MissingModelFileIsNamed) {
   test::expect_error([] { export_onnx_file("/nonexistent/m.safetensors", "/tmp/never.onnx"); },
                      {"/nonexistent/m.safetensors"});

@@ -92,7 +92,7 @@ for title, e in encoders:
             cells.append(f"{f['img_per_s']:.1f}{cfg}" if f else "-")
             if f and (best is None or f["img_per_s"] > best[1]):
                 best = (n, f["img_per_s"])
-        best_cells = (f"{peer_names[best[0]]} | {r['img_per_s'] / best[1]:.2f}" if best else "- | -")
+        best_cells = (f"{peer_names[best[0]]} | {r['img_per_s'] / best[1]:.3g}" if best else "- | -")
         lines.append(f"| {r['batch']} | {r['img_per_s']:.1f} | {r['latency_ms']:.2f} | "
                      + " | ".join(cells) + f" | {best_cells} |")
     notes = []

@@ -14,12 +14,10 @@ import json
 import os
 import sys
 
-import numpy as np
-
 
 def nchw(x, shape):
     c, h, w = (int(d) for d in shape[1:])
-    return np.ascontiguousarray(x.reshape(x.shape[0], c, h, w), dtype=np.float32)
+    return x.reshape(x.shape[0], c, h, w).astype("float32")
 
 
 def main():
@@ -29,7 +27,8 @@ def main():
     ap.add_argument("--out-dir", required=True)
     args = ap.parse_args()
     try:
-        import onnxruntime as ort
+        import onnxruntime as ort  # a python lacking it (or numpy, which it needs) skips
+        import numpy as np
     except ImportError as e:
         print(json.dumps({"available": False, "reason": f"import onnxruntime failed: {e}"}))
         return 0

@@ -13,6 +13,7 @@
 #include "engine/encode_bench.h"
 #include "engine/error.h"
 #include "engine/model.h"
+#include "engine/onnx_export.h"
 #include "engine/triplet_bench.h"
 
 namespace fs = std::filesystem;
@@ -70,6 +71,30 @@ void add_convert(CLI::App& app) {
       for (const auto& u : unused) std::cerr << " " << u;
       std::cerr << "\n";
     }
+  });
+}
+
+// ---- export ------------------------------------------------------------------------------
+void add_export(CLI::App& app) {
+  auto* exp = app.add_subcommand("export", "Export a facenet model file to another format");
+  exp->require_subcommand(1);
+  auto model = std::make_shared<std::string>();
+  auto output = std::make_shared<std::string>();
+  auto* onnx = exp->add_subcommand(
+      "onnx", "Write the network as a standard ONNX model (for ONNX Runtime, OpenVINO, ...)");
+  onnx->add_option("model", *model, "Model file (.safetensors)")->required();
+  onnx->add_option("-o,--output", *output, "ONNX file to write (.onnx)")->required();
+  onnx->footer(
+      "ONNX opset 13, IR version 8, weights stored in the file (float32). Input: the graph's\n"
+      "input name, float32 [N, C, H, W] after the model's normalisation (`facenet info` shows\n"
+      "it; it is also stored as metadata \"facenet.preprocess\"), N any batch size. Output:\n"
+      "the graph's output name, float32 [N, D]: the same embeddings as `facenet encode` from\n"
+      "the same input. BatchNorm stays a BatchNormalization node (runtimes fold it);\n"
+      "L2 pooling is written as sqrt(k^2 * AveragePool(x^2)). Graphs ONNX cannot express\n"
+      "exactly (e.g. an LRN of even size) are refused with the node named.");
+  onnx->callback([model, output] {
+    export_onnx_file(*model, *output);
+    std::cerr << "wrote " << *output << "\n";
   });
 }
 
@@ -247,7 +272,13 @@ void add_bench(CLI::App& app) {
                   "cpu: images per internal pass (0 = the backend's default)")
       ->check(CLI::NonNegativeNumber)
       ->capture_default_str();
-  enc->add_flag("--no-peer", *no_peer, "Skip the PyTorch peer (tools/peer_torch.py)");
+  auto peers = std::make_shared<std::string>("pytorch,onnxruntime,openvino");
+  enc->add_option("--peers", *peers,
+                  "Comma-separated peers timed in the same run: pytorch (tools/peer_torch.py, "
+                  "the model file), onnxruntime and openvino (tools/peer_onnx.py, on this "
+                  "model exported with `facenet export onnx`; cpu only)")
+      ->capture_default_str();
+  enc->add_flag("--no-peer", *no_peer, "Time no peer");
   enc->add_option("--precision", o->precision,
                   "fp32 | bf16 (cpu: where the CPU has bf16 instructions) | fp16 (cuda)")
       ->check(CLI::IsMember({"fp32", "fp16", "bf16"}))
@@ -262,7 +293,13 @@ void add_bench(CLI::App& app) {
     o->model_path = *model;
     o->device = parse_device(*device);
     o->batches = parse_int_list(*batches, "--batch");
-    o->peer = !*no_peer;
+    o->peers.clear();
+    std::stringstream ss(*peers);
+    for (std::string p; !*no_peer && std::getline(ss, p, ',');) {
+      if (p != "pytorch" && p != "onnxruntime" && p != "openvino")
+        fail("--peers: unknown peer '", p, "' (expected pytorch, onnxruntime, openvino)");
+      o->peers.push_back(p);
+    }
     std::cout << run_encode_bench(*o).dump(2) << "\n";
   });
   add_bench_triplet(bench);
@@ -278,6 +315,7 @@ int main(int argc, char** argv) {
   int exit_code = 0;
   add_convert(app);
   add_info(app);
+  add_export(app);
   add_encode(app, exit_code);
   add_bench(app);
   cli::add_gallery_commands(app, exit_code);

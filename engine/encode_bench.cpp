@@ -1,8 +1,12 @@
-// Encoder benchmark: synthetic inputs in [0, 1], warm-up, median/min of repeats.
+// Encoder benchmark: synthetic inputs in [0, 1], warm-up, median/min of repeats; the peers
+// (PyTorch, ONNX Runtime, OpenVINO) timed in the same run.
 #include "engine/encode_bench.h"
 
 #include <omp.h>
 
+#include <unistd.h>
+
+#include <algorithm>
 #include <random>
 
 #include "engine/bench_util.h"
@@ -11,6 +15,8 @@
 #include "engine/gpu.h"
 #include "engine/image_io.h"
 #include "engine/model.h"
+#include "engine/npy.h"
+#include "engine/onnx_export.h"
 #ifdef FACENET_HAS_CUDA
 #include "engine/cuda_backend.h"
 #include "engine/cuda_util.h"
@@ -34,23 +40,101 @@ std::string batch_list(const std::vector<int>& batches) {
   return s;
 }
 
-// Adds r["ratio_vs_peer"] = ours / best peer configuration at the same batch size.
-void add_peer_ratios(nlohmann::json& results, const nlohmann::json& peer) {
-  if (!peer.contains("results")) return;
+// Per result (one batch size): r["peers"][name] = the peer's best configuration at that batch
+// {img_per_s, latency_ms, config, ratio (ours / its)}, and r["ratio_vs_best_peer"] = ours / the
+// fastest of all peers, named by r["best_peer"] and r["best_peer_config"].
+void add_peer_ratios(nlohmann::json& results, const nlohmann::json& peers) {
   for (auto& r : results) {
+    const double ours = r["img_per_s"].get<double>();
     double best = 0;
-    std::string best_config;
-    for (const auto& p : peer["results"])
-      if (p.value("batch", -1) == r["batch"].get<int>() && p.contains("img_per_s") &&
-          p["img_per_s"].get<double>() > best) {
-        best = p["img_per_s"].get<double>();
-        best_config = p.value("config", "");
+    for (const auto& [name, peer] : peers.items()) {
+      if (!peer.contains("results")) continue;
+      nlohmann::json fastest;
+      for (const auto& p : peer["results"])
+        if (p.value("batch", -1) == r["batch"].get<int>() && p.contains("img_per_s") &&
+            (fastest.is_null() || p["img_per_s"] > fastest["img_per_s"]))
+          fastest = p;
+      if (fastest.is_null()) continue;
+      const double theirs = fastest["img_per_s"].get<double>();
+      r["peers"][name] = {{"img_per_s", theirs},
+                          {"latency_ms", fastest.value("latency_ms", 0.0)},
+                          {"config", fastest.value("config", "")},
+                          {"ratio", ours / theirs}};
+      if (theirs > best) {
+        best = theirs;
+        r["best_peer"] = name;
+        r["best_peer_config"] = fastest.value("config", "");
+        r["ratio_vs_best_peer"] = ours / theirs;
       }
-    if (best > 0) {
-      r["ratio_vs_peer"] = r["img_per_s"].get<double>() / best;
-      r["peer_best_config"] = best_config;
     }
   }
+}
+
+// {peer name: version} of the peers that ran, from their JSON.
+nlohmann::json peer_versions(const nlohmann::json& peers) {
+  nlohmann::json v = nlohmann::json::object();
+  for (const auto& [name, peer] : peers.items()) {
+    const char* key = name == "pytorch" ? "torch" : name.c_str();
+    if (peer.contains(key)) v[name] = peer[key];
+  }
+  return v;
+}
+
+bool wants(const EncodeBenchOptions& o, const std::string& peer) {
+  return std::find(o.peers.begin(), o.peers.end(), peer) != o.peers.end();
+}
+
+// Runs the chosen CPU peers on the same batch sizes, threads and repeats as ours: PyTorch on the
+// model file, ONNX Runtime and OpenVINO on our own ONNX export of it (a temporary file). Each
+// also runs two seeded images once and reports its max abs difference from our output.
+nlohmann::json run_cpu_peers(const EncodeBenchOptions& o, const Model& model, Backend& backend,
+                             int threads) {
+  namespace fs = std::filesystem;
+  const fs::path dir =
+      fs::temp_directory_path() / ("facenet-bench-encode-" + std::to_string(::getpid()));
+  fs::create_directories(dir);
+  constexpr int64_t kCheckImages = 2;
+  const int64_t per_image = element_count(model.graph.input_shape), dim = model.embedding_dim();
+  std::mt19937 rng(99);
+  const std::vector<float> x = synthetic_input(per_image * kCheckImages, rng);
+  std::vector<float> y(dim * kCheckImages);
+  backend.forward(x.data(), kCheckImages, y.data());
+  write_npy(dir / "check-input.npy", x.data(), kCheckImages, per_image);
+  write_npy(dir / "check-output.npy", y.data(), kCheckImages, dim);
+  const std::vector<std::string> common = {"--batch",        batch_list(o.batches),
+                                           "--threads",      std::to_string(threads),
+                                           "--repeats",      std::to_string(o.repeats),
+                                           "--warmup",       std::to_string(o.warmup),
+                                           "--check-input",  (dir / "check-input.npy").string(),
+                                           "--check-output", (dir / "check-output.npy").string()};
+  auto with = [&](std::vector<std::string> args) {
+    args.insert(args.end(), common.begin(), common.end());
+    return args;
+  };
+
+  nlohmann::json peers = nlohmann::json::object();
+  if (wants(o, "pytorch"))
+    peers["pytorch"] = run_python_peer("peer_torch.py",
+                                       with({"--model", o.model_path.string(), "--device", "cpu"}));
+  const fs::path onnx = dir / "model.onnx";
+  std::string export_error;
+  if (wants(o, "onnxruntime") || wants(o, "openvino")) {
+    try {
+      export_onnx_file(o.model_path, onnx);
+    } catch (const Error& e) {
+      export_error = e.what();
+    }
+  }
+  for (const char* runtime : {"onnxruntime", "openvino"}) {
+    if (!wants(o, runtime)) continue;
+    peers[runtime] =
+        export_error.empty()
+            ? run_python_peer("peer_onnx.py", with({"--onnx", onnx.string(), "--runtime", runtime}))
+            : nlohmann::json{{"available", false},
+                             {"reason", "ONNX export failed: " + export_error}};
+  }
+  fs::remove_all(dir);
+  return peers;
 }
 
 #ifdef FACENET_HAS_CUDA
@@ -148,13 +232,14 @@ nlohmann::json run_cuda_bench(const EncodeBenchOptions& o, const Model& model) {
                         {"dtype", o.precision},
                         {"machine", machine_json()},
                         {"results", results}};
-  if (o.peer) {
-    nlohmann::json peer = run_python_peer(
-        "peer_torch.py",
-        {"--model", o.model_path.string(), "--device", "cuda", "--batch", batch_list(o.batches),
-         "--repeats", std::to_string(o.repeats), "--warmup", std::to_string(o.warmup)});
-    add_peer_ratios(out["results"], peer);
-    out["peer"] = peer;
+  if (wants(o, "pytorch")) {  // the ONNX peers here are CPU builds
+    const nlohmann::json peers = {
+        {"pytorch", run_python_peer("peer_torch.py", {"--model", o.model_path.string(), "--device",
+                                                      "cuda", "--batch", batch_list(o.batches),
+                                                      "--repeats", std::to_string(o.repeats),
+                                                      "--warmup", std::to_string(o.warmup)})}};
+    add_peer_ratios(out["results"], peers);
+    out["peers"] = peers;
   }
   return out;
 }
@@ -204,13 +289,11 @@ nlohmann::json run_encode_bench(const EncodeBenchOptions& o) {
                         {"micro_batch", o.micro_batch},
                         {"machine", machine_json()},
                         {"results", results}};
-  if (o.peer) {
-    nlohmann::json peer = run_python_peer(
-        "peer_torch.py", {"--model", o.model_path.string(), "--device", "cpu", "--batch",
-                          batch_list(o.batches), "--threads", std::to_string(threads), "--repeats",
-                          std::to_string(o.repeats), "--warmup", std::to_string(o.warmup)});
-    add_peer_ratios(out["results"], peer);
-    out["peer"] = peer;
+  if (!o.peers.empty()) {
+    const nlohmann::json peers = run_cpu_peers(o, model, *backend, threads);
+    add_peer_ratios(out["results"], peers);
+    out["peers"] = peers;
+    out["machine"]["peer_versions"] = peer_versions(peers);
   }
   return out;
 }

@@ -1,7 +1,8 @@
 // The PyTorch peer (tools/peer_torch.py) that `bench encode` times ours against builds the
 // network from the same model file: it must compute the same embeddings from the same pixels,
 // or the speed ratio would compare different work. Both models, CPU; skips where PyTorch is
-// not importable (tools/setup.sh installs it, so CI runs these).
+// not importable (tools/setup.sh installs it, so CI runs these). The same holds for the
+// ONNX Runtime and OpenVINO peers, checked through the bench's own report.
 #include <unistd.h>
 
 #include <algorithm>
@@ -12,6 +13,7 @@
 #include "engine/backend.h"
 #include "engine/bench_util.h"
 #include "engine/dlib_resnet.h"
+#include "engine/encode_bench.h"
 #include "engine/image_cv.h"
 #include "tests/dlib_fixture.h"
 #include "tests/model_fixture.h"
@@ -95,6 +97,40 @@ TEST(TorchPeer, RunsTheSameNn4Small2) {
   if (err < 0) GTEST_SKIP() << "PyTorch not importable";
   std::printf("[ measured ] torch peer vs cpu backend, nn4.small2: max abs diff %.3g\n", err);
   EXPECT_LE(err, 1e-5);
+}
+
+// `bench encode` on the CPU: every peer (PyTorch on the model file, ONNX Runtime and OpenVINO
+// on our ONNX export of it) reports its difference from our output on the same two images,
+// and each result names the fastest peer with our ratio to it.
+TEST(EncodeBenchPeers, EveryPeerComputesOurEmbeddingsAndTheBestIsNamed) {
+  EncodeBenchOptions o;
+  o.model_path = test::converted_model("openface");
+  o.batches = {1, 2};
+  o.warmup = 0;
+  o.repeats = 1;
+  const nlohmann::json j = run_encode_bench(o);
+  int ran = 0;
+  for (const char* name : {"pytorch", "onnxruntime", "openvino"}) {
+    const nlohmann::json& p = j.at("peers").at(name);
+    if (!p.contains("results")) {  // only a runtime that is not installed may be missing
+      EXPECT_EQ(p.value("reason", "").rfind("import", 0), 0u) << name << ": " << p.dump();
+      continue;
+    }
+    ++ran;
+    const double err = p.at("check").at("max_abs_diff").get<double>();
+    std::printf("[ measured ] %s peer vs cpu backend, nn4.small2: max abs diff %.3g\n", name, err);
+    EXPECT_LE(err, 1e-5) << name;
+  }
+  if (ran == 0) GTEST_SKIP() << "no peer importable (tools/setup.sh installs them)";
+  for (const auto& r : j.at("results")) {
+    double best = 0;
+    for (const auto& [name, p] : r.at("peers").items())
+      best = std::max(best, p.at("img_per_s").get<double>());
+    ASSERT_TRUE(r.contains("best_peer")) << r.dump();
+    EXPECT_EQ(r["peers"][r["best_peer"].get<std::string>()]["img_per_s"].get<double>(), best);
+    EXPECT_NEAR(r["ratio_vs_best_peer"].get<double>(), r["img_per_s"].get<double>() / best, 1e-9);
+  }
+  EXPECT_FALSE(j.at("machine").value("onednn_isa", "").empty());
 }
 
 }  // namespace

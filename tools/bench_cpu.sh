@@ -58,8 +58,10 @@ def load(n):
 enc = load("encode.json")
 m = enc["machine"]
 lines = [f"# CPU benchmarks, {m['date']}", "",
-         f"Machine: {m['cpu']}, {m['cores']} cores; BLAS: {m.get('blas', '?')}; threads {enc['threads']}.",
-         "Every ratio is ours / the peer's, measured in the same run.", "",
+         f"Machine: {m['cpu']}, {m['cores']} cores; BLAS: {m.get('blas', '?')}; "
+         f"oneDNN {m.get('onednn', '?')} ISA {m.get('onednn_isa', '?')}; threads {enc['threads']}.",
+         "Every ratio is ours / the peer's, measured in the same run. The encoders' ONNX Runtime",
+         "and OpenVINO peers run our own `facenet export onnx` of the same model file.", "",
          ]
 def blas_kernels(e):
     return e.get("machine", {}).get("blas", "?").split()[-2]
@@ -69,15 +71,42 @@ encoders = [("nn4.small2", "encode.json"), ("dlib ResNet v1, 150x150", "encode-d
 encoders = [(t, load(f)) for t, f in encoders if os.path.exists(os.path.join(out, f))]
 encoders = [(f"{t}, model only, fp32, OpenBLAS {blas_kernels(e)} kernels; "
              f"{e.get('machine', {}).get('date', '?')}", e) for t, e in encoders]
+peer_names = {"pytorch": "PyTorch", "onnxruntime": "ONNX Runtime", "openvino": "OpenVINO"}
+def peers_of(e):
+    """{peer: its JSON}; files from before the ONNX peers hold PyTorch alone under "peer"."""
+    return e.get("peers") or ({"pytorch": e["peer"]} if "peer" in e else {})
+def fastest(peer, batch):
+    rs = [r for r in peer.get("results", []) if r.get("batch") == batch and "img_per_s" in r]
+    return max(rs, key=lambda r: r["img_per_s"]) if rs else None
 for title, e in encoders:
+    peers = peers_of(e)
+    names = [n for n in peer_names if n in peers]
     lines += [f"## Encoder ({title})", "",
-              "| batch | ours img/s | latency ms | PyTorch img/s | ratio |", "|---|---|---|---|---|"]
-    peer = {r["batch"]: r for r in e.get("peer", {}).get("results", [])}
+              "| batch | ours img/s | latency ms | " + " | ".join(f"{peer_names[n]} img/s" for n in names)
+              + " | best peer | ours / best |", "|---" * (5 + len(names)) + "|"]
     for r in e["results"]:
-        p = peer.get(r["batch"], {})
+        cells, best = [], None
+        for n in names:
+            f = fastest(peers[n], r["batch"])
+            cfg = f" ({f['config'].split(' hint')[0]})" if f and n == "openvino" else ""
+            cells.append(f"{f['img_per_s']:.1f}{cfg}" if f else "-")
+            if f and (best is None or f["img_per_s"] > best[1]):
+                best = (n, f["img_per_s"])
+        best_cells = (f"{peer_names[best[0]]} | {r['img_per_s'] / best[1]:.3g}" if best else "- | -")
         lines.append(f"| {r['batch']} | {r['img_per_s']:.1f} | {r['latency_ms']:.2f} | "
-                     f"{p.get('img_per_s', float('nan')):.1f} | {r.get('ratio_vs_peer', float('nan')):.2f} |")
-    lines.append("")
+                     + " | ".join(cells) + f" | {best_cells} |")
+    notes = []
+    for n in names:
+        p = peers[n]
+        if not p.get("results"):
+            notes.append(f"{peer_names[n]} did not run: {p.get('reason', '?')[:200]}")
+            continue
+        version = str(p.get({"pytorch": "torch"}.get(n, n), "?")).split("-")[0]
+        check = p.get("check", {}).get("max_abs_diff")
+        notes.append(f"{peer_names[n]} {version}" +
+                     (f", max abs diff from ours {check:.2g}" if check is not None else ""))
+    lines += ["", "Peers: " + "; ".join(notes) + ". OpenVINO: the faster of its LATENCY hint "
+              "(one request) and THROUGHPUT hint (the batch split over parallel requests).", ""]
 lines.pop()
 lines += ["", "## Triplet loss + gradient (d=128)", "",
           "| B | mode | ours ms | PyTorch ms | ratio |", "|---|---|---|---|---|"]

@@ -39,7 +39,8 @@ def encode_rows(results):
     # model it was given; a model benchmarked without a peer (dlib's ResNet) gets no ratio.
     peer = {}
     for j in results.values():
-        for p in j.get("peer", {}).get("results", []) if isinstance(j.get("peer"), dict) else []:
+        torch = (j.get("peers") or {}).get("pytorch") or j.get("peer") or {}  # "peer": before ONNX peers
+        for p in torch.get("results", []) if isinstance(torch, dict) else []:
             key = (j.get("model"), p.get("batch"))
             if p.get("img_per_s", 0) > peer.get(key, (0, ""))[0]:
                 peer[key] = (p["img_per_s"], p.get("config", "?"))

@@ -146,6 +146,13 @@ def time_it(fn, sync, warmup, repeats):
     return times[len(times) // 2], times[0]
 
 
+def check_json(y, expected_npy):
+    """{"batch", "max_abs_diff"} of a peer's output y against ours (the .npy the bench wrote)."""
+    want = np.load(expected_npy)
+    y = np.asarray(y, dtype=np.float32).reshape(want.shape)
+    return {"batch": int(want.shape[0]), "max_abs_diff": float(np.abs(y - want).max())}
+
+
 def configs(device, forward, params, x, torch):
     """(name, callable) pairs to time. CPU: eager fp32. CUDA (cudnn.benchmark on for all): eager fp32, fp16
     channels_last, that replayed as a CUDA graph, and torch.compile in mode
@@ -195,6 +202,8 @@ def main():
     ap.add_argument("--threads", type=int, default=0)
     ap.add_argument("--repeats", type=int, default=10)
     ap.add_argument("--warmup", type=int, default=2)
+    ap.add_argument("--check-input", help="N x (C*H*W) float32 .npy to run once, untimed")
+    ap.add_argument("--check-output", help="our N x D output for --check-input: report the max abs diff")
     ap.add_argument("--embed", nargs="*", default=[],
                     help="also print embeddings of these images (checks we run the same network)")
     args = ap.parse_args()
@@ -231,6 +240,10 @@ def main():
                     {"batch": bsz, "config": name, "reason": f"{type(e).__name__}: {e}"[:300]})
             if args.device == "cuda":
                 torch.cuda.empty_cache()
+    if args.check_input:
+        x = torch.tensor(np.load(args.check_input).reshape(-1, c, h, w), device=dev)
+        with torch.inference_mode():
+            out["check"] = check_json(forward(x, dev_params).cpu().numpy(), args.check_output)
     if args.embed:
         import cv2
         embs = {}

@@ -9,7 +9,7 @@ pkgs=(
   libopencv-dev libcli11-dev nlohmann-json3-dev libsqlite3-dev
   libopenblas-dev libopenblas0-pthread libgtest-dev libbenchmark-dev
   libfaiss-dev python3-numpy python3-torch python3-faiss python3-opencv
-  libdlib-dev libdnnl-dev curl
+  libdlib-dev libdnnl-dev curl python3-pip
 )
 
 missing=()
@@ -28,4 +28,16 @@ if command -v update-alternatives >/dev/null; then
   ob=/usr/lib/x86_64-linux-gnu/openblas-pthread/libblas.so.3
   [ -e "$ob" ] && update-alternatives --set libblas.so.3-x86_64-linux-gnu "$ob" >/dev/null 2>&1 || true
 fi
+# ONNX Runtime and OpenVINO, which Debian does not package, from PyPI into Debian's python3
+# next to its numpy/torch: the ONNX export test runs our exported models with them and
+# `facenet bench encode` times them as peers. Pinned so every machine runs the same peers;
+# their numpy requirement is met by Debian's, which pip must leave in place.
+py=/usr/bin/python3
+if ! $py -c "import onnxruntime, openvino" 2>/dev/null; then
+  echo "setup: installing onnxruntime and openvino for $py (pip)" >&2
+  $py -m pip install -q --break-system-packages onnxruntime==1.32.0 openvino==2026.4.1
+fi
+$py -c "import numpy, sys; sys.exit(not numpy.__file__.startswith('/usr/lib/python3/'))" ||
+  { echo "setup: numpy no longer comes from Debian's python3-numpy" >&2; exit 1; }
+
 echo "setup: dependencies present" >&2

@@ -61,9 +61,9 @@ struct Exec {
 
 struct BatchPlan {
   int64_t n = 0;
-  std::vector<std::optional<Exec>> steps;  // empty for our own ops
-  Exec input;                              // user NCHW f32 -> input value
-  std::optional<Exec> output;              // output value -> user NCHW f32 (arena outputs)
+  std::vector<std::vector<Exec>> steps;  // per step, run in order; empty for our own ops
+  Exec input;                            // user NCHW f32 -> input value
+  std::optional<Exec> output;            // output value -> user NCHW f32 (arena outputs)
 };
 
 class CpuBackend final : public Backend {
@@ -88,6 +88,7 @@ class CpuBackend final : public Backend {
     arena_.assign(static_cast<size_t>(g_.arena_per_image * micro_batch_ * es + 64), 0);
     input_.assign(static_cast<size_t>(element_count(g_.input_shape) * micro_batch_ * es), 0);
     weights_.resize(g_.steps.size());
+    size_winograd_buffers(micro_batch_);
   }
 
   std::string name() const override { return act_ == ActType::f32 ? "cpu" : "cpu bf16"; }
@@ -110,6 +111,7 @@ class CpuBackend final : public Backend {
   // Measured at batch 64 on a 2-core AVX-512 machine: 16 images per pass keep a layer's
   // activations in L2/L3 (see the README's speed section).
   static constexpr int64_t kDefaultMicroBatch = 16;
+  static constexpr int64_t kWinogradMinMap = 8;
 
   static Fusions cpu_fusions() {
     Fusions f;
@@ -214,47 +216,119 @@ class CpuBackend final : public Backend {
     return plans_.emplace(n, std::move(p)).first->second;
   }
 
-  std::optional<Exec> plan_step(size_t i, int64_t n) {
+  std::vector<Exec> plan_step(size_t i, int64_t n) {
     const Step& s = g_.steps[i];
     switch (s.op) {
       case StepOp::conv:
         return plan_conv(i, n);
       case StepOp::dense:
-        return plan_dense(i, n);
+        return {plan_dense(i, n)};
       case StepOp::pool:
-        if (s.pool == PoolKind::l2) return std::nullopt;
-        return plan_pool(s, n);
+        if (s.pool == PoolKind::l2) return {};
+        return {plan_pool(s, n)};
       case StepOp::lrn:
-        return plan_lrn(s, n);
+        return {plan_lrn(s, n)};
       case StepOp::concat:
       case StepOp::affine:
       case StepOp::add:
       case StepOp::l2norm:
-        return std::nullopt;  // nhwc_ops.h
+        return {};  // nhwc_ops.h
     }
-    return std::nullopt;
+    return {};
   }
 
-  Exec plan_conv(size_t i, int64_t n) {
+  // Winograd F(4x4, 3x3) (oneDNN's jit_wino_4x3) for 3x3 stride-1 fp32 convolutions on maps of
+  // at least kWinogradMinMap: about half the time of the direct convolution on this machine
+  // even with reorders to and from its blocked layout (it takes no NHWC). oneDNN has no bf16
+  // Winograd.
+  bool use_winograd(const Step& s) const {
+    const Shape& out = g_.shape(s.output);
+    return winograd_ && act_ == ActType::f32 && s.kernel == 3 && s.stride == 1 &&
+           out[1] >= kWinogradMinMap && out[2] >= kWinogradMinMap;
+  }
+
+  std::vector<Exec> plan_conv(size_t i, int64_t n) {
     const Step& s = g_.steps[i];
-    const memory::desc src = value_desc(s.inputs[0], n), dst = value_desc(s.output, n);
-    const memory::desc wany({s.out, s.in, s.kernel, s.kernel}, dt(), Tag::any);
-    const memory::desc bias({s.out}, Dt::f32, Tag::a);
     dnnl::post_ops po;
     if (!s.residual.empty()) po.append_sum(1.0f);  // dst = conv + dst (the residual's slot)
     if (s.relu) po.append_eltwise(1.0f, dnnl::algorithm::eltwise_relu, 0.0f, 0.0f);
-    dnnl::convolution_forward::desc d(dnnl::prop_kind::forward_inference,
-                                      dnnl::algorithm::convolution_direct, src, wany, bias, dst,
+    if (use_winograd(s)) {
+      std::vector<Exec> seq = plan_winograd(i, n, po);
+      if (!seq.empty()) return seq;
+    }
+    const auto pd = conv_pd(s, value_desc(s.inputs[0], n), value_desc(s.output, n), po,
+                            dnnl::algorithm::convolution_direct);
+    return {conv_exec(i, pd, value_mem(s.inputs[0], n), value_mem(s.output, n))};
+  }
+
+  dnnl::convolution_forward::primitive_desc conv_pd(const Step& s, const memory::desc& src,
+                                                    const memory::desc& dst,
+                                                    const dnnl::post_ops& po, dnnl::algorithm alg) {
+    const memory::desc wany({s.out, s.in, s.kernel, s.kernel}, dt(), Tag::any);
+    const memory::desc bias({s.out}, Dt::f32, Tag::a);
+    dnnl::convolution_forward::desc d(dnnl::prop_kind::forward_inference, alg, src, wany, bias, dst,
                                       {s.stride, s.stride}, {s.pad, s.pad}, {s.pad, s.pad});
-    dnnl::convolution_forward::primitive_desc pd(d, attr(po), eng_);
+    return dnnl::convolution_forward::primitive_desc(d, attr(po), eng_);
+  }
+
+  Exec conv_exec(size_t i, const dnnl::convolution_forward::primitive_desc& pd, const memory& src,
+                 const memory& dst) {
+    const Step& s = g_.steps[i];
     Exec e{dnnl::convolution_forward(pd), {}};
-    e.args[DNNL_ARG_SRC] = value_mem(s.inputs[0], n);
+    e.args[DNNL_ARG_SRC] = src;
     e.args[DNNL_ARG_WEIGHTS] =
         weights_for(i, pd.weights_desc(), {{s.out, s.in, s.kernel, s.kernel}, Dt::f32, Tag::oihw});
     e.args[DNNL_ARG_BIAS] = bias_mem(s);
-    e.args[DNNL_ARG_DST] = value_mem(s.output, n);
+    e.args[DNNL_ARG_DST] = dst;
     add_scratchpad(pd, e);
     return e;
+  }
+
+  static Exec reorder(const memory& from, const memory& to) {
+    return {dnnl::reorder(from, to), {{DNNL_ARG_FROM, from}, {DNNL_ARG_TO, to}}};
+  }
+
+  // NHWC -> the Winograd layout, the convolution (its dst first loaded with the residual when
+  // the sum is fused: the output lives where the residual does), back to NHWC. Empty when
+  // oneDNN offers no Winograd for this shape. The two blocked buffers are shared by every
+  // Winograd step and sized at construction for the largest micro-batch.
+  std::vector<Exec> plan_winograd(size_t i, int64_t n, const dnnl::post_ops& po) {
+    const Step& s = g_.steps[i];
+    const Shape &is = g_.shape(s.inputs[0]), &os = g_.shape(s.output);
+    std::optional<dnnl::convolution_forward::primitive_desc> pd;
+    try {
+      pd = conv_pd(s, memory::desc({n, is[0], is[1], is[2]}, Dt::f32, Tag::any),
+                   memory::desc({n, os[0], os[1], os[2]}, Dt::f32, Tag::any), po,
+                   dnnl::algorithm::convolution_winograd);
+    } catch (const dnnl::error&) {
+      return {};
+    }
+    FN_ASSERT(pd->src_desc().get_size() <= wino_src_.size());
+    FN_ASSERT(pd->dst_desc().get_size() <= wino_dst_.size());
+    memory src(pd->src_desc(), eng_, wino_src_.data());
+    memory dst(pd->dst_desc(), eng_, wino_dst_.data());
+    const memory out = value_mem(s.output, n);
+    std::vector<Exec> seq{reorder(value_mem(s.inputs[0], n), src)};
+    if (!s.residual.empty()) seq.push_back(reorder(out, dst));
+    seq.push_back(conv_exec(i, *pd, src, dst));
+    seq.push_back(reorder(dst, out));
+    return seq;
+  }
+
+  // Bytes of the largest Winograd input and output for `n` images, channels padded to the
+  // 16-channel blocks of its layout.
+  void size_winograd_buffers(int64_t n) {
+    size_t src = 0, dst = 0;
+    auto blocked = [&](const Shape& sh) {
+      return static_cast<size_t>(n * ((sh[0] + 15) / 16 * 16) * sh[1] * sh[2] * 4);
+    };
+    for (const Step& s : g_.steps)
+      if (s.op == StepOp::conv && use_winograd(s)) {
+        src = std::max(src, blocked(g_.shape(s.inputs[0])));
+        dst = std::max(dst, blocked(g_.shape(s.output)));
+      }
+    wino_src_.assign(src, 0);
+    wino_dst_.assign(dst, 0);
   }
 
   // Inner product over the flattened input (oneDNN flattens the logical C, H, W: our weights'
@@ -324,6 +398,10 @@ class CpuBackend final : public Backend {
     e.prim.execute(stream_, e.args);
   }
 
+  void execute_all(std::vector<Exec>& seq) {
+    for (Exec& e : seq) execute(e);
+  }
+
   void run(BatchPlan& p, const float* x, float* y) {
     const int64_t n = p.n;
     p.input.args.at(DNNL_ARG_FROM).set_data_handle(const_cast<float*>(x));
@@ -333,18 +411,18 @@ class CpuBackend final : public Backend {
       switch (s.op) {
         case StepOp::conv:
         case StepOp::lrn:
-          execute(*p.steps[i]);
+          execute_all(p.steps[i]);
           break;
         case StepOp::pool:
           if (s.pool == PoolKind::l2)
             l2pool_nhwc(view(s.inputs[0], n), view(s.output, n), s.kernel, s.stride, s.pad,
                         threads_);
           else
-            execute(*p.steps[i]);
+            execute_all(p.steps[i]);
           break;
         case StepOp::dense:
-          if (s.output == g_.output) p.steps[i]->args.at(DNNL_ARG_DST).set_data_handle(y);
-          execute(*p.steps[i]);
+          if (s.output == g_.output) p.steps[i].back().args.at(DNNL_ARG_DST).set_data_handle(y);
+          execute_all(p.steps[i]);
           if (s.l2norm) {
             const NhwcView out{y, ActType::f32, n, s.out, 1, 1, s.out};
             l2norm_rows(out, s.eps, y, threads_);
@@ -387,7 +465,8 @@ class CpuBackend final : public Backend {
   ActType act_ = ActType::f32;
   int threads_ = 1;
   int64_t micro_batch_ = kDefaultMicroBatch;
-  std::vector<char> arena_, input_, scratch_;
+  bool winograd_ = true;
+  std::vector<char> arena_, input_, scratch_, wino_src_, wino_dst_;
   std::vector<std::vector<std::pair<memory::desc, memory>>> weights_;  // per step
   std::map<int64_t, BatchPlan> plans_;
 };

@@ -111,7 +111,7 @@ class CpuBackend final : public Backend {
   // Measured at batch 64 on a 2-core AVX-512 machine: 16 images per pass keep a layer's
   // activations in L2/L3 (see the README's speed section).
   static constexpr int64_t kDefaultMicroBatch = 16;
-  static constexpr int64_t kWinogradMinMap = 8;
+  static constexpr int64_t kWinogradMinMap = 8, kWinogradMinImages = 4;
 
   static Fusions cpu_fusions() {
     Fusions f;
@@ -238,12 +238,13 @@ class CpuBackend final : public Backend {
   }
 
   // Winograd F(4x4, 3x3) (oneDNN's jit_wino_4x3) for 3x3 stride-1 fp32 convolutions on maps of
-  // at least kWinogradMinMap: about half the time of the direct convolution on this machine
-  // even with reorders to and from its blocked layout (it takes no NHWC). oneDNN has no bf16
-  // Winograd.
-  bool use_winograd(const Step& s) const {
+  // at least kWinogradMinMap in passes of at least kWinogradMinImages: about half the time of
+  // the direct convolution there, even with reorders to and from its blocked layout (it takes
+  // no NHWC). For a single image the transforms and reorders cost more than they save (dlib's
+  // ResNet at batch 1: 744 img/s direct, 609 with Winograd). oneDNN has no bf16 Winograd.
+  bool use_winograd(const Step& s, int64_t n) const {
     const Shape& out = g_.shape(s.output);
-    return winograd_ && act_ == ActType::f32 && s.kernel == 3 && s.stride == 1 &&
+    return act_ == ActType::f32 && s.kernel == 3 && s.stride == 1 && n >= kWinogradMinImages &&
            out[1] >= kWinogradMinMap && out[2] >= kWinogradMinMap;
   }
 
@@ -252,7 +253,7 @@ class CpuBackend final : public Backend {
     dnnl::post_ops po;
     if (!s.residual.empty()) po.append_sum(1.0f);  // dst = conv + dst (the residual's slot)
     if (s.relu) po.append_eltwise(1.0f, dnnl::algorithm::eltwise_relu, 0.0f, 0.0f);
-    if (use_winograd(s)) {
+    if (use_winograd(s, n)) {
       std::vector<Exec> seq = plan_winograd(i, n, po);
       if (!seq.empty()) return seq;
     }
@@ -323,7 +324,7 @@ class CpuBackend final : public Backend {
       return static_cast<size_t>(n * ((sh[0] + 15) / 16 * 16) * sh[1] * sh[2] * 4);
     };
     for (const Step& s : g_.steps)
-      if (s.op == StepOp::conv && use_winograd(s)) {
+      if (s.op == StepOp::conv && use_winograd(s, n)) {
         src = std::max(src, blocked(g_.shape(s.inputs[0])));
         dst = std::max(dst, blocked(g_.shape(s.output)));
       }
@@ -465,7 +466,6 @@ class CpuBackend final : public Backend {
   ActType act_ = ActType::f32;
   int threads_ = 1;
   int64_t micro_batch_ = kDefaultMicroBatch;
-  bool winograd_ = true;
   std::vector<char> arena_, input_, scratch_, wino_src_, wino_dst_;
   std::vector<std::vector<std::pair<memory::desc, memory>>> weights_;  // per step
   std::map<int64_t, BatchPlan> plans_;

@@ -167,8 +167,9 @@ RowGemm::RowGemm(int64_t m, int64_t n, int64_t k, GemmInput input) : impl_(new I
   impl_->c = dnnl::memory::desc({m, n}, dt::f32, tag::ab);
   dnnl::primitive_attr attr;
   attr.set_scratchpad_mode(dnnl::scratchpad_mode::user);
-  // Created with one thread: the kernel shares its work out by the thread count it was built
-  // for, and it runs on one thread (blas.h).
+  // Created for the one thread it runs on (blas.h): oneDNN plans a primitive's work split for
+  // the thread count at creation. (Executed inside a region, a primitive planned for more
+  // threads still computed every element in tests/test_blas.cpp; this keeps plan and run equal.)
   const SerialOneDnnScope serial;
   impl_->pd = dnnl::matmul::primitive_desc(dnnl::matmul::desc(impl_->a, impl_->b, impl_->c), attr,
                                            cpu_engine());

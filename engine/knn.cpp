@@ -4,12 +4,15 @@
 
 #include <immintrin.h>
 #include <omp.h>
+#include <sys/mman.h>
 
 #include <algorithm>
 #include <cmath>
+#include <cstdlib>
 #include <cstring>
 #include <limits>
 #include <memory>
+#include <new>
 #include <type_traits>
 
 #include "engine/blas.h"
@@ -37,6 +40,29 @@ const char* to_string(KnnAlgorithm algorithm) {
     default:
       return "auto";
   }
+}
+
+// ---- Gallery memory --------------------------------------------------------------------------
+
+namespace {
+constexpr std::size_t kHugePage = std::size_t{2} << 20;
+constexpr std::size_t kHugeFrom = std::size_t{4} << 20;
+}  // namespace
+
+void* huge_page_allocate(std::size_t bytes) {
+  if (bytes < kHugeFrom) {
+    if (void* p = std::malloc(std::max<std::size_t>(bytes, 1))) return p;
+    throw std::bad_alloc();
+  }
+  const std::size_t rounded = (bytes + kHugePage - 1) / kHugePage * kHugePage;
+  void* p = std::aligned_alloc(kHugePage, rounded);
+  if (!p) throw std::bad_alloc();
+  madvise(p, rounded, MADV_HUGEPAGE);  // advice only: without THP the pages stay 4 KiB
+  return p;
+}
+
+void huge_page_free(void* p, std::size_t) noexcept {
+  std::free(p);
 }
 
 // ---- Slots ---------------------------------------------------------------------------------
@@ -277,25 +303,31 @@ QueryTerms query_terms(const float* q, const uint16_t* p, float qn, int dim) {
 
 // ---- CPU kernels: portable and AVX-512 (chosen once at run time) ------------------------------
 
-// The exact dot: 16 partial sums (a multiply, then an add: no FMA) and a fixed-order tree, so
-// the portable and the AVX-512 version give the same bits.
-float dot_portable(const float* a, const float* b, int dim) {
+// ip[r] = q . row r for `count` consecutive rows of `dim`. One kernel serves a whole process
+// (chosen once), with a fixed summation order, so the fp32 scan and the bf16 re-rank, which
+// both call it, give the same bits for the same row.
+void dots_portable(const float* q, const float* rows, int64_t count, int dim, float* ip) {
   constexpr int kLanes = 16;
-  float part[kLanes] = {};
-  int d = 0;
-  for (; d + kLanes <= dim; d += kLanes)
-    for (int l = 0; l < kLanes; ++l) part[l] += a[d + l] * b[d + l];
-  for (int l = 0; d < dim; ++d, ++l) part[l] += a[d] * b[d];
-  for (int width = kLanes / 2; width > 0; width /= 2)
-    for (int l = 0; l < width; ++l) part[l] += part[l + width];
-  return part[0];
+  for (int64_t r = 0; r < count; ++r) {
+    const float* b = rows + r * dim;
+    float part[kLanes] = {};
+    int d = 0;
+    for (; d + kLanes <= dim; d += kLanes)
+      for (int l = 0; l < kLanes; ++l) part[l] += q[d + l] * b[d + l];
+    for (int l = 0; d < dim; ++d, ++l) part[l] += q[d] * b[d];
+    for (int width = kLanes / 2; width > 0; width /= 2)
+      for (int l = 0; l < width; ++l) part[l] += part[l + width];
+    ip[r] = part[0];
+  }
 }
 
-// q . h with h bf16: the approximate dot of the bound (any order).
-float dot_high_portable(const float* q, const uint16_t* h, int dim) {
-  float s = 0;
-  for (int d = 0; d < dim; ++d) s += q[d] * bf16_to_float(h[d]);
-  return s;
+// ip[r] = q . h_r with h bf16 rows: the approximate dot of the bound (any order).
+void dots_high_portable(const float* q, const uint16_t* rows, int64_t count, int dim, float* ip) {
+  for (int64_t r = 0; r < count; ++r) {
+    float s = 0;
+    for (int d = 0; d < dim; ++d) s += q[d] * bf16_to_float(rows[r * dim + d]);
+    ip[r] = s;
+  }
 }
 
 // One run of gallery rows seen by one query: inner products and per-row terms.
@@ -340,24 +372,29 @@ int64_t next_hit_portable(const Run& run, const QueryTerms& t, int64_t j0, float
 #pragma GCC diagnostic ignored "-Wuninitialized"
 #pragma GCC diagnostic ignored "-Wmaybe-uninitialized"
 
-__attribute__((target("avx512f"))) float dot_avx512(const float* a, const float* b, int dim) {
-  __m512 acc = _mm512_setzero_ps();
-  int d = 0;
-  for (; d + 16 <= dim; d += 16)
-    acc = _mm512_add_ps(acc, _mm512_mul_ps(_mm512_loadu_ps(a + d), _mm512_loadu_ps(b + d)));
-  if (d < dim) {
-    const __mmask16 m = static_cast<__mmask16>((1u << (dim - d)) - 1);
-    acc = _mm512_mask_add_ps(
-        acc, m, acc,
-        _mm512_mul_ps(_mm512_maskz_loadu_ps(m, a + d), _mm512_maskz_loadu_ps(m, b + d)));
+// Four FMA chains over the 16-float chunks (chunk c into chain c % 4), a masked tail into
+// chain 0, then (0 + 1) + (2 + 3) and a fixed lane reduction: independent chains keep a
+// streaming scan on memory bandwidth rather than on FMA latency.
+__attribute__((target("avx512f"))) void dots_avx512(const float* q, const float* rows,
+                                                    int64_t count, int dim, float* ip) {
+  const __mmask16 tail = static_cast<__mmask16>((1u << (dim % 16)) - 1);
+  for (int64_t r = 0; r < count; ++r) {
+    const float* b = rows + r * dim;
+    __m512 acc[4] = {_mm512_setzero_ps(), _mm512_setzero_ps(), _mm512_setzero_ps(),
+                     _mm512_setzero_ps()};
+    int d = 0;
+    for (; d + 64 <= dim; d += 64)
+      for (int c = 0; c < 4; ++c)
+        acc[c] = _mm512_fmadd_ps(_mm512_loadu_ps(q + d + 16 * c), _mm512_loadu_ps(b + d + 16 * c),
+                                 acc[c]);
+    for (int c = 0; d + 16 <= dim; d += 16, ++c)
+      acc[c] = _mm512_fmadd_ps(_mm512_loadu_ps(q + d), _mm512_loadu_ps(b + d), acc[c]);
+    if (tail)
+      acc[0] = _mm512_fmadd_ps(_mm512_maskz_loadu_ps(tail, q + d),
+                               _mm512_maskz_loadu_ps(tail, b + d), acc[0]);
+    ip[r] = _mm512_reduce_add_ps(
+        _mm512_add_ps(_mm512_add_ps(acc[0], acc[1]), _mm512_add_ps(acc[2], acc[3])));
   }
-  // The tree of dot_portable: lanes 0-7 += 8-15, 0-3 += 4-7, 0-1 += 2-3, 0 += 1.
-  const __m256 h8 =
-      _mm256_add_ps(_mm512_castps512_ps256(acc),
-                    _mm256_castpd_ps(_mm512_extractf64x4_pd(_mm512_castps_pd(acc), 1)));
-  const __m128 h4 = _mm_add_ps(_mm256_castps256_ps128(h8), _mm256_extractf128_ps(h8, 1));
-  const __m128 h2 = _mm_add_ps(h4, _mm_movehl_ps(h4, h4));
-  return _mm_cvtss_f32(_mm_add_ss(h2, _mm_shuffle_ps(h2, h2, 1)));
 }
 
 __attribute__((target("avx512f"))) inline __m512 widen_bf16(const uint16_t* h) {
@@ -365,19 +402,22 @@ __attribute__((target("avx512f"))) inline __m512 widen_bf16(const uint16_t* h) {
   return _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(raw), 16));
 }
 
-__attribute__((target("avx512f"))) float dot_high_avx512(const float* q, const uint16_t* h,
-                                                         int dim) {
-  __m512 acc0 = _mm512_setzero_ps(), acc1 = _mm512_setzero_ps();
-  int d = 0;
-  for (; d + 32 <= dim; d += 32) {
-    acc0 = _mm512_fmadd_ps(_mm512_loadu_ps(q + d), widen_bf16(h + d), acc0);
-    acc1 = _mm512_fmadd_ps(_mm512_loadu_ps(q + d + 16), widen_bf16(h + d + 16), acc1);
+__attribute__((target("avx512f"))) void dots_high_avx512(const float* q, const uint16_t* rows,
+                                                         int64_t count, int dim, float* ip) {
+  for (int64_t r = 0; r < count; ++r) {
+    const uint16_t* h = rows + r * dim;
+    __m512 acc0 = _mm512_setzero_ps(), acc1 = _mm512_setzero_ps();
+    int d = 0;
+    for (; d + 32 <= dim; d += 32) {
+      acc0 = _mm512_fmadd_ps(_mm512_loadu_ps(q + d), widen_bf16(h + d), acc0);
+      acc1 = _mm512_fmadd_ps(_mm512_loadu_ps(q + d + 16), widen_bf16(h + d + 16), acc1);
+    }
+    for (; d + 16 <= dim; d += 16)
+      acc0 = _mm512_fmadd_ps(_mm512_loadu_ps(q + d), widen_bf16(h + d), acc0);
+    float s = _mm512_reduce_add_ps(_mm512_add_ps(acc0, acc1));
+    for (; d < dim; ++d) s += q[d] * bf16_to_float(h[d]);
+    ip[r] = s;
   }
-  for (; d + 16 <= dim; d += 16)
-    acc0 = _mm512_fmadd_ps(_mm512_loadu_ps(q + d), widen_bf16(h + d), acc0);
-  float s = _mm512_reduce_add_ps(_mm512_add_ps(acc0, acc1));
-  for (; d < dim; ++d) s += q[d] * bf16_to_float(h[d]);
-  return s;
 }
 
 __attribute__((target("avx512f"))) int64_t next_hit_avx512(const Run& run, const QueryTerms& t,
@@ -420,15 +460,16 @@ __attribute__((target("avx512f"))) int64_t next_hit_avx512(const Run& run, const
 #endif
 
 struct Kernels {
-  float (*dot)(const float*, const float*, int) = dot_portable;
-  float (*dot_high)(const float*, const uint16_t*, int) = dot_high_portable;
+  void (*dots)(const float*, const float*, int64_t, int, float*) = dots_portable;
+  void (*dots_high)(const float*, const uint16_t*, int64_t, int, float*) = dots_high_portable;
   int64_t (*next_hit)(const Run&, const QueryTerms&, int64_t, float, float*,
                       float*) = next_hit_portable;
   Kernels() {
 #ifdef FN_KNN_AVX512
+    __builtin_cpu_init();  // this runs as a static constructor, perhaps before libgcc's
     if (__builtin_cpu_supports("avx512f")) {
-      dot = dot_avx512;
-      dot_high = dot_high_avx512;
+      dots = dots_avx512;
+      dots_high = dots_high_avx512;
       next_hit = next_hit_avx512;
     }
 #endif
@@ -437,7 +478,9 @@ struct Kernels {
 const Kernels kKernels;
 
 float squared_norm(const float* a, int dim) {
-  return kKernels.dot(a, a, dim);
+  float ip;
+  kKernels.dots(a, a, 1, dim, &ip);
+  return ip;
 }
 
 // Offers a run of rows to one query's exact top-k; slot of row j: slots[j], or slot0 + j.
@@ -513,16 +556,12 @@ struct QueryBlock {
   }
 };
 
-// Splits [0, n) into `parts` contiguous ranges; returns range `part`.
-std::pair<int64_t, int64_t> range_of(int64_t n, int parts, int part) {
-  return {n * part / parts, n * (part + 1) / parts};
-}
-
 // auto: the scan below kScanMaxQueries queries, GEMM tiles from there on (measured crossover
 // between 4 and 8 queries at N = 1e6, d = 128, 2 threads).
 constexpr int64_t kScanQueryGroup = 8;  // queries sharing one pass of the scan
 constexpr int64_t kScanMaxQueries = 8;
 constexpr int64_t kScanRows = 64;          // rows dotted before their selection pass
+constexpr int64_t kScanChunk = 8192;       // rows a thread takes at a time (2-4 MiB)
 constexpr int64_t kGemmQueryBlock = 256;   // GEMM tile rows (queries)
 constexpr int64_t kGemmGalleryTile = 256;  // GEMM tile columns (gallery slots): 256 KiB of IP
 constexpr int64_t kRerankChunk = 256;      // candidates whose exact dots are taken at once
@@ -665,9 +704,9 @@ void write_block(QueryBlock<TopK>& block, const SlotMap& slots, int k, float* di
 
 }  // namespace
 
-// One pass over the gallery per group of up to kScanQueryGroup queries: each thread streams its
-// contiguous share of the rows once, dotting every row with all queries of the group while the
-// row is in L1, and keeps its own top-k per query; the per-thread heaps merge at the end.
+// One pass over the gallery per group of up to kScanQueryGroup queries: the threads stream
+// chunks of rows once, dotting a block of rows with every query of the group while it is in L1,
+// and keep their own top-k per query; the per-thread heaps merge at the end.
 void CpuFlatIndex::search_scan(const float* queries, int64_t nq, int k, float* distances,
                                int64_t* labels, CpuSearchStats& stats) const {
   // A short scan runs on one thread: waking a second one costs more than the scan (on a VM
@@ -690,21 +729,26 @@ void CpuFlatIndex::search_scan(const float* queries, int64_t nq, int k, float* d
       }
 #pragma omp parallel num_threads(nt)
       {
-        const int t = omp_get_thread_num();
-        const auto [begin, end] = range_of(n, omp_get_num_threads(), t);
-        auto& mine = block.per_thread[t];
+        auto& mine = block.per_thread[omp_get_thread_num()];
         std::vector<float> ip(group * kScanRows);
-        for (int64_t r0 = begin; r0 < end; r0 += kScanRows) {
-          const int64_t rows = std::min(kScanRows, end - r0);
-          for (int64_t r = 0; r < rows; ++r)
-            for (int64_t j = 0; j < group; ++j)
-              ip[j * kScanRows + r] =
-                  split ? kKernels.dot_high(q + j * dim_, &high_[(r0 + r) * dim_], dim_)
-                        : kKernels.dot(q + j * dim_, &vectors_[(r0 + r) * dim_], dim_);
-          for (int64_t j = 0; j < group; ++j) {
-            const Run run{&ip[j * kScanRows], &norms_[r0], split ? &norm_bounds_[r0] : nullptr,
-                          split ? &split_errors_[r0] : nullptr, rows};
-            offer_run(mine[j], block.terms[j], run, r0);
+        // Chunks handed out dynamically: on a shared machine a descheduled thread's share is
+        // taken over by the other instead of holding the whole scan up.
+#pragma omp for schedule(dynamic, 1)
+        for (int64_t chunk = 0; chunk < (n + kScanChunk - 1) / kScanChunk; ++chunk) {
+          const int64_t begin = chunk * kScanChunk, end = std::min(n, begin + kScanChunk);
+          for (int64_t r0 = begin; r0 < end; r0 += kScanRows) {
+            const int64_t rows = std::min(kScanRows, end - r0);
+            for (int64_t j = 0; j < group; ++j) {
+              if (split)
+                kKernels.dots_high(q + j * dim_, &high_[r0 * dim_], rows, dim_, &ip[j * kScanRows]);
+              else
+                kKernels.dots(q + j * dim_, &vectors_[r0 * dim_], rows, dim_, &ip[j * kScanRows]);
+            }
+            for (int64_t j = 0; j < group; ++j) {
+              const Run run{&ip[j * kScanRows], &norms_[r0], split ? &norm_bounds_[r0] : nullptr,
+                            split ? &split_errors_[r0] : nullptr, rows};
+              offer_run(mine[j], block.terms[j], run, r0);
+            }
           }
         }
       }
@@ -806,7 +850,7 @@ void CpuFlatIndex::rerank(const float* queries, const std::vector<std::vector<in
         const int64_t m = std::min<int64_t>(kRerankChunk, slots.size() - c0);
         for (int64_t i = 0; i < m; ++i) {
           row(slots[c0 + i], row_buffer.data());
-          ip[i] = kKernels.dot(qj, row_buffer.data(), dim_);
+          kKernels.dots(qj, row_buffer.data(), 1, dim_, &ip[i]);
           gn[i] = norms_[slots[c0 + i]];
         }
         offer_run(top, terms, Run{ip.data(), gn.data(), nullptr, nullptr, m}, 0, &slots[c0]);

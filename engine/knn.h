@@ -29,6 +29,32 @@
 
 namespace facenet {
 
+// Allocator of the CPU gallery arrays: blocks of 4 MiB and more are 2 MiB-aligned and advised
+// to transparent huge pages (MADV_HUGEPAGE; Debian's default THP mode is "madvise"). A
+// streaming scan over 4 KiB pages walks the page tables every 4 KiB: measured 17-25 GB/s on one
+// core of this project's EPYC VM against 39-40 GB/s on huge pages.
+void* huge_page_allocate(std::size_t bytes);
+void huge_page_free(void* p, std::size_t bytes) noexcept;
+template <typename T>
+struct HugePageAllocator {
+  using value_type = T;
+  HugePageAllocator() = default;
+  template <typename U>
+  HugePageAllocator(const HugePageAllocator<U>&) {}
+  T* allocate(std::size_t n) { return static_cast<T*>(huge_page_allocate(n * sizeof(T))); }
+  void deallocate(T* p, std::size_t n) noexcept { huge_page_free(p, n * sizeof(T)); }
+  template <typename U>
+  bool operator==(const HugePageAllocator<U>&) const {
+    return true;
+  }
+  template <typename U>
+  bool operator!=(const HugePageAllocator<U>&) const {
+    return false;
+  }
+};
+template <typename T>
+using GalleryArray = std::vector<T, HugePageAllocator<T>>;
+
 // How distances and selection are computed. kAuto picks per shape.
 enum class KnnAlgorithm {
   kAuto,
@@ -117,9 +143,9 @@ class CpuFlatIndex {
   int dim_;
   CpuStorage storage_;
   int threads_ = 0;
-  std::vector<float> vectors_;       // fp32: size() x dim_, row-major
-  std::vector<uint16_t> high_;       // bf16: size() x dim_, bf16 rounding of each component
-  std::vector<uint16_t> low_;        // bf16: size() x dim_, low 16 bits of each fp32 pattern
+  GalleryArray<float> vectors_;      // fp32: size() x dim_, row-major
+  GalleryArray<uint16_t> high_;      // bf16: size() x dim_, bf16 rounding of each component
+  GalleryArray<uint16_t> low_;       // bf16: size() x dim_, low 16 bits of each fp32 pattern
   std::vector<float> norms_;         // ||g||^2 per slot, as the fp32 distance uses it
   std::vector<float> norm_bounds_;   // bf16: an upper bound of ||g|| per slot
   std::vector<float> split_errors_;  // bf16: an upper bound of ||g - bf16(g)|| per slot

@@ -684,22 +684,49 @@ void CpuFlatIndex::search(const float* queries, int64_t nq, int dim, int k, floa
 
 namespace {
 
-// bf16: each query's slots to re-rank, counted in the stats.
-std::vector<std::vector<int64_t>> bounded_candidates(QueryBlock<BoundedTopK>& block,
-                                                     CpuSearchStats& stats) {
-  std::vector<std::vector<int64_t>> candidates(block.terms.size());
-  for (size_t j = 0; j < candidates.size(); ++j) {
+// Offers rows [s0, s0 + rows.count) to every query of a block; query j's inner products are
+// ip[j * stride + i].
+template <typename Top>
+void offer_block(std::vector<Top>& tops, const std::vector<QueryTerms>& terms, const float* ip,
+                 int64_t stride, Run rows, int64_t s0) {
+  for (size_t j = 0; j < tops.size(); ++j) {
+    rows.ip = ip + j * stride;
+    offer_run(tops[j], terms[j], rows, s0);
+  }
+}
+
+// One block of `count` queries: their terms (bound coefficients with bf16 storage; `rounded`,
+// when not null, holds their bf16 roundings), pass(block) over the gallery with per-thread
+// state, then the results: fp32 straight from the merged heaps, bf16 through
+// rerank(candidates).
+template <typename Pass, typename Rerank>
+void search_block(bool split, const float* queries, const uint16_t* rounded, int64_t count, int dim,
+                  int k, int threads, const SlotMap& slots, float* distances, int64_t* labels,
+                  Pass&& pass, Rerank&& rerank, CpuSearchStats& stats) {
+  auto with_terms = [&](auto& block) {
+    for (int64_t j = 0; j < count; ++j) {
+      const float* q = queries + j * dim;
+      block.terms[j] =
+          split ? query_terms(q, rounded ? rounded + j * dim : nullptr, squared_norm(q, dim), dim)
+                : QueryTerms{squared_norm(q, dim)};
+    }
+    pass(block);
+  };
+  if (!split) {
+    QueryBlock<TopK> block(count, k, threads);
+    with_terms(block);
+    for (int64_t j = 0; j < count; ++j)
+      block.merged(j).write(slots, distances + j * k, labels + j * k);
+    return;
+  }
+  QueryBlock<BoundedTopK> block(count, k, threads);
+  with_terms(block);
+  std::vector<std::vector<int64_t>> candidates(count);
+  for (int64_t j = 0; j < count; ++j) {
     candidates[j] = block.merged(j).candidates();
     stats.reranked += static_cast<int64_t>(candidates[j].size());
   }
-  return candidates;
-}
-
-// fp32: writes each query's merged top-k.
-void write_block(QueryBlock<TopK>& block, const SlotMap& slots, int k, float* distances,
-                 int64_t* labels) {
-  for (size_t j = 0; j < block.terms.size(); ++j)
-    block.merged(j).write(slots, distances + j * k, labels + j * k);
+  rerank(candidates);
 }
 
 }  // namespace
@@ -722,11 +749,6 @@ void CpuFlatIndex::search_scan(const float* queries, int64_t nq, int k, float* d
     const int64_t group = std::min(kScanQueryGroup, nq - g0);
     const float* q = queries + g0 * dim_;
     auto scan = [&](auto& block) {
-      for (int64_t j = 0; j < group; ++j) {
-        const float* qj = q + j * dim_;
-        block.terms[j] = split ? query_terms(qj, nullptr, squared_norm(qj, dim_), dim_)
-                               : QueryTerms{squared_norm(qj, dim_)};
-      }
 #pragma omp parallel num_threads(nt)
       {
         auto& mine = block.per_thread[omp_get_thread_num()];
@@ -744,24 +766,20 @@ void CpuFlatIndex::search_scan(const float* queries, int64_t nq, int k, float* d
               else
                 kKernels.dots(q + j * dim_, &vectors_[r0 * dim_], rows, dim_, &ip[j * kScanRows]);
             }
-            for (int64_t j = 0; j < group; ++j) {
-              const Run run{&ip[j * kScanRows], &norms_[r0], split ? &norm_bounds_[r0] : nullptr,
-                            split ? &split_errors_[r0] : nullptr, rows};
-              offer_run(mine[j], block.terms[j], run, r0);
-            }
+            offer_block(mine, block.terms, ip.data(), kScanRows,
+                        Run{nullptr, &norms_[r0], split ? &norm_bounds_[r0] : nullptr,
+                            split ? &split_errors_[r0] : nullptr, rows},
+                        r0);
           }
         }
       }
     };
-    if (split) {
-      QueryBlock<BoundedTopK> block(group, k, nt);
-      scan(block);
-      rerank(q, bounded_candidates(block, stats), k, distances + g0 * k, labels + g0 * k);
-    } else {
-      QueryBlock<TopK> block(group, k, nt);
-      scan(block);
-      write_block(block, slots_, k, distances + g0 * k, labels + g0 * k);
-    }
+    search_block(
+        split, q, nullptr, group, dim_, k, nt, slots_, distances + g0 * k, labels + g0 * k, scan,
+        [&](const std::vector<std::vector<int64_t>>& candidates) {
+          rerank(q, candidates, k, distances + g0 * k, labels + g0 * k);
+        },
+        stats);
   }
 }
 
@@ -792,11 +810,6 @@ void CpuFlatIndex::search_gemm(const float* queries, int64_t nq, int k, float* d
       a = rounded.data();
     }
     auto tile_pass = [&](auto& block) {
-      for (int64_t j = 0; j < qb; ++j) {
-        const float* qj = q + j * dim_;
-        block.terms[j] = split ? query_terms(qj, &rounded[j * dim_], squared_norm(qj, dim_), dim_)
-                               : QueryTerms{squared_norm(qj, dim_)};
-      }
 #pragma omp parallel num_threads(nt)
       {
         auto& mine = block.per_thread[omp_get_thread_num()];
@@ -811,23 +824,20 @@ void CpuFlatIndex::search_gemm(const float* queries, int64_t nq, int k, float* d
           const void* b = split ? static_cast<const void*>(&high_[s0 * dim_])
                                 : static_cast<const void*>(&vectors_[s0 * dim_]);
           (cols == full ? full_worker : *tail_worker).run(a, b, ip.data());
-          for (int64_t j = 0; j < qb; ++j) {
-            const Run run{&ip[j * cols], &norms_[s0], split ? &norm_bounds_[s0] : nullptr,
-                          split ? &split_errors_[s0] : nullptr, cols};
-            offer_run(mine[j], block.terms[j], run, s0);
-          }
+          offer_block(mine, block.terms, ip.data(), cols,
+                      Run{nullptr, &norms_[s0], split ? &norm_bounds_[s0] : nullptr,
+                          split ? &split_errors_[s0] : nullptr, cols},
+                      s0);
         }
       }
     };
-    if (split) {
-      QueryBlock<BoundedTopK> block(qb, k, nt);
-      tile_pass(block);
-      rerank(q, bounded_candidates(block, stats), k, distances + q0 * k, labels + q0 * k);
-    } else {
-      QueryBlock<TopK> block(qb, k, nt);
-      tile_pass(block);
-      write_block(block, slots_, k, distances + q0 * k, labels + q0 * k);
-    }
+    search_block(
+        split, q, split ? rounded.data() : nullptr, qb, dim_, k, nt, slots_, distances + q0 * k,
+        labels + q0 * k, tile_pass,
+        [&](const std::vector<std::vector<int64_t>>& candidates) {
+          rerank(q, candidates, k, distances + q0 * k, labels + q0 * k);
+        },
+        stats);
   }
 }
 

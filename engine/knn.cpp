@@ -783,9 +783,10 @@ void CpuFlatIndex::search_scan(const float* queries, int64_t nq, int k, float* d
   }
 }
 
-// Query blocks of kGemmQueryBlock; within a block the threads split the gallery into tiles of
-// kGemmGalleryTile slots, compute each tile's inner products with a single-threaded oneDNN
-// matmul (RowGemm) into a thread-local buffer (kept in L2) and select from it straight away.
+// Query blocks of kGemmQueryBlock; within a block the threads take tiles of kGemmGalleryTile
+// slots (dynamically, as the scan takes chunks), compute each tile's inner products with a
+// single-threaded oneDNN matmul (RowGemm) into a thread-local buffer (kept in L2) and select
+// from it straight away.
 // bf16: the queries are rounded to bf16 as well (their error e_q enters the bound) and the
 // matmul multiplies bf16 planes with fp32 accumulation.
 void CpuFlatIndex::search_gemm(const float* queries, int64_t nq, int k, float* distances,
@@ -817,7 +818,7 @@ void CpuFlatIndex::search_gemm(const float* queries, int64_t nq, int k, float* d
         std::unique_ptr<RowGemm::Worker> tail_worker =
             tail_gemm ? std::make_unique<RowGemm::Worker>(*tail_gemm) : nullptr;
         std::vector<float> ip(qb * kGemmGalleryTile);
-#pragma omp for schedule(static)
+#pragma omp for schedule(dynamic, 1)
         for (int64_t tile = 0; tile < tiles; ++tile) {
           const int64_t s0 = tile * kGemmGalleryTile;
           const int64_t cols = std::min(kGemmGalleryTile, n - s0);

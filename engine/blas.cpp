@@ -168,8 +168,8 @@ RowGemm::RowGemm(int64_t m, int64_t n, int64_t k, GemmInput input) : impl_(new I
   dnnl::primitive_attr attr;
   attr.set_scratchpad_mode(dnnl::scratchpad_mode::user);
   // Created for the one thread it runs on (blas.h): oneDNN plans a primitive's work split for
-  // the thread count at creation. (Executed inside a region, a primitive planned for more
-  // threads still computed every element in tests/test_blas.cpp; this keeps plan and run equal.)
+  // the thread count at creation. (Without this pin, tiles run inside a region were still
+  // complete in tests/test_blas.cpp; the pin keeps the plan and the run the same anyway.)
   const SerialOneDnnScope serial;
   impl_->pd = dnnl::matmul::primitive_desc(dnnl::matmul::desc(impl_->a, impl_->b, impl_->c), attr,
                                            cpu_engine());

@@ -464,10 +464,14 @@ struct Kernels {
   void (*dots_high)(const float*, const uint16_t*, int64_t, int, float*) = dots_high_portable;
   int64_t (*next_hit)(const Run&, const QueryTerms&, int64_t, float, float*,
                       float*) = next_hit_portable;
+  // FACENET_KNN_KERNELS=portable keeps the portable kernels on an AVX-512 machine (the
+  // tests run both sets that way).
   Kernels() {
 #ifdef FN_KNN_AVX512
     __builtin_cpu_init();  // this runs as a static constructor, perhaps before libgcc's
-    if (__builtin_cpu_supports("avx512f")) {
+    const char* choice = std::getenv("FACENET_KNN_KERNELS");
+    const bool portable = choice && std::string(choice) == "portable";
+    if (!portable && __builtin_cpu_supports("avx512f")) {
       dots = dots_avx512;
       dots_high = dots_high_avx512;
       next_hit = next_hit_avx512;

@@ -28,6 +28,7 @@ if command -v update-alternatives >/dev/null; then
   ob=/usr/lib/x86_64-linux-gnu/openblas-pthread/libblas.so.3
   [ -e "$ob" ] && update-alternatives --set libblas.so.3-x86_64-linux-gnu "$ob" >/dev/null 2>&1 || true
 fi
+
 # ---- faiss-cpu (PyPI) for the search benchmark's peer (tools/peer_search_faiss.py) ----
 # Its own venv, so that `import faiss` there is the wheel (with its own OpenBLAS and SIMD
 # dispatch) while /usr/bin/python3 keeps importing Debian's python3-faiss. Skipped when present.
@@ -42,4 +43,5 @@ if ! "$faiss_venv/bin/python" -c "import faiss; assert faiss.__version__ == '$fa
   "$faiss_venv/bin/pip" install -q "faiss-cpu==$faiss_cpu_version"
 fi
 # ---- end faiss-cpu ----
+
 echo "setup: dependencies present" >&2

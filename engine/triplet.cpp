@@ -121,8 +121,10 @@ LabelStats label_stats(const std::vector<int32_t>& labels) {
 
 // ---- CPU reference ---------------------------------------------------------------------------
 
-// float: the full A A^T with OpenMP-split columns (BLAS is single-threaded engine-wide, see
-// blas.h); twice syrk's work, but on every core. The upper triangle is what callers read.
+// float: the full A A^T as oneDNN SGEMM panels split over the OpenMP threads (every GEMM call
+// single-threaded, see blas.h); twice syrk's work, but on every core. The upper triangle is what
+// callers read. double (the float64 overloads behind gradient checks; no hot path): the system
+// CBLAS, which runs on one thread too.
 void blas_syrk_upper(int64_t n, int64_t k, const float* a, float* c) {
   parallel_sgemm(n, n, k, a, k, a, k, c, n, /*trans_b=*/true);
 }

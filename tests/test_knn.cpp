@@ -1,13 +1,13 @@
 // Exact L2 k-NN: CPU index against a double-precision brute force, GPU index against the CPU.
 #include <algorithm>
 #include <cmath>
+#include <cstring>
 #include <limits>
 #include <numeric>
 #include <random>
 #include <string>
 #include <vector>
 
-#include "engine/blas.h"
 #include "engine/error.h"
 #include "engine/knn.h"
 #include "tests/test_util.h"
@@ -68,11 +68,19 @@ Knn brute_force(const std::vector<float>& gallery, const std::vector<int64_t>& i
 }
 
 Knn cpu_search(const CpuFlatIndex& index, const std::vector<float>& queries, int k,
-               KnnAlgorithm algorithm) {
+               KnnAlgorithm algorithm, CpuSearchStats* stats = nullptr) {
   const int64_t nq = static_cast<int64_t>(queries.size()) / index.dim();
   Knn out(nq, k);
-  index.search(queries.data(), nq, index.dim(), k, out.dist.data(), out.labels.data(), algorithm);
+  index.search(queries.data(), nq, index.dim(), k, out.dist.data(), out.labels.data(), algorithm,
+               stats);
   return out;
+}
+
+constexpr CpuStorage kStorages[] = {CpuStorage::kFloat32, CpuStorage::kBFloat16};
+constexpr KnnAlgorithm kCpuAlgorithms[] = {KnnAlgorithm::kFused, KnnAlgorithm::kGemm};
+
+std::string describe(CpuStorage storage, KnnAlgorithm algorithm) {
+  return std::string(to_string(storage)) + " " + to_string(algorithm);
 }
 
 // Distances within `tol`, every differing label explained by a tie within `tol`, and at most
@@ -106,21 +114,46 @@ std::vector<int64_t> sequential_ids(int64_t n, int64_t first) {
   return ids;
 }
 
+// bf16 storage re-ranks its candidates with the fp32 fused scan's own arithmetic, so where the
+// bound keeps every row of the exact top-k the two results are the same bits.
+void expect_same_bits(const Knn& got, const Knn& want) {
+  ASSERT_EQ(got.dist.size(), want.dist.size());
+  for (size_t i = 0; i < want.dist.size(); ++i) {
+    ASSERT_EQ(got.labels[i], want.labels[i]) << "rank " << i;
+    ASSERT_EQ(got.dist[i], want.dist[i]) << "rank " << i;
+  }
+}
+
+// Both storages against the double-precision reference; bf16 storage re-ranks its candidates
+// with the fp32 fused scan's own arithmetic, so it must also give that scan's bits exactly.
 TEST(CpuFlatIndex, ScanAndGemmMatchDoublePrecisionBruteForce) {
   const Shape shapes[] = {{1, 3, 16, 1},        {700, 5, 128, 10}, {3000, 40, 128, 10},
-                          {2049, 300, 64, 100}, {513, 2, 24, 600}, {5000, 17, 128, 1}};
+                          {2049, 300, 64, 100}, {513, 2, 24, 600}, {5000, 17, 128, 1},
+                          {1, 2, 7, 1},         {900, 5, 24, 10},  {3000, 300, 100, 50},
+                          {257, 3, 128, 300}};
   uint32_t seed = 11;
   for (const Shape& s : shapes) {
     SCOPED_TRACE(describe(s, seed));
     const auto gallery = unit_vectors(s.n, s.dim, seed);
     const auto queries = unit_vectors(s.nq, s.dim, seed + 1);
     const auto ids = sequential_ids(s.n, 1000);  // labels differ from slots on purpose
-    CpuFlatIndex index(s.dim);
-    index.add(gallery.data(), s.n, s.dim, ids.data());
     const Knn want = brute_force(gallery, ids, queries, s.dim, s.k);
-    for (KnnAlgorithm algorithm : {KnnAlgorithm::kFused, KnnAlgorithm::kGemm}) {
+    CpuFlatIndex fp32(s.dim), bf16(s.dim, CpuStorage::kBFloat16);
+    fp32.add(gallery.data(), s.n, s.dim, ids.data());
+    bf16.add(gallery.data(), s.n, s.dim, ids.data());
+    const Knn fused = cpu_search(fp32, queries, s.k, KnnAlgorithm::kFused);
+    for (KnnAlgorithm algorithm : kCpuAlgorithms) {
       SCOPED_TRACE(to_string(algorithm));
-      expect_agree(cpu_search(index, queries, s.k, algorithm), want, s.nq, s.k, 2e-5, 0.01);
+      expect_agree(cpu_search(fp32, queries, s.k, algorithm), want, s.nq, s.k, 2e-5, 0.01);
+      CpuSearchStats stats;
+      const Knn got = cpu_search(bf16, queries, s.k, algorithm, &stats);
+      expect_agree(got, want, s.nq, s.k, 2e-5, 0.01);
+      expect_same_bits(got, fused);
+      EXPECT_GE(stats.reranked, s.nq * std::min<int64_t>(s.k, s.n));
+      // The bound is worth having: far fewer rows than the gallery are re-ranked.
+      if (s.n >= 1000 && s.k <= 10) {
+        EXPECT_LT(stats.reranked, s.nq * s.n / 20);
+      }
     }
     seed += 2;
   }
@@ -129,18 +162,20 @@ TEST(CpuFlatIndex, ScanAndGemmMatchDoublePrecisionBruteForce) {
 TEST(CpuFlatIndex, KBeyondGalleryPadsWithMinusOneAndInfinity) {
   const auto gallery = unit_vectors(3, 8, 5);
   const auto queries = unit_vectors(2, 8, 6);
-  CpuFlatIndex index(8);
-  index.add(gallery.data(), 3, 8);
-  for (KnnAlgorithm algorithm : {KnnAlgorithm::kFused, KnnAlgorithm::kGemm}) {
-    const Knn got = cpu_search(index, queries, 5, algorithm);
-    for (int q = 0; q < 2; ++q) {
-      for (int i = 0; i < 3; ++i) EXPECT_TRUE(std::isfinite(got.dist[q * 5 + i]));
-      for (int i = 3; i < 5; ++i) {
-        EXPECT_EQ(got.labels[q * 5 + i], -1);
-        EXPECT_EQ(got.dist[q * 5 + i], std::numeric_limits<float>::infinity());
+  for (CpuStorage storage : kStorages)
+    for (KnnAlgorithm algorithm : kCpuAlgorithms) {
+      SCOPED_TRACE(describe(storage, algorithm));
+      CpuFlatIndex index(8, storage);
+      index.add(gallery.data(), 3, 8);
+      const Knn got = cpu_search(index, queries, 5, algorithm);
+      for (int q = 0; q < 2; ++q) {
+        for (int i = 0; i < 3; ++i) EXPECT_TRUE(std::isfinite(got.dist[q * 5 + i]));
+        for (int i = 3; i < 5; ++i) {
+          EXPECT_EQ(got.labels[q * 5 + i], -1);
+          EXPECT_EQ(got.dist[q * 5 + i], std::numeric_limits<float>::infinity());
+        }
       }
     }
-  }
   CpuFlatIndex empty(8);
   const Knn none = cpu_search(empty, queries, 2, KnnAlgorithm::kAuto);
   EXPECT_EQ(none.labels, std::vector<int64_t>(4, -1));
@@ -152,11 +187,13 @@ TEST(CpuFlatIndex, EqualDistancesOrderBySmallerSlot) {
   std::vector<float> gallery;
   for (int i = 0; i < 5; ++i) gallery.insert(gallery.end(), one.begin(), one.end());
   const std::vector<int64_t> ids = {50, 40, 30, 20, 10};
-  CpuFlatIndex index(16);
-  index.add(gallery.data(), 5, 16, ids.data());
-  for (KnnAlgorithm algorithm : {KnnAlgorithm::kFused, KnnAlgorithm::kGemm}) {
-    const Knn got = cpu_search(index, one, 5, algorithm);
-    EXPECT_EQ(got.labels, ids) << to_string(algorithm);
+  for (CpuStorage storage : kStorages) {
+    CpuFlatIndex index(16, storage);
+    index.add(gallery.data(), 5, 16, ids.data());
+    for (KnnAlgorithm algorithm : kCpuAlgorithms) {
+      const Knn got = cpu_search(index, one, 5, algorithm);
+      EXPECT_EQ(got.labels, ids) << describe(storage, algorithm);
+    }
   }
 }
 
@@ -166,12 +203,8 @@ TEST(CpuFlatIndex, RemoveKeepsSearchExactAndLabelsRight) {
   const auto gallery = unit_vectors(n, dim, 21);
   const auto queries = unit_vectors(20, dim, 22);
   const auto ids = sequential_ids(n, 0);
-  CpuFlatIndex index(dim);
-  index.add(gallery.data(), n, dim, ids.data());
   // Last slots (chains of swap-with-last), a middle one, an unknown id and a repeat.
   const std::vector<int64_t> gone = {399, 398, 5, 397, 12345, 5, 0, 250};
-  EXPECT_EQ(index.remove(gone.data(), static_cast<int64_t>(gone.size())), 6);
-  EXPECT_EQ(index.size(), n - 6);
 
   std::vector<float> kept;
   std::vector<int64_t> kept_ids;
@@ -181,8 +214,130 @@ TEST(CpuFlatIndex, RemoveKeepsSearchExactAndLabelsRight) {
       kept_ids.push_back(i);
     }
   const Knn want = brute_force(kept, kept_ids, queries, dim, 10);
-  for (KnnAlgorithm algorithm : {KnnAlgorithm::kFused, KnnAlgorithm::kGemm})
-    expect_agree(cpu_search(index, queries, 10, algorithm), want, 20, 10, 2e-5, 0.01);
+  for (CpuStorage storage : kStorages) {
+    CpuFlatIndex index(dim, storage);
+    index.add(gallery.data(), n, dim, ids.data());
+    EXPECT_EQ(index.remove(gone.data(), static_cast<int64_t>(gone.size())), 6);
+    EXPECT_EQ(index.size(), n - 6);
+    for (KnnAlgorithm algorithm : kCpuAlgorithms) {
+      SCOPED_TRACE(describe(storage, algorithm));
+      expect_agree(cpu_search(index, queries, 10, algorithm), want, 20, 10, 2e-5, 0.01);
+    }
+  }
+}
+
+// Adversarial for the bound: q = c (1, ..., 1) with c on a bf16 rounding midpoint, and two
+// families of rows x (1, ..., 1) just below (bf16 rounds them down) and just above (rounds up)
+// it, at the same spread of true distances. The rounding error g - bf16(g) is parallel to q,
+// where Cauchy-Schwarz is tight: the bf16 distances push every "below" row ~0.0055 away and
+// pull every "above" row as close, so the bf16 top-k holds no "below" row while the exact
+// top-k holds about half. A bound short by a factor 2 would drop them.
+TEST(CpuFlatIndex, Bf16BoundKeepsRowsThatRoundingPushesOut) {
+  const int dim = 128;
+  const int64_t per_family = 600;
+  const float ulp = std::ldexp(1.f, -11);  // bf16 spacing in [2^-4, 2^-3)
+  const float mid = 181.5f * ulp;          // ~0.0886: q is near unit norm
+  std::mt19937 rng(7);
+  std::uniform_real_distribution<float> spread(0.f, 0.45f);
+  std::vector<float> gallery;
+  std::vector<int64_t> ids;
+  for (int64_t i = 0; i < 2 * per_family; ++i) {
+    const bool below = i < per_family;
+    const float x = mid + (below ? -1.f : 1.f) * (0.01f + spread(rng)) * ulp;
+    gallery.insert(gallery.end(), dim, x);
+    ids.push_back(i);  // ids < per_family: the "below" family
+  }
+  const auto others = unit_vectors(3000, dim, 8);
+  gallery.insert(gallery.end(), others.begin(), others.end());
+  for (int64_t i = 0; i < 3000; ++i) ids.push_back(2 * per_family + i);
+  const std::vector<float> query(dim, mid);
+  const int64_t n = static_cast<int64_t>(ids.size());
+  const int k = 20;
+
+  // The adversary is real: the estimate the scan ranks by, ||q||^2 + ||g||^2 - 2 q.bf16(g),
+  // puts no "below" row in its top-k.
+  std::vector<std::pair<double, int64_t>> rounded(n);
+  for (int64_t s = 0; s < n; ++s) {
+    double d = 0;
+    for (int c = 0; c < dim; ++c) {
+      const float g = gallery[s * dim + c];
+      uint32_t b;
+      std::memcpy(&b, &g, 4);
+      b = (b + 0x8000u) & 0xffff0000u;
+      float h;
+      std::memcpy(&h, &b, 4);
+      d += double(query[c]) * query[c] + double(g) * g - 2.0 * query[c] * h;
+    }
+    rounded[s] = {d, s};
+  }
+  std::sort(rounded.begin(), rounded.end());
+  const Knn exact = brute_force(gallery, ids, query, dim, k);
+  int64_t below_rounded = 0, below_exact = 0;
+  for (int i = 0; i < k; ++i) {
+    below_rounded += rounded[i].second < per_family;
+    below_exact += exact.labels[i] < per_family;
+  }
+  ASSERT_EQ(below_rounded, 0);
+  ASSERT_GE(below_exact, k / 4);
+
+  CpuFlatIndex fp32(dim), bf16(dim, CpuStorage::kBFloat16);
+  fp32.add(gallery.data(), n, dim, ids.data());
+  bf16.add(gallery.data(), n, dim, ids.data());
+  const Knn want = cpu_search(fp32, query, k, KnnAlgorithm::kFused);
+  for (KnnAlgorithm algorithm : kCpuAlgorithms) {
+    SCOPED_TRACE(to_string(algorithm));
+    CpuSearchStats stats;
+    const Knn got = cpu_search(bf16, query, k, algorithm, &stats);
+    expect_same_bits(got, want);
+    expect_agree(got, exact, 1, k, 2e-5, 1.0);
+    EXPECT_GT(stats.reranked, k);
+  }
+}
+
+// Many rows at nearly the same distance from each query (q plus perturbations far below the
+// bf16 spacing, in random directions), and exact duplicates among them: ties and near-ties
+// that only the low bits decide.
+TEST(CpuFlatIndex, Bf16NearTiesAndDuplicatesMatchFp32) {
+  const int dim = 64;
+  const auto queries = unit_vectors(6, dim, 31);
+  std::mt19937 rng(32);
+  std::normal_distribution<float> normal;
+  std::vector<float> gallery = unit_vectors(2000, dim, 33);
+  for (int64_t j = 0; j < 6; ++j)
+    for (int r = 0; r < 150; ++r) {
+      const size_t at = gallery.size();
+      for (int c = 0; c < dim; ++c) gallery.push_back(queries[j * dim + c] + 3e-5f * normal(rng));
+      if (r % 10 == 0)  // duplicate the row just added
+        gallery.insert(gallery.end(), gallery.begin() + at, gallery.begin() + at + dim);
+    }
+  const int64_t n = static_cast<int64_t>(gallery.size()) / dim;
+  const auto ids = sequential_ids(n, 0);
+  CpuFlatIndex fp32(dim), bf16(dim, CpuStorage::kBFloat16);
+  fp32.add(gallery.data(), n, dim);
+  bf16.add(gallery.data(), n, dim);
+  const Knn want = cpu_search(fp32, queries, 40, KnnAlgorithm::kFused);
+  const Knn exact = brute_force(gallery, ids, queries, dim, 40);
+  for (KnnAlgorithm algorithm : kCpuAlgorithms) {
+    SCOPED_TRACE(to_string(algorithm));
+    const Knn got = cpu_search(bf16, queries, 40, algorithm);
+    expect_same_bits(got, want);
+    expect_agree(got, exact, 6, 40, 2e-5, 1.0);
+  }
+}
+
+TEST(CpuFlatIndex, Bf16StorageHoldsHalfScanBytesInTheSameMemory) {
+  const auto gallery = unit_vectors(100, 32, 3);
+  CpuFlatIndex fp32(32), bf16(32, CpuStorage::kBFloat16);
+  fp32.add(gallery.data(), 100, 32);
+  bf16.add(gallery.data(), 100, 32);
+  EXPECT_EQ(bf16.scan_bytes() * 2, fp32.scan_bytes());
+  EXPECT_EQ(bf16.gallery_bytes(), fp32.gallery_bytes() + 100 * 2 * sizeof(float));
+  EXPECT_EQ(parse_cpu_storage("bf16"), CpuStorage::kBFloat16);
+  expect_error([] { parse_cpu_storage("fp16"); }, {"'fp16'", "fp32 or bf16"});
+  std::vector<float> huge(32, 1.f);
+  huge[5] = 3.397e38f;  // rounds to +inf in bf16
+  expect_error([&] { bf16.add(huge.data(), 1, 32); }, {"component 5", "bf16"});
+  EXPECT_EQ(bf16.size(), 100);
 }
 
 TEST(SlotMap, RemovalPlanMovesTailSlotsIntoHoles) {
@@ -200,18 +355,6 @@ TEST(SlotMap, RemovalPlanMovesTailSlotsIntoHoles) {
   std::vector<int64_t> left(slots.ids(), slots.ids() + 5);
   std::sort(left.begin(), left.end());
   EXPECT_EQ(left, (std::vector<int64_t>{0, 1, 4, 5, 6}));
-}
-
-TEST(CpuFlatIndex, GemmSearchRestoresTheBlasThreadCount) {
-  if (!blas_has_thread_control())
-    GTEST_SKIP() << "this BLAS has no thread control: " << blas_description();
-  set_blas_num_threads(2);
-  const int before = blas_num_threads();
-  const auto gallery = unit_vectors(300, 16, 1);
-  CpuFlatIndex index(16);
-  index.add(gallery.data(), 300, 16);
-  cpu_search(index, gallery, 3, KnnAlgorithm::kGemm);
-  EXPECT_EQ(blas_num_threads(), before);
 }
 
 // Runs fn and expects a facenet::Error whose message contains `needle`.

@@ -44,8 +44,9 @@ $b/apps/facenet bench triplet --batch 256,1024 --modes batch_all,batch_hard,semi
 $b/apps/facenet bench triplet --batch 4096 --modes batch_hard,semi_hard --repeats 3 \
   --threads "$threads" > "$out/triplet-4096.json"
 echo "bench_cpu: search" >&2
-$b/tools/facenet_bench_search --n 1e4 1e5 1e6 --q 1 16 256 --k 1 10 100 --threads "$threads" \
-  --repeats 3 > "$out/search.json"
+# fp32 and bf16 storage against faiss-cpu (PyPI wheel, tools/setup.sh's venv) and Debian's FAISS.
+$b/tools/facenet_bench_search --n 1e4 1e5 1e6 --q 1 16 256 --k 1 10 100 --storage fp32,bf16 \
+  --threads "$threads" --repeats 3 --check > "$out/search.json"
 echo "bench_cpu: gallery" >&2
 $b/tools/facenet_bench_gallery --rows 1000000 --repeats 3 --check > "$out/gallery.json"
 fi
@@ -118,11 +119,26 @@ for f in ("triplet-small.json", "triplet-4096.json"):
         pms = f"{pm:.3f}" if pm is not None else "-"
         rs = f"{ratio:.1f}" if ratio is not None else "-"
         lines.append(f"| {r['batch']} | {r['mode']} | {ours:.3f} | {pms} | {rs} |")
-lines += ["", "## Exact k-NN search (d=128, CPU, FAISS IndexFlatL2 1.7.3 as the peer)", "",
-          "| N | Q | k | ours queries/s | FAISS queries/s | ratio |", "|---|---|---|---|---|---|"]
-for r in load("search.json")["results"]:
-    lines.append(f"| {r['n']:.0e} | {r['q']} | {r['k']} | {r['ours']['queries_per_s']:,.1f} | "
-                 f"{r['peer']['queries_per_s']:,.1f} | {r['speedup_vs_peer']:.2f} |")
+search = load("search.json")
+peers = search.get("peers", {})
+fc, fd = peers.get("faiss_cpu", {}), peers.get("faiss_debian", {})
+lines += ["", "## Exact k-NN search (d=128, CPU, IndexFlatL2 peers in the same run)", "",
+          f"Peers: faiss-cpu {fc.get('faiss', 'n/a')} from PyPI (SIMD level {fc.get('simd_level', '?')}, "
+          f"OPENBLAS_CORETYPE={fc.get('openblas_coretype')}); Debian's FAISS {fd.get('faiss', 'n/a')} "
+          f"({fd.get('compile_options', '?').strip()}). Ours: fp32 storage, and bf16 (split fp32, "
+          "exact results, half the bytes per scan).", "",
+          "| N | Q | k | storage | ours queries/s | faiss-cpu queries/s | Debian FAISS queries/s "
+          "| vs faiss-cpu | vs Debian |", "|---|---|---|---|---|---|---|---|---|"]
+def qps(r, key):
+    v = r.get(key, {}).get("queries_per_s")
+    return f"{v:,.1f}" if v else "-"
+def ratio(r, key):
+    v = r.get(key)
+    return f"{v:.2f}" if v else "-"
+for r in search["results"]:
+    lines.append(f"| {r['n']:.0e} | {r['q']} | {r['k']} | {r['dtype']} | "
+                 f"{r['ours']['queries_per_s']:,.1f} | {qps(r, 'faiss_cpu')} | {qps(r, 'faiss_debian')} | "
+                 f"{ratio(r, 'speedup_vs_faiss_cpu')} | {ratio(r, 'speedup_vs_faiss_debian')} |")
 lines += ["", "## Gallery (SQLite, WAL)", ""]
 g = load("gallery.json")
 lines.append(f"Enrol {g['rows']:,} embeddings: {g['enroll_s']['median']:.2f} s "

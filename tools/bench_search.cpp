@@ -1,6 +1,8 @@
 // Benchmark of exact L2 k-NN search on synthetic unit-norm galleries, JSON out. CPU runs time
-// FAISS IndexFlatL2 on the same data and threads; CUDA runs time PyTorch matmul + topk
-// (tools/peer_search_torch.py) and report fractions of the HBM and fp16 tensor-core peaks.
+// our fp32 and split-bf16 indexes against FAISS IndexFlatL2 twice on the same data and threads:
+// Debian's (linked C++) and the faiss-cpu wheel from PyPI (tools/peer_search_faiss.py, its own
+// venv); CUDA runs time PyTorch matmul + topk (tools/peer_search_torch.py) and report fractions
+// of the HBM and fp16 tensor-core peaks.
 //
 //   facenet_bench_search --device cpu --n 1e4,1e5,1e6 --q 1,16,256 --k 1,10,100 --threads 2
 //   facenet_bench_search --device cuda --dtype fp16 --algo all --n 1e6,1e7 --q 1,1024,4096
@@ -10,6 +12,10 @@
 #include <algorithm>
 #include <cmath>
 #include <cstdint>
+#include <cstdio>
+#include <cstdlib>
+#include <filesystem>
+#include <fstream>
 #include <iostream>
 #include <memory>
 #include <nlohmann/json.hpp>
@@ -24,6 +30,7 @@
 
 #ifdef FACENET_HAVE_FAISS
 #include <faiss/IndexFlat.h>
+#include <faiss/utils/utils.h>
 #endif
 
 namespace facenet {
@@ -42,6 +49,8 @@ struct Options {
   int repeats = 3;
   std::string algo = "auto";  // auto | fused | gemm | all
   std::string dtype = "fp16";
+  std::vector<std::string> storage = {"fp32", "bf16"};
+  std::string faiss_cpu_venv;  // empty: the peer's default
   bool check = false;
   bool peer = true;
 };
@@ -105,62 +114,186 @@ json agreement_json(const KnnAgreement& a) {
           {"ranks_compared", a.compared}};
 }
 
-// ---- CPU -----------------------------------------------------------------------------------
+// ---- CPU ----------------------------------------------------------------------------------
 
-void run_cpu(const Options& o, json& results) {
+// The faiss-cpu wheel runs in a Python peer (its own venv, tools/peer_search_faiss.py) over the
+// same gallery and queries, written to a scratch folder as raw float32.
+class ScratchDir {
+ public:
+  ScratchDir() {
+    const char* tmp = std::getenv("TMPDIR");
+    std::string pattern = std::string(tmp ? tmp : "/tmp") + "/facenet_bench_search.XXXXXX";
+    if (!mkdtemp(pattern.data())) fail("cannot create a scratch folder from ", pattern);
+    path_ = pattern;
+  }
+  ~ScratchDir() { std::filesystem::remove_all(path_); }
+  ScratchDir(const ScratchDir&) = delete;
+  ScratchDir& operator=(const ScratchDir&) = delete;
+  std::string file(const std::string& name) const { return path_ + "/" + name; }
+
+ private:
+  std::string path_;
+};
+
+template <typename T>
+void write_raw(const std::string& path, const std::vector<T>& v) {
+  std::ofstream out(path, std::ios::binary);
+  out.write(reinterpret_cast<const char*>(v.data()),
+            static_cast<std::streamsize>(v.size() * sizeof(T)));
+  if (!out) fail("cannot write ", path);
+}
+
+template <typename T>
+bool read_raw(const std::string& path, std::vector<T>& v) {
+  std::ifstream in(path, std::ios::binary);
+  in.read(reinterpret_cast<char*>(v.data()), static_cast<std::streamsize>(v.size() * sizeof(T)));
+  return static_cast<bool>(in);
+}
+
+std::string joined(const std::vector<std::string>& items) {
+  std::string out;
+  for (const std::string& s : items)
+    out += (out.empty() ? "" : ",") + std::to_string(parse_count(s));
+  return out;
+}
+
+// Runs the faiss-cpu peer over every q and k of one gallery; its JSON (with "results").
+json faiss_cpu_peer(const Options& o, const ScratchDir& dir, int64_t n) {
+  std::vector<std::string> ks;
+  for (int k : o.k) ks.push_back(std::to_string(k));
+  std::vector<std::string> args = {"--gallery", dir.file("gallery.f32"),
+                                   "--queries", dir.file("queries.f32"),
+                                   "--n",       std::to_string(n),
+                                   "--d",       std::to_string(o.dim),
+                                   "--q",       joined(o.q),
+                                   "--k",       joined(ks),
+                                   "--threads", std::to_string(o.threads),
+                                   "--warmup",  std::to_string(o.warmup),
+                                   "--repeats", std::to_string(o.repeats),
+                                   "--out",     dir.file("")};
+  if (!o.faiss_cpu_venv.empty()) args.insert(args.end(), {"--venv", o.faiss_cpu_venv});
+  return run_python_peer("peer_search_faiss.py", args);
+}
+
+json faiss_cpu_result(const json& peer, int64_t q, int k) {
+  if (peer.value("available", false))
+    for (const json& r : peer["results"])
+      if (r["q"] == q && r["k"] == k) return r;
+  return {{"available", false}};
+}
+
+// Debian's FAISS (linked C++), with its own OpenMP and OpenBLAS threads at --threads.
+#ifdef FACENET_HAVE_FAISS
+json faiss_debian_info() {
+  return {
+      {"name", "faiss.IndexFlatL2 (Debian, linked C++)"},
+      {"faiss", std::to_string(FAISS_VERSION_MAJOR) + "." + std::to_string(FAISS_VERSION_MINOR) +
+                    "." + std::to_string(FAISS_VERSION_PATCH)},
+      {"compile_options", faiss::get_compile_options()}};
+}
+#endif
+
+void run_cpu(const Options& o, json& results, json& peers) {
   omp_set_num_threads(o.threads);
-  set_blas_num_threads(o.threads);
+  std::vector<CpuStorage> storages;
+  for (const std::string& s : o.storage) storages.push_back(parse_cpu_storage(s));
+  int64_t max_q = 0;
+  for (const std::string& q_text : o.q) max_q = std::max(max_q, parse_count(q_text));
+  const std::vector<float> all_queries = unit_vectors(max_q, o.dim, 2);
+#ifdef FACENET_HAVE_FAISS
+  peers["faiss_debian"] = faiss_debian_info();
+#endif
   for (const std::string& n_text : o.n) {
     const int64_t n = parse_count(n_text);
     std::cerr << "bench_search: cpu gallery n=" << n << "\n";
-    CpuFlatIndex ours(o.dim);
-    ours.set_threads(o.threads);
+    std::vector<std::unique_ptr<CpuFlatIndex>> ours;
+    for (CpuStorage storage : storages) {
+      ours.push_back(std::make_unique<CpuFlatIndex>(o.dim, storage));
+      ours.back()->set_threads(o.threads);
+    }
 #ifdef FACENET_HAVE_FAISS
     faiss::IndexFlatL2 faiss_index(o.dim);
 #endif
+    const ScratchDir dir;
+    json pypi = {{"name", "faiss-cpu IndexFlatL2"}, {"available", false}, {"reason", "--no-peer"}};
     {
       const std::vector<float> gallery = unit_vectors(n, o.dim, 1);
-      ours.add(gallery.data(), n, o.dim);
+      for (auto& index : ours) index->add(gallery.data(), n, o.dim);
 #ifdef FACENET_HAVE_FAISS
-      faiss_index.add(n, gallery.data());
+      if (o.peer) faiss_index.add(n, gallery.data());
 #endif
+      if (o.peer) {
+        write_raw(dir.file("gallery.f32"), gallery);
+        write_raw(dir.file("queries.f32"), all_queries);
+      }
+    }
+    if (o.peer) {
+      std::cerr << "bench_search: faiss-cpu peer n=" << n << "\n";
+      pypi = faiss_cpu_peer(o, dir, n);
+      std::remove(dir.file("gallery.f32").c_str());
+      json about = pypi;
+      about.erase("results");
+      peers["faiss_cpu"] = about;
     }
     for (const std::string& q_text : o.q) {
       const int64_t nq = parse_count(q_text);
-      const std::vector<float> queries = unit_vectors(nq, o.dim, 2);
+      const float* queries = all_queries.data();
       for (int k : o.k) {
-        std::vector<float> dist(nq * k), peer_dist(nq * k);
-        std::vector<int64_t> labels(nq * k), peer_labels(nq * k);
-        json peer = {{"name", "faiss.IndexFlatL2"}, {"available", false}};
+        std::vector<float> dist(nq * k), debian_dist(nq * k), pypi_dist(nq * k);
+        std::vector<int64_t> labels(nq * k), debian_labels(nq * k), pypi_labels(nq * k);
+        json debian = {{"available", false}};
+        double debian_median_s = 0;
 #ifdef FACENET_HAVE_FAISS
-        const TimingStats faiss_t = time_repeats(
-            [&] {
-              faiss_index.search(nq, queries.data(), k, peer_dist.data(), peer_labels.data());
-            },
-            o.warmup, o.repeats);
-        peer = rates(faiss_t, n, nq);
-        peer["name"] = "faiss.IndexFlatL2";
-#endif
-        for (KnnAlgorithm algorithm : algorithms(o.algo)) {
-          const TimingStats t = time_repeats(
-              [&] {
-                ours.search(queries.data(), nq, o.dim, k, dist.data(), labels.data(), algorithm);
-              },
+        if (o.peer) {
+          set_blas_num_threads(o.threads);  // FAISS's GEMMs (q >= 20) run on the CBLAS
+          const TimingStats faiss_t = time_repeats(
+              [&] { faiss_index.search(nq, queries, k, debian_dist.data(), debian_labels.data()); },
               o.warmup, o.repeats);
-          json r = shape_json("cpu", n, nq, k, o.dim, "fp32", algorithm);
-          r["threads"] = o.threads;
-          r["ours"] = rates(t, n, nq);
-          r["peer"] = peer;
-          // Single-probe scans are bound by reading the gallery once: report the rate.
-          r["ours"]["gallery_bytes_per_s"] = double(n) * o.dim * sizeof(float) / t.median_s;
-#ifdef FACENET_HAVE_FAISS
-          r["speedup_vs_peer"] = faiss_t.median_s / t.median_s;
-          if (o.check)
-            r["check_vs_faiss"] = agreement_json(compare_knn(
-                dist.data(), labels.data(), peer_dist.data(), peer_labels.data(), nq, k, 1e-4));
+          set_blas_num_threads(1);
+          debian = rates(faiss_t, n, nq);
+          debian_median_s = faiss_t.median_s;
+        }
 #endif
-          std::cerr << r.dump() << "\n";
-          results.push_back(r);
+        json pypi_r = faiss_cpu_result(pypi, nq, k);
+        const std::string stem = "q" + std::to_string(nq) + "_k" + std::to_string(k);
+        const bool pypi_results = pypi_r.contains("median_ms") &&
+                                  read_raw(dir.file(stem + ".labels"), pypi_labels) &&
+                                  read_raw(dir.file(stem + ".dist"), pypi_dist);
+        for (size_t si = 0; si < ours.size(); ++si) {
+          const CpuFlatIndex& index = *ours[si];
+          for (KnnAlgorithm algorithm : algorithms(o.algo)) {
+            CpuSearchStats stats;
+            const TimingStats t = time_repeats(
+                [&] {
+                  index.search(queries, nq, o.dim, k, dist.data(), labels.data(), algorithm,
+                               &stats);
+                },
+                o.warmup, o.repeats);
+            json r = shape_json("cpu", n, nq, k, o.dim, to_string(index.storage()), algorithm);
+            r["threads"] = o.threads;
+            r["ours"] = rates(t, n, nq);
+            // Single-probe scans are bound by reading the gallery once: report the rate.
+            r["ours"]["scan_bytes_per_s"] = double(index.scan_bytes()) / t.median_s;
+            r["ours"]["gallery_bytes"] = index.gallery_bytes();
+            if (index.storage() == CpuStorage::kBFloat16)
+              r["ours"]["reranked_per_query"] = double(stats.reranked) / nq;
+            r["faiss_debian"] = debian;
+            r["faiss_cpu"] = pypi_r;
+            if (debian_median_s > 0) {
+              r["speedup_vs_faiss_debian"] = debian_median_s / t.median_s;
+              if (o.check)
+                r["check_vs_faiss_debian"] =
+                    agreement_json(compare_knn(dist.data(), labels.data(), debian_dist.data(),
+                                               debian_labels.data(), nq, k, 1e-4));
+            }
+            if (pypi_r.contains("median_ms"))
+              r["speedup_vs_faiss_cpu"] = pypi_r["median_ms"].get<double>() / (t.median_s * 1e3);
+            if (o.check && pypi_results)
+              r["check_vs_faiss_cpu"] = agreement_json(compare_knn(
+                  dist.data(), labels.data(), pypi_dist.data(), pypi_labels.data(), nq, k, 1e-4));
+            std::cerr << r.dump() << "\n";
+            results.push_back(r);
+          }
         }
       }
     }
@@ -301,14 +434,18 @@ int run(int argc, char** argv) {
   app.add_option("--repeats", o.repeats, "timed runs (median and min reported)");
   app.add_option("--algo", o.algo, "auto | fused | gemm | all");
   app.add_option("--dtype", o.dtype, "GPU gallery storage: fp16 | fp32");
-  app.add_flag("--check", o.check, "compare results with FAISS (cpu) or the CPU index (cuda)");
-  app.add_flag("!--no-peer", o.peer, "skip the PyTorch peer (cuda)");
+  app.add_option("--storage", o.storage, "CPU gallery storages: fp32,bf16")->delimiter(',');
+  app.add_option("--faiss-cpu-venv", o.faiss_cpu_venv,
+                 "venv holding the faiss-cpu wheel (default: tools/peer_search_faiss.py's)");
+  app.add_flag("--check", o.check, "compare results with both FAISS (cpu) or the CPU index (cuda)");
+  app.add_flag("!--no-peer", o.peer, "skip the peers (cpu: both FAISS; cuda: PyTorch)");
   CLI11_PARSE(app, argc, argv);
 
   json results = json::array();
   json limits = nullptr;
+  json peers = json::object();
   if (o.device == "cpu") {
-    run_cpu(o, results);
+    run_cpu(o, results, peers);
   } else {
 #ifdef FACENET_HAS_CUDA
     run_cuda(o, results, limits);
@@ -319,6 +456,7 @@ int run(int argc, char** argv) {
   json out = {{"what", "exact L2 k-NN search (squared distances)"},
               {"machine", machine_json()},
               {"device_limits", limits},
+              {"peers", peers},
               {"threads", o.threads},
               {"results", results}};
   std::cout << out.dump(2) << std::endl;

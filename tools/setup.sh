@@ -40,4 +40,19 @@ fi
 $py -c "import numpy, sys; sys.exit(not numpy.__file__.startswith('/usr/lib/python3/'))" ||
   { echo "setup: numpy no longer comes from Debian's python3-numpy" >&2; exit 1; }
 
+# ---- faiss-cpu (PyPI) for the search benchmark's peer (tools/peer_search_faiss.py) ----
+# Its own venv, so that `import faiss` there is the wheel (with its own OpenBLAS and SIMD
+# dispatch) while /usr/bin/python3 keeps importing Debian's python3-faiss. Skipped when present.
+faiss_venv=${FACENET_FAISS_CPU_VENV:-${XDG_CACHE_HOME:-$HOME/.cache}/facenet/venv-faiss-cpu}
+faiss_cpu_version=1.15.1
+if ! "$faiss_venv/bin/python" -c "import faiss; assert faiss.__version__ == '$faiss_cpu_version'" \
+    2>/dev/null; then
+  dpkg-query -W -f='${Status}' python3-venv 2>/dev/null | grep -q "install ok installed" ||
+    { apt-get update -q && apt-get install -y -q --no-install-recommends python3-venv; }
+  echo "setup: installing faiss-cpu $faiss_cpu_version into $faiss_venv" >&2
+  /usr/bin/python3 -m venv "$faiss_venv"
+  "$faiss_venv/bin/pip" install -q "faiss-cpu==$faiss_cpu_version"
+fi
+# ---- end faiss-cpu ----
+
 echo "setup: dependencies present" >&2

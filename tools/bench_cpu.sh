@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Runs every CPU benchmark with its peer in the same run and writes the JSON files plus a
+# Runs every CPU benchmark with its peers in the same run and writes the JSON files plus a
 # markdown table into bench/results/cpu-<date>/ (or $1). Needs a build (tools/test.sh) and a
 # quiet machine: other load distorts every number. Usage: tools/bench_cpu.sh [OUT_DIR]
 # REPORT_ONLY=1 rewrites README.md from the JSON files already in OUT_DIR.
@@ -27,16 +27,16 @@ if [ -f "$dlib_model" ]; then
 else
   echo "bench_cpu: $dlib_model missing (tools/quickstart.sh makes it): dlib encode skipped" >&2
 fi
-# An OPENBLAS_CORETYPE in the environment (this project's machine sets Haswell: AVX2 kernels
-# on an AVX-512 CPU) holds our GEMMs back while PyTorch's oneDNN picks its own: the encoders
-# once more with OpenBLAS choosing for itself.
-if [ -n "${OPENBLAS_CORETYPE:-}" ]; then
-  echo "bench_cpu: encode again without OPENBLAS_CORETYPE=$OPENBLAS_CORETYPE" >&2
-  env -u OPENBLAS_CORETYPE $b/apps/facenet bench encode --model "$model" --batch 1,16,64 \
-    --repeats 10 --threads "$threads" > "$out/encode-openblas-auto.json"
-  [ -f "$dlib_model" ] && env -u OPENBLAS_CORETYPE $b/apps/facenet bench encode \
-    --model "$dlib_model" --batch 1,16,64 --repeats 5 --threads "$threads" \
-    > "$out/encode-dlib-openblas-auto.json"
+# bf16 (where the CPU has it): ours only; the table sets it against our fp32 of the same run.
+if $b/apps/facenet bench encode --model "$model" --batch 1 --repeats 1 --warmup 0 --no-peer \
+    --precision bf16 >/dev/null 2>&1; then
+  echo "bench_cpu: encode bf16" >&2
+  $b/apps/facenet bench encode --model "$model" --batch 1,16,64 --repeats 10 --threads "$threads" \
+    --precision bf16 --no-peer > "$out/encode-bf16.json"
+  [ -f "$dlib_model" ] && $b/apps/facenet bench encode --model "$dlib_model" --batch 1,16,64 \
+    --repeats 5 --threads "$threads" --precision bf16 --no-peer > "$out/encode-dlib-bf16.json"
+else
+  echo "bench_cpu: no bf16 on this CPU: bf16 encode skipped" >&2
 fi
 echo "bench_cpu: triplet" >&2
 $b/apps/facenet bench triplet --batch 256,1024 --modes batch_all,batch_hard,semi_hard \
@@ -69,9 +69,15 @@ def blas_kernels(e):
 encoders = [("nn4.small2", "encode.json"), ("dlib ResNet v1, 150x150", "encode-dlib.json"),
             ("nn4.small2", "encode-openblas-auto.json"),
             ("dlib ResNet v1, 150x150", "encode-dlib-openblas-auto.json")]
-encoders = [(t, load(f)) for t, f in encoders if os.path.exists(os.path.join(out, f))]
-encoders = [(f"{t}, model only, fp32, OpenBLAS {blas_kernels(e)} kernels; "
-             f"{e.get('machine', {}).get('date', '?')}", e) for t, e in encoders]
+encoders = [(t, f, load(f)) for t, f in encoders if os.path.exists(os.path.join(out, f))]
+def engine_of(e):
+    """Results before the oneDNN backend ran their GEMMs on OpenBLAS: name its kernels."""
+    m = e.get("machine", {})
+    if "onednn_isa" in m:
+        return f"oneDNN {m['onednn_isa']}"
+    return f"OpenBLAS {m.get('blas', '?').split()[-2]} kernels"
+encoders = [(f"{t}, model only, fp32, {engine_of(e)}; {e.get('machine', {}).get('date', '?')}", f, e)
+            for t, f, e in encoders]
 peer_names = {"pytorch": "PyTorch", "onnxruntime": "ONNX Runtime", "openvino": "OpenVINO"}
 def peers_of(e):
     """{peer: its JSON}; files from before the ONNX peers hold PyTorch alone under "peer"."""
@@ -79,7 +85,7 @@ def peers_of(e):
 def fastest(peer, batch):
     rs = [r for r in peer.get("results", []) if r.get("batch") == batch and "img_per_s" in r]
     return max(rs, key=lambda r: r["img_per_s"]) if rs else None
-for title, e in encoders:
+for title, _, e in encoders:
     peers = peers_of(e)
     names = [n for n in peer_names if n in peers]
     lines += [f"## Encoder ({title})", "",
@@ -108,6 +114,20 @@ for title, e in encoders:
                      (f", max abs diff from ours {check:.2g}" if check is not None else ""))
     lines += ["", "Peers: " + "; ".join(notes) + ". OpenVINO: the faster of its LATENCY hint "
               "(one request) and THROUGHPUT hint (the batch split over parallel requests).", ""]
+bf16 = [(t, f) for t, f in (("nn4.small2", "encode-bf16.json"),
+                            ("dlib ResNet v1, 150x150", "encode-dlib-bf16.json"))
+        if os.path.exists(os.path.join(out, f))]
+if bf16:
+    lines += ["## Encoder in bf16 (ours; against our fp32 of the same run)", "",
+              "| model | batch | bf16 img/s | latency ms | fp32 img/s | bf16 / fp32 |",
+              "|---|---|---|---|---|---|"]
+    for t, f in bf16:
+        fp32 = {r["batch"]: r for r in load(f.replace("-bf16", "")).get("results", [])}
+        for r in load(f)["results"]:
+            base = fp32.get(r["batch"], {}).get("img_per_s")
+            lines.append(f"| {t} | {r['batch']} | {r['img_per_s']:.1f} | {r['latency_ms']:.2f} | "
+                         + (f"{base:.1f} | {r['img_per_s'] / base:.2f} |" if base else "- | - |"))
+    lines.append("")
 lines.pop()
 lines += ["", "## Triplet loss + gradient (d=128)", "",
           "| B | mode | ours ms | PyTorch ms | ratio |", "|---|---|---|---|---|"]

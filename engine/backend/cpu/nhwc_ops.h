@@ -30,7 +30,7 @@ inline float bf16_to_float(uint16_t h) {
 }
 
 // n images of c x h x w in NHWC whose pixels are `cs` elements apart (cs >= c: a channel
-// slice of a wider buffer starts at data).
+// slice of a wider buffer starts at data). The views an op takes share one element type.
 struct NhwcView {
   void* data = nullptr;
   ActType type = ActType::f32;
@@ -42,8 +42,8 @@ struct NhwcView {
 void l2pool_nhwc(const NhwcView& x, const NhwcView& y, int kernel, int stride, int pad,
                  int threads);
 
-// Copies x into y (same n and c, y's map at least as large), centred (floor((H-h)/2) rows and
-// columns before), zeroing y's border.
+// Copies x into y (same n, c and element type; y's map at least as large), centred (floor((H-h)/2)
+// rows and columns before), zeroing y's border.
 void copy_centred_nhwc(const NhwcView& x, const NhwcView& y, int threads);
 
 // y = relu?(a + b); y's dims are the larger of a's and b's on each axis (same n), an element

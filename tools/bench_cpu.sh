@@ -38,6 +38,12 @@ if $b/apps/facenet bench encode --model "$model" --batch 1 --repeats 1 --warmup 
 else
   echo "bench_cpu: no bf16 on this CPU: bf16 encode skipped" >&2
 fi
+# Where the encoders' time goes (oneDNN's per-primitive timings), batch 64.
+echo "bench_cpu: profiles" >&2
+for p in fp32 bf16; do
+  tools/profile_cpu.sh "$model" 64 "$p" > "$out/profile-nn4-$p-b64.md" || true
+  [ -f "$dlib_model" ] && { tools/profile_cpu.sh "$dlib_model" 64 "$p" > "$out/profile-dlib-$p-b64.md" || true; }
+done
 echo "bench_cpu: triplet" >&2
 $b/apps/facenet bench triplet --batch 256,1024 --modes batch_all,batch_hard,semi_hard \
   --repeats 5 --threads "$threads" > "$out/triplet-small.json"

@@ -47,30 +47,6 @@ nlohmann::json timing_json(const TimingStats& t) {
           {"repeats", t.repeats}};
 }
 
-std::string dnnl_isa_name() {
-  // The ISAs oneDNN 2.x and 3.x both name; whatever else it reports is shown as a number.
-  switch (dnnl_get_effective_cpu_isa()) {
-    case dnnl_cpu_isa_sse41:
-      return "sse41";
-    case dnnl_cpu_isa_avx:
-      return "avx";
-    case dnnl_cpu_isa_avx2:
-      return "avx2";
-    case dnnl_cpu_isa_avx2_vnni:
-      return "avx2_vnni";
-    case dnnl_cpu_isa_avx512_core:
-      return "avx512_core";
-    case dnnl_cpu_isa_avx512_core_vnni:
-      return "avx512_core_vnni";
-    case dnnl_cpu_isa_avx512_core_bf16:
-      return "avx512_core_bf16";
-    case dnnl_cpu_isa_avx512_core_amx:
-      return "avx512_core_amx";
-    default:
-      return "isa 0x" + detail::concat(std::hex, static_cast<int>(dnnl_get_effective_cpu_isa()));
-  }
-}
-
 nlohmann::json machine_json() {
   std::string cpu = "unknown";
   std::ifstream info("/proc/cpuinfo");
@@ -91,7 +67,7 @@ nlohmann::json machine_json() {
           {"blas", blas_description()},
           {"onednn", detail::concat(dnnl_version()->major, ".", dnnl_version()->minor, ".",
                                     dnnl_version()->patch)},
-          {"onednn_isa", dnnl_isa_name()}};
+          {"onednn_isa", onednn_isa_name()}};
 }
 
 nlohmann::json run_python_peer(const std::string& script, const std::vector<std::string>& args) {

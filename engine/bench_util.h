@@ -21,12 +21,8 @@ TimingStats summarize(std::vector<double> seconds);
 
 nlohmann::json timing_json(const TimingStats& t);
 
-// The instruction set oneDNN's CPU kernels use here (dnnl_get_effective_cpu_isa), by name:
-// "avx2", "avx512_core", "avx512_core_bf16", ...
-std::string dnnl_isa_name();
-
 // {"cpu": model name, "cores": n, "hostname", "date" (UTC ISO-8601), "blas": "OpenBLAS x",
-// "onednn": "2.6.3", "onednn_isa": dnnl_isa_name()}.
+// "onednn": "2.6.3", "onednn_isa": onednn_isa_name() (blas.h)}.
 nlohmann::json machine_json();
 
 // Runs `/usr/bin/python3 <source dir>/tools/<script> args...` and parses the last line of its

@@ -80,8 +80,16 @@ class SerialOneDnnScope {
   int saved_;
 };
 
-const char* isa_name(dnnl_cpu_isa_t isa) {
-  switch (isa) {
+const dnnl::engine& cpu_engine() {
+  static const dnnl::engine engine(dnnl::engine::kind::cpu, 0);
+  return engine;
+}
+
+}  // namespace
+
+std::string onednn_isa_name() {
+  // The ISAs oneDNN 2.x and 3.x both name; whatever else it reports is shown as a number.
+  switch (dnnl_get_effective_cpu_isa()) {
     case dnnl_cpu_isa_sse41:
       return "sse41";
     case dnnl_cpu_isa_avx:
@@ -99,16 +107,9 @@ const char* isa_name(dnnl_cpu_isa_t isa) {
     case dnnl_cpu_isa_avx512_core_amx:
       return "avx512_core_amx";
     default:
-      return "all";
+      return "isa 0x" + detail::concat(std::hex, static_cast<int>(dnnl_get_effective_cpu_isa()));
   }
 }
-
-const dnnl::engine& cpu_engine() {
-  static const dnnl::engine engine(dnnl::engine::kind::cpu, 0);
-  return engine;
-}
-
-}  // namespace
 
 std::string blas_description() {
   (void)kSerialBlas;
@@ -117,7 +118,7 @@ std::string blas_description() {
   std::snprintf(text, sizeof text,
                 "oneDNN %d.%d.%d (%s runtime, ISA %s) float GEMMs; double: ", v->major, v->minor,
                 v->patch, v->cpu_runtime == DNNL_RUNTIME_OMP ? "OpenMP" : "non-OpenMP",
-                isa_name(dnnl_get_effective_cpu_isa()));
+                onednn_isa_name().c_str());
   return text + cblas_description();
 }
 

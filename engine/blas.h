@@ -67,6 +67,10 @@ class RowGemm {
 // kernels use, then the CBLAS of the double-precision paths (OpenBLAS's build configuration).
 std::string blas_description();
 
+// The instruction set oneDNN's CPU kernels use here (dnnl_get_effective_cpu_isa), by name:
+// "avx2", "avx512_core", "avx512_core_bf16", ...
+std::string onednn_isa_name();
+
 // The CBLAS library's own thread control (OpenBLAS: yes; a reference CBLAS: no). The engine keeps
 // it at 1 (set when the engine loads); only a benchmark timing a peer linked to the same CBLAS
 // (FAISS's IndexFlatL2 runs its GEMMs through it) raises it.

@@ -8,6 +8,7 @@
 #include "engine/backend.h"
 #include "engine/backend/cpu/cpu_backend.h"
 #include "engine/backend/lowering.h"
+#include "engine/blas.h"
 #include "engine/cpu_reference.h"
 #include "tests/dlib_fixture.h"
 #include "tests/golden_fixture.h"
@@ -153,9 +154,7 @@ struct BackendCase {
 // Every backend this build and machine can run, with its tolerance.
 std::vector<BackendCase> available_backends() {
   std::vector<BackendCase> cases = {{"cpu fp32", Device::cpu, "fp32", 1e-5}};
-  if (cpu_isa_description().find("bf16") != std::string::npos ||
-      cpu_isa_description().find("amx") != std::string::npos)
-    cases.push_back({"cpu bf16", Device::cpu, "bf16", 3e-2});
+  if (cpu_has_bf16()) cases.push_back({"cpu bf16", Device::cpu, "bf16", 3e-2});
   if (gpu_available()) {
     cases.push_back({"cuda fp32", Device::cuda, "fp32", 1e-4});
     cases.push_back({"cuda fp16", Device::cuda, "fp16", 3e-2});
@@ -207,7 +206,7 @@ TEST(Backends, DlibResnetMatchesTheReference) {
 // every probe the same answer and the same top-3 order as fp32.
 TEST(Backends, Bf16KeepsEveryHappyHouseAnswer) {
   if (available_backends().size() < 2 || available_backends()[1].precision != "bf16")
-    GTEST_SKIP() << "no bf16 on this CPU (oneDNN ISA " << cpu_isa_description() << ")";
+    GTEST_SKIP() << "no bf16 on this CPU (oneDNN ISA " << onednn_isa_name() << ")";
   for (const char* variant : {"openface", "coursera"}) {
     const Model m = load_model(test::converted_model(variant));
     const auto imgs = test::golden(variant);

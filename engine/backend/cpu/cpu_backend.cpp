@@ -16,6 +16,7 @@
 
 #include "engine/backend/cpu/nhwc_ops.h"
 #include "engine/backend/lowering.h"
+#include "engine/blas.h"
 #include "engine/error.h"
 
 namespace facenet {
@@ -25,33 +26,6 @@ namespace {
 using dnnl::memory;
 using Tag = memory::format_tag;
 using Dt = memory::data_type;
-
-std::string isa_name(dnnl::cpu_isa isa) {
-  switch (isa) {
-    case dnnl::cpu_isa::sse41:
-      return "sse41";
-    case dnnl::cpu_isa::avx:
-      return "avx";
-    case dnnl::cpu_isa::avx2:
-      return "avx2";
-    case dnnl::cpu_isa::avx2_vnni:
-      return "avx2_vnni";
-    case dnnl::cpu_isa::avx512_core:
-      return "avx512_core";
-    case dnnl::cpu_isa::avx512_core_vnni:
-      return "avx512_core_vnni";
-    case dnnl::cpu_isa::avx512_core_bf16:
-      return "avx512_core_bf16";
-    case dnnl::cpu_isa::avx512_core_amx:
-      return "avx512_core_amx";
-    default:
-      return "other";
-  }
-}
-
-bool isa_has_bf16(dnnl::cpu_isa isa) {
-  return isa == dnnl::cpu_isa::avx512_core_bf16 || isa == dnnl::cpu_isa::avx512_core_amx;
-}
 
 // One step's primitive and its arguments for one batch size.
 struct Exec {
@@ -73,10 +47,9 @@ class CpuBackend final : public Backend {
     if (opt.precision == "fp32") {
       act_ = ActType::f32;
     } else if (opt.precision == "bf16") {
-      const auto isa = dnnl::get_effective_cpu_isa();
-      if (!isa_has_bf16(isa))
+      if (!cpu_has_bf16())
         fail("--precision bf16: this CPU has no bfloat16 instructions (oneDNN reports ISA ",
-             isa_name(isa), "; needs avx512_core_bf16 or newer)");
+             onednn_isa_name(), "; needs avx512_core_bf16 or newer)");
       act_ = ActType::bf16;
     } else {
       fail("--precision ", opt.precision, ": the cpu backend runs fp32 or bf16");
@@ -473,8 +446,9 @@ class CpuBackend final : public Backend {
 
 }  // namespace
 
-std::string cpu_isa_description() {
-  return isa_name(dnnl::get_effective_cpu_isa());
+bool cpu_has_bf16() {
+  const auto isa = dnnl::get_effective_cpu_isa();
+  return isa == dnnl::cpu_isa::avx512_core_bf16 || isa == dnnl::cpu_isa::avx512_core_amx;
 }
 
 std::unique_ptr<Backend> make_cpu_backend(const Model& model, const BackendOptions& options) {

@@ -2,7 +2,6 @@
 #pragma once
 
 #include <memory>
-#include <string>
 
 #include "engine/backend.h"
 
@@ -12,7 +11,7 @@ namespace facenet {
 // facenet::Error naming the ISA oneDNN found).
 std::unique_ptr<Backend> make_cpu_backend(const Model& model, const BackendOptions& options);
 
-// The instruction set oneDNN dispatches to on this CPU, e.g. "avx512_core_bf16".
-std::string cpu_isa_description();
+// Whether oneDNN runs bfloat16 natively here (avx512_core_bf16 or newer): what bf16 needs.
+bool cpu_has_bf16();
 
 }  // namespace facenet

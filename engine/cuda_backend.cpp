@@ -271,10 +271,12 @@ class CudaBackendImpl final : public CudaBackend {
     }
   }
 
+  // Uploads every step's parameters and drops their host copies, except the conv biases
+  // that an unfused conv needs at planning (the lowering's copies are not needed again).
   void upload_steps() {
     dev_.resize(g_.steps.size());
     for (size_t i = 0; i < g_.steps.size(); ++i) {
-      const Step& s = g_.steps[i];
+      Step& s = g_.steps[i];
       DeviceStep& d = dev_[i];
       switch (s.op) {
         case StepOp::conv: {
@@ -291,11 +293,11 @@ class CudaBackendImpl final : public CudaBackend {
           weight_bytes_ += d.gamma.bytes() + d.beta.bytes();
           break;
         case StepOp::dense: {
-          const int in = s.global_pool ? static_cast<int>(g_.shape(s.inputs[0])[0]) : s.in;
+          FN_ASSERT(static_cast<size_t>(s.in) * s.out == s.w.size());
           std::vector<float> wt(s.w.size());  // [out][in] -> [in][out]
           for (int o = 0; o < s.out; ++o)
-            for (int c = 0; c < in; ++c)
-              wt[static_cast<size_t>(c) * s.out + o] = s.w[static_cast<size_t>(o) * in + c];
+            for (int c = 0; c < s.in; ++c)
+              wt[static_cast<size_t>(c) * s.out + o] = s.w[static_cast<size_t>(o) * s.in + c];
           d.head_wt = upload(wt, ctx_.stream());
           d.head_b = upload(s.b, ctx_.stream());
           weight_bytes_ += d.head_wt.bytes() + d.head_b.bytes();
@@ -304,6 +306,8 @@ class CudaBackendImpl final : public CudaBackend {
         default:
           break;
       }
+      s.w = {};
+      if (s.op != StepOp::conv) s.b = {};
     }
   }
 

@@ -10,7 +10,7 @@
 #include <cstddef>
 #include <cstdint>
 
-#include "engine/backend/lowering.h"  // PoolKind
+#include "engine/backend/pool_kind.h"
 
 namespace facenet {
 

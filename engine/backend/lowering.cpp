@@ -41,7 +41,7 @@ void fold_batchnorm(std::vector<float>& w, std::vector<float>& b, int64_t per_ou
     const double s = gamma[o] / std::sqrt(static_cast<double>(var[o]) + eps);
     for (int64_t i = 0; i < per_out; ++i)
       w[o * per_out + i] = static_cast<float>(w[o * per_out + i] * s);
-    b[o] = static_cast<float>((b[o] - mean[o]) * s + beta[o]);
+    b[o] = static_cast<float>((b[o] - static_cast<double>(mean[o])) * s + beta[o]);
   }
 }
 

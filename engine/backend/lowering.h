@@ -9,11 +9,10 @@
 #include <string>
 #include <vector>
 
+#include "engine/backend/pool_kind.h"
 #include "engine/model.h"
 
 namespace facenet {
-
-enum class PoolKind { max, avg, l2 };
 
 // What a lowered step computes. BatchNorm and affine after a conv/dense are folded into its
 // weights; a BatchNorm anywhere else becomes an affine (inference BN is per-channel

@@ -4,6 +4,7 @@
 #include <climits>
 #include <cmath>
 #include <random>
+#include <set>
 
 #include "engine/backend.h"
 #include "engine/backend/cpu/cpu_backend.h"
@@ -295,48 +296,110 @@ TEST(Lowering, FoldsAndFusesWhatEachBackendAsksFor) {
   EXPECT_FALSE(step_computing(plain, "fc")->global_pool);
 }
 
-// No two values that are live at the same step may overlap in the arena, except where the
-// plan says one lives inside the other (a concat slice, an in-place residual).
-void expect_no_live_overlap(const LoweredGraph& g) {
+// No two values that are live at the same step may overlap in the arena. The only planned
+// sharing: a concat and the inputs placed in its channel slices, and a fused residual and the
+// output computed in place over it. Lifetimes are rebuilt here from the graph's nodes (every
+// node input is a read), not from the lowering's own bookkeeping.
+void expect_no_live_overlap(const Model& m, const LoweredGraph& g) {
+  std::map<std::string, int> step_of;  // node -> the step computing it
+  for (size_t i = 0; i < g.steps.size(); ++i)
+    for (const auto& n : g.steps[i].nodes) step_of[n] = static_cast<int>(i);
   std::map<std::string, std::pair<int, int>> live;  // value -> [written, last read]
-  for (size_t i = 0; i < g.steps.size(); ++i) {
-    const int t = static_cast<int>(i);
-    auto& w = live[g.steps[i].output];
-    w = {t, std::max(w.second, t)};
-    for (const auto& v : g.steps[i].inputs) live[v].second = std::max(live[v].second, t);
-    if (!g.steps[i].residual.empty()) live[g.steps[i].residual].second = t;
+  for (const Step& s : g.steps) {
+    const int t = step_of.at(s.output);
+    live[s.output] = {t, std::max(live[s.output].second, t)};
   }
+  for (const Node& n : m.graph.nodes)
+    for (const auto& v : n.inputs) {
+      // A value folded into a step (a conv's output before its BN) is not a stored value.
+      if (!g.placement.count(v)) continue;
+      live[v].second = std::max(live[v].second, step_of.at(n.name));
+    }
   if (g.output_in_arena) live[g.output].second = INT_MAX;
-  auto range = [&](const std::string& v) {
-    const Placement& p = g.placement.at(v);
-    const Slot& s = g.slots[p.slot];
-    const Shape& sh = g.shape(v);
-    // Per image, in units of the slot's channel planes; only overlap matters.
-    return std::pair<int64_t, int64_t>{s.offset * 1 + p.c0 * s.h * s.w,
-                                       s.offset + (p.c0 + sh[0]) * s.h * s.w};
-  };
+  std::set<std::pair<std::string, std::string>> planned;
+  for (const Step& s : g.steps) {
+    if (s.op == StepOp::concat)
+      for (const auto& in : s.inputs) planned.insert({in, s.output});
+    if (!s.residual.empty()) planned.insert({s.residual, s.output});
+  }
   std::vector<std::string> values;
   for (const auto& [v, span] : live)
     if (g.placement.count(v) && g.placement.at(v).slot >= 0) values.push_back(v);
   for (size_t a = 0; a < values.size(); ++a)
     for (size_t b = a + 1; b < values.size(); ++b) {
-      const auto &la = live[values[a]], &lb = live[values[b]];
+      const std::string &va = values[a], &vb = values[b];
+      const auto &la = live[va], &lb = live[vb];
       if (la.first > lb.second || lb.first > la.second) continue;  // never live together
-      const Placement &pa = g.placement.at(values[a]), &pb = g.placement.at(values[b]);
-      if (pa.slot == pb.slot) continue;  // planned sharing: slice or in place
-      const auto ra = range(values[a]), rb = range(values[b]);
-      EXPECT_TRUE(ra.second <= rb.first || rb.second <= ra.first)
-          << values[a] << " and " << values[b] << " overlap while both are live";
+      if (planned.count({va, vb}) || planned.count({vb, va})) continue;
+      const Placement &pa = g.placement.at(va), &pb = g.placement.at(vb);
+      const Slot &sa = g.slots[pa.slot], &sb = g.slots[pb.slot];
+      // Per image: [offset + c0 * h * w, offset + (c0 + c) * h * w) of the slot's planes.
+      const int64_t a0 = sa.offset + pa.c0 * sa.h * sa.w;
+      const int64_t a1 = sa.offset + (pa.c0 + g.shape(va)[0]) * sa.h * sa.w;
+      const int64_t b0 = sb.offset + pb.c0 * sb.h * sb.w;
+      const int64_t b1 = sb.offset + (pb.c0 + g.shape(vb)[0]) * sb.h * sb.w;
+      EXPECT_TRUE(a1 <= b0 || b1 <= a0) << va << " and " << vb << " overlap while both are live";
     }
 }
 
-TEST(Lowering, LiveValuesNeverShareMemory) {
+Fusions all_fusions() {
   Fusions all;
   all.residual_add = all.global_pool_dense = all.concat_slices = true;
-  for (const Fusions& f : {Fusions{}, all}) {
-    expect_no_live_overlap(lower(all_ops_model(), f));
-    expect_no_live_overlap(lower(load_model(test::converted_model("openface")), f));
+  return all;
+}
+
+// A concat that is itself a fused residual, with an input read again later (a) or by the
+// conv computed in place over the concat (b): its inputs must not live in its slot.
+Model concat_residual_model(bool conv_reads_branch) {
+  GraphBuilder b({4, 6, 6});
+  b.conv("c0", "x", 4, 8, 3, 1, 1);
+  b.conv("c1", "x", 4, 8, 3, 1, 1);
+  b.op(OpType::concat, "cat", {"c0", "c1"});
+  b.conv("cs", conv_reads_branch ? "c0" : "x", conv_reads_branch ? 8 : 4, 16, 3, 1, 1);
+  b.op(OpType::add, "sum", {"cs", "cat"});
+  b.conv("co", "c0", 8, 16, 1, 1, 0);
+  b.op(OpType::add, "out", {"co", "sum"});
+  return b.finish("out");
+}
+
+TEST(Lowering, LiveValuesNeverShareMemory) {
+  for (const Fusions& f : {Fusions{}, all_fusions()}) {
+    for (const Model& m : {all_ops_model(), load_model(test::converted_model("openface")),
+                           concat_residual_model(false), concat_residual_model(true)})
+      expect_no_live_overlap(m, lower(m, f));
+#if FACENET_HAS_DLIB
+    if (std::filesystem::exists(test::resnet_dat())) {
+      const Model dlib = convert_dlib_resnet(test::resnet_dat());
+      expect_no_live_overlap(dlib, lower(dlib, f));
+    }
+#endif
   }
+}
+
+TEST(Backends, ConcatThatIsAResidualMatchesTheReference) {
+  for (bool reads_branch : {false, true})
+    expect_all_backends_match_reference(concat_residual_model(reads_branch), 3, 17, 0);
+}
+
+// Passes of 4+ images take the Winograd path (3x3 stride-1 fp32 convs on maps of 8x8 and up,
+// c1 and c4 here, c4 with the residual sum fused): 9 images in passes of 8 and a tail of 1.
+TEST(Backends, WinogradPassesMatchTheReference) {
+  expect_all_backends_match_reference(all_ops_model(), 9, 23, 8);
+}
+
+// A dense layer over a whole map (flattened in CHW order whatever the layout) and an l2norm of
+// a map (CHW output order): the paths a 1x1 head never takes.
+TEST(Backends, DenseAndL2NormOverMapsMatchTheReference) {
+  GraphBuilder d({3, 7, 7});
+  d.conv("c", "x", 3, 6, 3, 2, 1);  // 6 x 4 x 4
+  d.dense("fc", "c", 6 * 4 * 4, 10);
+  expect_all_backends_match_reference(d.finish("fc"), 3, 29, 0);
+  GraphBuilder l({3, 7, 7});
+  l.conv("c", "x", 3, 6, 3, 2, 1);
+  Node l2 = make_node(OpType::l2norm, "l2", {"c"});
+  l2.eps = 1e-10;
+  l.add(l2);
+  expect_all_backends_match_reference(l.finish("l2"), 3, 31, 0);
 }
 
 TEST(Lowering, ConcatSlicesPlaceFullSizeBranchesInTheirChannels) {

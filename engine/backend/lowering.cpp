@@ -277,7 +277,9 @@ class Lowering {
     if (f_.concat_slices) {
       std::set<std::string> aliased;
       for (const Step& s : steps) {
-        if (s.op != StepOp::concat) continue;
+        // A concat whose output is a fused residual is overwritten in place: its inputs keep
+        // their own slots.
+        if (s.op != StepOp::concat || in_place.count(s.output)) continue;
         const Shape& cs = out_.shapes.at(s.output);
         int64_t c0 = 0;
         for (const auto& in : s.inputs) {

@@ -10,9 +10,11 @@
 #include <omp.h>
 
 #include <algorithm>
+#include <cstdint>
 #include <oneapi/dnnl/dnnl.hpp>
 #include <optional>
 #include <unordered_map>
+#include <vector>
 
 #include "engine/backend/cpu/nhwc_ops.h"
 #include "engine/backend/lowering.h"
@@ -26,6 +28,22 @@ namespace {
 using dnnl::memory;
 using Tag = memory::format_tag;
 using Dt = memory::data_type;
+
+// Zeroed bytes whose start is 64-byte aligned (a cache line, an AVX-512 vector); the address
+// never changes after assign(), which memory objects rely on.
+class AlignedBytes {
+ public:
+  void assign(size_t bytes) {
+    raw_.assign(bytes + 64, 0);
+    size_ = bytes;
+  }
+  char* data() { return raw_.data() + (64 - reinterpret_cast<uintptr_t>(raw_.data()) % 64) % 64; }
+  size_t size() const { return size_; }
+
+ private:
+  std::vector<char> raw_;
+  size_t size_ = 0;
+};
 
 // One step's primitive and its arguments for one batch size.
 struct Exec {
@@ -58,8 +76,8 @@ class CpuBackend final : public Backend {
     threads_ = opt.threads > 0 ? opt.threads : omp_get_num_procs();
     micro_batch_ = opt.micro_batch > 0 ? opt.micro_batch : kDefaultMicroBatch;
     const int64_t es = act_size(act_);
-    arena_.assign(static_cast<size_t>(g_.arena_per_image * micro_batch_ * es + 64), 0);
-    input_.assign(static_cast<size_t>(element_count(g_.input_shape) * micro_batch_ * es), 0);
+    arena_.assign(static_cast<size_t>(g_.arena_per_image * micro_batch_ * es));
+    input_.assign(static_cast<size_t>(element_count(g_.input_shape) * micro_batch_ * es));
     weights_.resize(g_.steps.size());
     size_winograd_buffers(micro_batch_);
   }
@@ -301,8 +319,8 @@ class CpuBackend final : public Backend {
         src = std::max(src, blocked(g_.shape(s.inputs[0])));
         dst = std::max(dst, blocked(g_.shape(s.output)));
       }
-    wino_src_.assign(src, 0);
-    wino_dst_.assign(dst, 0);
+    wino_src_.assign(src);
+    wino_dst_.assign(dst);
   }
 
   // Inner product over the flattened input (oneDNN flattens the logical C, H, W: our weights'
@@ -439,7 +457,8 @@ class CpuBackend final : public Backend {
   ActType act_ = ActType::f32;
   int threads_ = 1;
   int64_t micro_batch_ = kDefaultMicroBatch;
-  std::vector<char> arena_, input_, scratch_, wino_src_, wino_dst_;
+  AlignedBytes arena_, input_, wino_src_, wino_dst_;
+  std::vector<char> scratch_;  // oneDNN aligns each scratchpad entry itself
   std::vector<std::vector<std::pair<memory::desc, memory>>> weights_;  // per step
   std::map<int64_t, BatchPlan> plans_;
 };

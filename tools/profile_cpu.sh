@@ -18,9 +18,19 @@ log, batch, repeats, precision = sys.argv[1], int(sys.argv[2]), int(sys.argv[3])
 lines = open(log).read().splitlines()
 report = json.loads("\n".join(l for l in lines if not l.startswith("onednn_verbose")))
 execs = [l.split(",") for l in lines if l.startswith("onednn_verbose,exec,cpu,")]
-# The bench runs 1 warm-up + `repeats` timed passes of the same primitives: keep the last ones.
-per_pass = len(execs) // (repeats + 1)
-timed = execs[-per_pass * repeats:]
+# The bench runs 1 warm-up batch (whose first pass also reorders weights: extra lines) and then
+# `repeats` timed batches, each of `chunks` identical micro-batch passes. The pass is the period
+# of the tail's (primitive, shape) sequence; all passes but the first match it, so counting
+# them gives chunks = (matching + 1) / (repeats + 1); keep the timed batches' lines.
+sig = [(f[3], f[4], f[-2]) for f in execs]
+period = next(p for p in range(1, len(sig) // repeats + 1)
+              if all(sig[-k] == sig[-k - p] for k in range(1, p * (repeats - 1) + 1)))
+matching = 1
+while (matching + 1) * period <= len(sig) and \
+        sig[-(matching + 1) * period:-matching * period] == sig[-period:]:
+    matching += 1
+chunks = max(1, (matching + 1) // (repeats + 1))
+timed = execs[-period * chunks * repeats:]
 by, macs = {}, {}
 for f in timed:
     key = (f[3], f[4])

@@ -102,7 +102,7 @@ class CpuBackend final : public Backend {
   // Measured at batch 64 on a 2-core AVX-512 machine: 16 images per pass keep a layer's
   // activations in L2/L3 (see the README's speed section).
   static constexpr int64_t kDefaultMicroBatch = 16;
-  static constexpr int64_t kWinogradMinMap = 8, kWinogradMinImages = 4;
+  static constexpr int64_t kWinogradMinMap = 8, kWinogradMinImages = 4, kWinogradMinMapFew = 17;
 
   static Fusions cpu_fusions() {
     Fusions f;
@@ -228,15 +228,18 @@ class CpuBackend final : public Backend {
     return {};
   }
 
-  // Winograd F(4x4, 3x3) (oneDNN's jit_wino_4x3) for 3x3 stride-1 fp32 convolutions on maps of
-  // at least kWinogradMinMap in passes of at least kWinogradMinImages: about half the time of
-  // the direct convolution there, even with reorders to and from its blocked layout (it takes
-  // no NHWC). For a single image the transforms and reorders cost more than they save (dlib's
-  // ResNet at batch 1: 744 img/s direct, 609 with Winograd). oneDNN has no bf16 Winograd.
+  // Winograd F(4x4, 3x3) (oneDNN's jit_wino_4x3) for 3x3 stride-1 fp32 convolutions: about
+  // half the time of the direct convolution, even with reorders to and from its blocked layout
+  // (it takes no NHWC), on maps of at least kWinogradMinMap in passes of kWinogradMinImages
+  // and more; for fewer images only on maps of kWinogradMinMapFew and up, where its tiles are
+  // enough work (batch 1, 20 runs each, min: dlib's ResNet 712 -> 801 img/s with its 35x35 and
+  // 17x17 maps on Winograd, 609 with the 8x8 ones too; nn4.small2 714-763 -> 731-962). oneDNN
+  // has no bf16 Winograd.
   bool use_winograd(const Step& s, int64_t n) const {
     const Shape& out = g_.shape(s.output);
-    return act_ == ActType::f32 && s.kernel == 3 && s.stride == 1 && n >= kWinogradMinImages &&
-           out[1] >= kWinogradMinMap && out[2] >= kWinogradMinMap;
+    const int64_t min_map = n >= kWinogradMinImages ? kWinogradMinMap : kWinogradMinMapFew;
+    return act_ == ActType::f32 && s.kernel == 3 && s.stride == 1 && out[1] >= min_map &&
+           out[2] >= min_map;
   }
 
   std::vector<Exec> plan_conv(size_t i, int64_t n) {

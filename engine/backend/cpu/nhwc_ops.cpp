@@ -6,6 +6,7 @@
 
 #include <algorithm>
 #include <cmath>
+#include <limits>
 #include <vector>
 
 namespace facenet {
@@ -74,22 +75,26 @@ void l2pool(const NhwcView& x, const NhwcView& y, int kernel, int stride, int pa
   }
 }
 
+// Per pixel, the channels split into runs each a plain loop: both inputs, one of them, none.
 template <typename T>
 void add_padded(const NhwcView& a, const NhwcView& b, bool relu, const NhwcView& y, int threads) {
   const T *pa = data<T>(a), *pb = data<T>(b);
   T* out = data<T>(y);
+  const float lo = relu ? 0.0f : -std::numeric_limits<float>::infinity();
 #pragma omp parallel for collapse(2) num_threads(threads) schedule(static)
   for (int64_t n = 0; n < y.n; ++n)
     for (int64_t oy = 0; oy < y.h; ++oy)
       for (int64_t ox = 0; ox < y.w; ++ox) {
         const int64_t ca = oy < a.h && ox < a.w ? a.c : 0, cb = oy < b.h && ox < b.w ? b.c : 0;
-        const int64_t ia = ca ? pixel(a, n, oy, ox) : 0, ib = cb ? pixel(b, n, oy, ox) : 0;
-        const int64_t o = pixel(y, n, oy, ox);
-        for (int64_t c = 0; c < y.c; ++c) {
-          float v = (c < ca ? load(pa, ia + c) : 0.0f) + (c < cb ? load(pb, ib + c) : 0.0f);
-          if (relu) v = std::max(v, 0.0f);
-          store(out, o + c, v);
-        }
+        const T* ra = pa + (ca ? pixel(a, n, oy, ox) : 0);
+        const T* rb = pb + (cb ? pixel(b, n, oy, ox) : 0);
+        T* o = out + pixel(y, n, oy, ox);
+        const int64_t both = std::min(ca, cb);
+        const T* longer = ca > cb ? ra : rb;
+        for (int64_t c = 0; c < both; ++c) store(o, c, std::max(load(ra, c) + load(rb, c), lo));
+        for (int64_t c = both; c < std::max(ca, cb); ++c)
+          store(o, c, std::max(load(longer, c), lo));
+        for (int64_t c = std::max(ca, cb); c < y.c; ++c) store(o, c, 0.0f);
       }
 }
 

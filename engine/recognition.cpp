@@ -7,6 +7,7 @@
 #include <map>
 #include <unordered_map>
 
+#include "engine/backend/cpu/cpu_backend.h"
 #include "engine/encode.h"
 #include "engine/error.h"
 #include "engine/gpu.h"
@@ -150,7 +151,7 @@ struct Identifier::Index {
   }
 };
 
-Identifier::Identifier(GalleryMatrix gallery, Device device)
+Identifier::Identifier(GalleryMatrix gallery, Device device, std::optional<CpuStorage> storage)
     : gallery_(std::move(gallery)), index_(std::make_unique<Index>()) {
   const int dim = gallery_.spec.dim;
   const int64_t n = static_cast<int64_t>(gallery_.rows());
@@ -163,7 +164,9 @@ Identifier::Identifier(GalleryMatrix gallery, Device device)
     require_gpu("identify --device cuda");
 #endif
   } else {
-    index_->cpu = std::make_unique<CpuFlatIndex>(dim);
+    if (!storage)
+      storage = n >= kAutoBf16Rows && cpu_has_bf16() ? CpuStorage::kBFloat16 : CpuStorage::kFloat32;
+    index_->cpu = std::make_unique<CpuFlatIndex>(dim, *storage);
     index_->cpu->add(gallery_.vectors.data(), n, dim);
   }
   std::unordered_map<int64_t, int64_t> per;
@@ -172,6 +175,10 @@ Identifier::Identifier(GalleryMatrix gallery, Device device)
 }
 
 Identifier::~Identifier() = default;
+
+CpuStorage Identifier::cpu_storage() const {
+  return index_->cpu ? index_->cpu->storage() : CpuStorage::kFloat32;
+}
 
 std::vector<Identification> Identifier::identify(const float* probes, int64_t n, int k,
                                                  double threshold) {

@@ -12,12 +12,12 @@
 
 #include "apps/cli_common.h"
 #include "apps/embedding_writer.h"
-#include "engine/dlib_resnet.h"
-#include "engine/encode_faces.h"
-#include "engine/error.h"
-#include "engine/image_cv.h"
-#include "engine/lfw_eval.h"
-#include "engine/model.h"
+#include "engine/model/dlib_resnet.h"
+#include "engine/pipeline/encode_faces.h"
+#include "engine/core/error.h"
+#include "engine/image/image_cv.h"
+#include "engine/eval/lfw_eval.h"
+#include "engine/model/model.h"
 
 namespace fs = std::filesystem;
 

@@ -2,9 +2,9 @@
 #include <fstream>
 
 #include "apps/cli_common.h"
-#include "engine/error.h"
-#include "engine/gallery.h"
-#include "engine/recognition.h"
+#include "engine/core/error.h"
+#include "engine/search/gallery.h"
+#include "engine/search/recognition.h"
 
 namespace facenet::cli {
 

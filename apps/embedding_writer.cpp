@@ -3,8 +3,8 @@
 
 #include <filesystem>
 
-#include "engine/error.h"
-#include "engine/npy.h"
+#include "engine/core/error.h"
+#include "engine/core/npy.h"
 
 namespace facenet::cli {
 

@@ -7,14 +7,14 @@
 #ifdef FACENET_HAS_DLIB
 #include "apps/cli_faces.h"
 #endif
-#include "engine/backend.h"
-#include "engine/convert_openface.h"
-#include "engine/encode.h"
-#include "engine/encode_bench.h"
-#include "engine/error.h"
-#include "engine/model.h"
-#include "engine/onnx_export.h"
-#include "engine/triplet_bench.h"
+#include "engine/backend/backend.h"
+#include "engine/model/convert_openface.h"
+#include "engine/pipeline/encode.h"
+#include "tools/bench/encode_bench.h"
+#include "engine/core/error.h"
+#include "engine/model/model.h"
+#include "engine/model/onnx_export.h"
+#include "tools/bench/triplet_bench.h"
 
 namespace fs = std::filesystem;
 using namespace facenet;

@@ -5,7 +5,7 @@
 
 #include <algorithm>
 
-#include "engine/cuda_util.h"
+#include "engine/core/cuda_util.h"
 #include "kernels/dtype_convert.cuh"
 #include "kernels/inception_ops.h"
 

@@ -6,8 +6,8 @@
 #include <climits>
 #include <cmath>
 
-#include "engine/cuda_util.h"
-#include "engine/error.h"
+#include "engine/core/cuda_util.h"
+#include "engine/core/error.h"
 
 namespace facenet {
 namespace {

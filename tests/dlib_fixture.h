@@ -13,14 +13,14 @@
 #include <string>
 #include <vector>
 
-#include "engine/image_io.h"
-#include "engine/model.h"
+#include "engine/image/image_io.h"
+#include "engine/model/model.h"
 #include "tests/test_util.h"
 
 #if FACENET_HAS_DLIB
-#include "engine/dlib_resnet.h"
-#include "engine/face_align.h"
-#include "engine/image_cv.h"
+#include "engine/model/dlib_resnet.h"
+#include "engine/face/face_align.h"
+#include "engine/image/image_cv.h"
 #endif
 
 namespace facenet::test {

@@ -8,8 +8,8 @@
 #include <string>
 #include <vector>
 
-#include "engine/image_io.h"
-#include "engine/model.h"
+#include "engine/image/image_io.h"
+#include "engine/model/model.h"
 #include "tests/model_fixture.h"
 
 namespace facenet::test {

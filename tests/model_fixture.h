@@ -10,7 +10,7 @@
 #include <map>
 #include <string>
 
-#include "engine/convert_openface.h"
+#include "engine/model/convert_openface.h"
 #include "tests/test_util.h"
 
 namespace facenet::test {

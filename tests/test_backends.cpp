@@ -6,11 +6,11 @@
 #include <random>
 #include <set>
 
-#include "engine/backend.h"
+#include "engine/backend/backend.h"
 #include "engine/backend/cpu/cpu_backend.h"
 #include "engine/backend/lowering.h"
-#include "engine/blas.h"
-#include "engine/cpu_reference.h"
+#include "engine/core/blas.h"
+#include "engine/backend/reference/cpu_reference.h"
 #include "tests/dlib_fixture.h"
 #include "tests/golden_fixture.h"
 #include "tests/model_fixture.h"

@@ -9,7 +9,7 @@
 #include <string>
 #include <vector>
 
-#include "engine/blas.h"
+#include "engine/core/blas.h"
 #include "tests/test_util.h"
 
 namespace facenet {

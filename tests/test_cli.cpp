@@ -3,7 +3,7 @@
 #include <nlohmann/json.hpp>
 #include <sstream>
 
-#include "engine/npy.h"
+#include "engine/core/npy.h"
 #include "tests/cli_fixture.h"
 
 namespace facenet {

@@ -4,10 +4,10 @@
 
 #include <fstream>
 
-#include "engine/convert_openface.h"
-#include "engine/error.h"
-#include "engine/model.h"
-#include "engine/safetensors.h"
+#include "engine/model/convert_openface.h"
+#include "engine/core/error.h"
+#include "engine/model/model.h"
+#include "engine/model/safetensors.h"
 #include "tests/model_fixture.h"
 
 namespace facenet {

@@ -11,12 +11,12 @@
 #include <optional>
 #include <random>
 
-#include "engine/backend.h"
+#include "engine/backend/backend.h"
 #include "engine/backend/lowering.h"
-#include "engine/cpu_reference.h"
-#include "engine/cuda_backend.h"
-#include "engine/cuda_util.h"
-#include "engine/encode.h"
+#include "engine/backend/reference/cpu_reference.h"
+#include "engine/backend/cuda/cuda_backend.h"
+#include "engine/core/cuda_util.h"
+#include "engine/pipeline/encode.h"
 #include "kernels/inception_ops.h"
 #include "tests/dlib_fixture.h"
 #include "tests/golden_fixture.h"

@@ -5,9 +5,9 @@
 #include <cmath>
 #include <cstdlib>
 
-#include "engine/backend.h"
-#include "engine/dlib_resnet.h"
-#include "engine/image_cv.h"
+#include "engine/backend/backend.h"
+#include "engine/model/dlib_resnet.h"
+#include "engine/image/image_cv.h"
 #include "tests/dlib_fixture.h"
 
 namespace facenet {

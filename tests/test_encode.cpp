@@ -10,8 +10,8 @@
 #include <string>
 #include <vector>
 
-#include "engine/encode.h"
-#include "engine/image_io.h"
+#include "engine/pipeline/encode.h"
+#include "engine/image/image_io.h"
 #include "tests/test_util.h"
 
 namespace facenet {

@@ -2,10 +2,10 @@
 // no face. Skips when the dlib landmark models have not been fetched.
 #include <opencv2/imgproc.hpp>
 
-#include "engine/encode_faces.h"
-#include "engine/error.h"
-#include "engine/face_align.h"
-#include "engine/image_cv.h"
+#include "engine/pipeline/encode_faces.h"
+#include "engine/core/error.h"
+#include "engine/face/face_align.h"
+#include "engine/image/image_cv.h"
 #include "tests/model_fixture.h"
 #include "tests/test_util.h"
 

@@ -14,8 +14,8 @@
 #include <string>
 #include <vector>
 
-#include "engine/error.h"
-#include "engine/gallery.h"
+#include "engine/core/error.h"
+#include "engine/search/gallery.h"
 #include "tests/test_util.h"
 
 namespace facenet {

@@ -4,8 +4,8 @@
 #include <fstream>
 #include <nlohmann/json.hpp>
 
-#include "engine/backend.h"
-#include "engine/image_io.h"
+#include "engine/backend/backend.h"
+#include "engine/image/image_io.h"
 #include "tests/golden_fixture.h"
 
 namespace facenet {

@@ -1,10 +1,10 @@
 // GPU plumbing: presence detection is consistent, and device buffers round-trip.
 #include <vector>
 
-#include "engine/error.h"
+#include "engine/core/error.h"
 #include "tests/test_util.h"
 #ifdef FACENET_HAS_CUDA
-#include "engine/cuda_util.h"
+#include "engine/core/cuda_util.h"
 #endif
 
 namespace facenet {

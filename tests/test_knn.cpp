@@ -8,8 +8,8 @@
 #include <string>
 #include <vector>
 
-#include "engine/error.h"
-#include "engine/knn.h"
+#include "engine/core/error.h"
+#include "engine/search/knn.h"
 #include "tests/test_util.h"
 
 namespace facenet {

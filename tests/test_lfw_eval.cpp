@@ -3,8 +3,8 @@
 #include <fstream>
 #include <random>
 
-#include "engine/error.h"
-#include "engine/lfw_eval.h"
+#include "engine/core/error.h"
+#include "engine/eval/lfw_eval.h"
 #include "tests/test_util.h"
 
 namespace facenet {

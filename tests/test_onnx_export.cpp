@@ -8,10 +8,10 @@
 #include <map>
 #include <random>
 
-#include "engine/backend.h"
-#include "engine/bench_util.h"
-#include "engine/npy.h"
-#include "engine/onnx_export.h"
+#include "engine/backend/backend.h"
+#include "tools/bench/bench_util.h"
+#include "engine/core/npy.h"
+#include "engine/model/onnx_export.h"
 #include "tests/cli_fixture.h"
 #include "tests/dlib_fixture.h"
 

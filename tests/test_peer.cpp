@@ -10,11 +10,11 @@
 #include <opencv2/imgcodecs.hpp>
 #include <random>
 
-#include "engine/backend.h"
-#include "engine/bench_util.h"
-#include "engine/dlib_resnet.h"
-#include "engine/encode_bench.h"
-#include "engine/image_cv.h"
+#include "engine/backend/backend.h"
+#include "tools/bench/bench_util.h"
+#include "engine/model/dlib_resnet.h"
+#include "tools/bench/encode_bench.h"
+#include "engine/image/image_cv.h"
 #include "tests/dlib_fixture.h"
 #include "tests/model_fixture.h"
 

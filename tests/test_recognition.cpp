@@ -8,12 +8,12 @@
 #include <random>
 
 #include "engine/backend/cpu/cpu_backend.h"
-#include "engine/gallery.h"
-#include "engine/recognition.h"
+#include "engine/search/gallery.h"
+#include "engine/search/recognition.h"
 #ifdef FACENET_HAS_DLIB
 #include <opencv2/imgcodecs.hpp>
 
-#include "engine/face_align.h"
+#include "engine/face/face_align.h"
 #endif
 #include "tests/cli_fixture.h"
 

@@ -9,8 +9,8 @@
 #include <tuple>
 #include <vector>
 
-#include "engine/error.h"
-#include "engine/triplet.h"
+#include "engine/core/error.h"
+#include "engine/train/triplet.h"
 #include "tests/test_util.h"
 
 namespace facenet {

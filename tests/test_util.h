@@ -11,9 +11,9 @@
 #include <string>
 #include <vector>
 
-#include "engine/error.h"
+#include "engine/core/error.h"
 
-#include "engine/gpu.h"
+#include "engine/core/gpu.h"
 
 namespace facenet::test {
 

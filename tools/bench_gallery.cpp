@@ -18,9 +18,9 @@
 #include <thread>
 #include <vector>
 
-#include "engine/bench_util.h"
-#include "engine/error.h"
-#include "engine/gallery.h"
+#include "tools/bench/bench_util.h"
+#include "engine/core/error.h"
+#include "engine/search/gallery.h"
 
 namespace {
 

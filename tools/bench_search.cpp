@@ -22,11 +22,11 @@
 #include <string>
 #include <vector>
 
-#include "engine/bench_util.h"
-#include "engine/blas.h"
-#include "engine/error.h"
-#include "engine/gpu.h"
-#include "engine/knn.h"
+#include "tools/bench/bench_util.h"
+#include "engine/core/blas.h"
+#include "engine/core/error.h"
+#include "engine/core/gpu.h"
+#include "engine/search/knn.h"
 
 #ifdef FACENET_HAVE_FAISS
 #include <faiss/IndexFlat.h>

@@ -3,7 +3,7 @@
 
 Reads e_<B>.npy (B x d float32) and labels_<B>.npy written by the bench, computes for each
 mining mode the loss sum, active and valid counts and dJ/dE (of the sum) with the same
-definitions as engine/triplet.h, times forward + backward, writes grad_<mode>_<B>.npy next to
+definitions as engine/train/triplet.h, times forward + backward, writes grad_<mode>_<B>.npy next to
 the inputs and prints one JSON line. Run with Debian's /usr/bin/python3 (python3-torch).
 """
 import argparse

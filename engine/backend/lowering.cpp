@@ -8,7 +8,7 @@
 #include <cmath>
 #include <set>
 
-#include "engine/error.h"
+#include "engine/core/error.h"
 
 namespace facenet {
 

@@ -10,7 +10,7 @@
 #include <vector>
 
 #include "engine/backend/pool_kind.h"
-#include "engine/model.h"
+#include "engine/model/model.h"
 
 namespace facenet {
 

@@ -18,8 +18,8 @@
 
 #include "engine/backend/cpu/nhwc_ops.h"
 #include "engine/backend/lowering.h"
-#include "engine/blas.h"
-#include "engine/error.h"
+#include "engine/core/blas.h"
+#include "engine/core/error.h"
 
 namespace facenet {
 

@@ -1,0 +1,145 @@
+// Preprocessing for the model's input, over whichever decoder the build has (image_decode.h).
+#include "engine/image/image_io.h"
+
+#include <algorithm>
+#include <cstdint>
+#include <fstream>
+#include <iterator>
+#include <set>
+
+#include "engine/core/error.h"
+#include "engine/image/image_decode.h"
+
+namespace facenet {
+
+InputSpec input_spec(const Graph& g) {
+  InputSpec s;
+  s.channels = static_cast<int>(g.input_shape[0]);
+  s.height = static_cast<int>(g.input_shape[1]);
+  s.width = static_cast<int>(g.input_shape[2]);
+  s.scale = static_cast<float>(g.preprocess.value("scale", 1.0 / 255.0));
+  s.rgb = g.preprocess.value("color", "rgb") == "rgb";
+  if (g.preprocess.contains("mean")) {
+    const auto m = g.preprocess.at("mean").get<std::vector<double>>();
+    if (m.size() != 3) fail("model preprocess: 'mean' must have 3 values (one per channel)");
+    for (int c = 0; c < 3; ++c) s.mean[c] = static_cast<float>(m[c]);
+  }
+  if (s.channels != 3) fail("model input has ", s.channels, " channels; only 3 are supported");
+  return s;
+}
+
+namespace {
+
+Bgr8Image decode_resized(const std::vector<unsigned char>& bytes, const std::string& what,
+                         const InputSpec& spec) {
+  Bgr8Image img = decode_bgr8(bytes, what);
+  if (img.width != spec.width || img.height != spec.height)
+    img = resize_bilinear(img, spec.height, spec.width);
+  return img;
+}
+
+// `pixels`: spec.height x spec.width x 3 BGR.
+void to_input(const unsigned char* pixels, const InputSpec& spec, float* out) {
+  const int hw = spec.height * spec.width;
+  for (int i = 0; i < hw; ++i) {
+    const unsigned char* bgr = pixels + 3 * i;
+    for (int c = 0; c < 3; ++c)
+      out[c * hw + i] = (static_cast<float>(bgr[spec.rgb ? 2 - c : c]) - spec.mean[c]) * spec.scale;
+  }
+}
+
+// cv::RNG's multiply-with-carry generator, so the synthetic image is the same whichever
+// decoder the build uses: state = lo32(state) * 4164903690 + hi32(state).
+class MultiplyWithCarry {
+ public:
+  explicit MultiplyWithCarry(uint64_t seed) : state_(seed ? seed : 0xffffffffu) {}
+  int uniform(int lo, int hi) {  // [lo, hi)
+    state_ = static_cast<uint64_t>(static_cast<uint32_t>(state_)) * 4164903690u +
+             static_cast<uint32_t>(state_ >> 32);
+    return static_cast<int>(static_cast<uint32_t>(state_) % static_cast<uint32_t>(hi - lo)) + lo;
+  }
+
+ private:
+  uint64_t state_;
+};
+
+}  // namespace
+
+void decode_image(const std::vector<unsigned char>& bytes, const std::string& what,
+                  const InputSpec& spec, float* out) {
+  to_input(decode_resized(bytes, what, spec).pixels.data(), spec, out);
+}
+
+void bgr8_to_input(const unsigned char* bgr, int height, int width, const InputSpec& spec,
+                   float* out) {
+  if (height == spec.height && width == spec.width) return to_input(bgr, spec, out);
+  Bgr8Image img;
+  img.height = height;
+  img.width = width;
+  img.pixels.assign(bgr, bgr + static_cast<size_t>(height) * width * 3);
+  to_input(resize_bilinear(img, spec.height, spec.width).pixels.data(), spec, out);
+}
+
+void decode_image_bgr8(const std::vector<unsigned char>& bytes, const std::string& what,
+                       const InputSpec& spec, unsigned char* out) {
+  const Bgr8Image img = decode_resized(bytes, what, spec);
+  std::copy(img.pixels.begin(), img.pixels.end(), out);
+}
+
+std::vector<unsigned char> synthetic_jpeg(int height, int width, unsigned seed) {
+  Bgr8Image img;
+  img.height = height;
+  img.width = width;
+  img.pixels.resize(static_cast<size_t>(height) * width * 3);
+  MultiplyWithCarry rng(seed);
+  unsigned char* p = img.pixels.data();
+  for (int y = 0; y < height; ++y)
+    for (int x = 0; x < width; ++x)
+      for (int c = 0; c < 3; ++c)
+        *p++ = static_cast<unsigned char>(
+            std::clamp(x * (c + 1) + y * (3 - c) + rng.uniform(0, 40), 0, 255));
+  return encode_jpeg(img);
+}
+
+std::vector<unsigned char> read_file_bytes(const std::filesystem::path& path) {
+  std::ifstream in(path, std::ios::binary);
+  if (!in) fail(path.string(), ": cannot open (missing or unreadable)");
+  std::vector<unsigned char> bytes((std::istreambuf_iterator<char>(in)),
+                                   std::istreambuf_iterator<char>());
+  if (in.bad()) fail(path.string(), ": read error");
+  return bytes;
+}
+
+void load_image(const std::filesystem::path& path, const InputSpec& spec, float* out) {
+  decode_image(read_file_bytes(path), path.string(), spec, out);
+}
+
+void load_image_bgr8(const std::filesystem::path& path, const InputSpec& spec, unsigned char* out) {
+  decode_image_bgr8(read_file_bytes(path), path.string(), spec, out);
+}
+
+std::vector<std::filesystem::path> expand_inputs(const std::vector<std::string>& args) {
+  namespace fs = std::filesystem;
+  static const std::set<std::string> kExt = {".jpg", ".jpeg", ".png", ".bmp", ".webp",
+                                             ".tif", ".tiff", ".pgm", ".ppm"};
+  std::vector<fs::path> out;
+  for (const auto& a : args) {
+    fs::path p(a);
+    std::error_code ec;
+    if (fs::is_directory(p, ec)) {
+      std::vector<fs::path> found;
+      for (const auto& e : fs::recursive_directory_iterator(p)) {
+        std::string ext = e.path().extension().string();
+        std::transform(ext.begin(), ext.end(), ext.begin(), ::tolower);
+        if (e.is_regular_file() && kExt.count(ext)) found.push_back(e.path());
+      }
+      std::sort(found.begin(), found.end());
+      out.insert(out.end(), found.begin(), found.end());
+    } else {
+      out.push_back(p);  // files (even unreadable ones) are reported when decoded
+    }
+  }
+  return out;
+}
+
+}  // namespace facenet

@@ -1,0 +1,58 @@
+// Image decoding and the model's input rule: 8-bit decode (OpenCV, or libjpeg-turbo + libpng),
+// BGR->RGB, resize to the input size only when needed (bilinear), y = (x - mean_c) * scale,
+// CHW float32.
+#pragma once
+
+#include <array>
+#include <filesystem>
+#include <string>
+#include <vector>
+
+#include "engine/model/graph.h"
+
+namespace facenet {
+
+struct InputSpec {
+  int channels = 3, height = 96, width = 96;
+  float scale = 1.0f / 255.0f;
+  std::array<float, 3> mean{0.f, 0.f, 0.f};  // per input channel, in 0..255 pixel units
+  bool rgb = true;
+};
+
+InputSpec input_spec(const Graph& g);
+
+// Decodes `path` and writes C*H*W floats to `out`. Throws facenet::Error naming the file
+// (unreadable, empty, not an image).
+void load_image(const std::filesystem::path& path, const InputSpec& spec, float* out);
+
+// Same, from encoded bytes in memory (`what` names the source in errors).
+void decode_image(const std::vector<unsigned char>& bytes, const std::string& what,
+                  const InputSpec& spec, float* out);
+
+// An already decoded 8-bit BGR image (height x width x 3, rows packed; e.g. an aligned face
+// chip) -> C*H*W floats by the input rule, resized first when it is not the input size.
+void bgr8_to_input(const unsigned char* bgr, int height, int width, const InputSpec& spec,
+                   float* out);
+
+// load_image's decode and resize without the float conversion: spec.height x spec.width x 3
+// uint8, BGR, for backends that convert on the device. Throws like load_image.
+void load_image_bgr8(const std::filesystem::path& path, const InputSpec& spec, unsigned char* out);
+
+// Same decode and resize, but stops before the float conversion: height x width x 3 uint8
+// in OpenCV's BGR order, for backends that convert on the device.
+void decode_image_bgr8(const std::vector<unsigned char>& bytes, const std::string& what,
+                       const InputSpec& spec, unsigned char* out);
+
+// A deterministic synthetic photo-like image (smooth gradients + noise) encoded as JPEG, for
+// end-to-end benchmarks that must not depend on data files.
+std::vector<unsigned char> synthetic_jpeg(int height, int width, unsigned seed);
+
+// The bytes of a file; throws facenet::Error naming it when it cannot be read.
+std::vector<unsigned char> read_file_bytes(const std::filesystem::path& path);
+
+// Expands files and directories (recursively, sorted, image extensions only) into a list.
+// Files are kept as given, even missing ones: they are reported when decoded, so one bad
+// path never stops the others.
+std::vector<std::filesystem::path> expand_inputs(const std::vector<std::string>& args);
+
+}  // namespace facenet

@@ -1,0 +1,281 @@
+// dlib ResNet: graph, .dat converter (via dlib's deserialiser) and dlib's own forward pass.
+#include "engine/model/dlib_resnet.h"
+
+#include <dlib/dnn.h>
+
+#include <algorithm>
+#include <cstdio>
+#include <string>
+
+#include "engine/core/error.h"
+
+namespace facenet {
+
+namespace {
+
+// ---- dlib's network type (examples/dnn_face_recognition_ex.cpp), needed to deserialise -----
+template <template <int, template <typename> class, int, typename> class block, int N,
+          template <typename> class BN, typename SUBNET>
+using residual = dlib::add_prev1<block<N, BN, 1, dlib::tag1<SUBNET>>>;
+
+template <template <int, template <typename> class, int, typename> class block, int N,
+          template <typename> class BN, typename SUBNET>
+using residual_down = dlib::add_prev2<
+    dlib::avg_pool<2, 2, 2, 2, dlib::skip1<dlib::tag2<block<N, BN, 2, dlib::tag1<SUBNET>>>>>>;
+
+template <int N, template <typename> class BN, int stride, typename SUBNET>
+using block =
+    BN<dlib::con<N, 3, 3, 1, 1, dlib::relu<BN<dlib::con<N, 3, 3, stride, stride, SUBNET>>>>>;
+
+template <int N, typename SUBNET>
+using ares = dlib::relu<residual<block, N, dlib::affine, SUBNET>>;
+template <int N, typename SUBNET>
+using ares_down = dlib::relu<residual_down<block, N, dlib::affine, SUBNET>>;
+
+template <typename SUBNET>
+using alevel0 = ares_down<256, SUBNET>;
+template <typename SUBNET>
+using alevel1 = ares<256, ares<256, ares_down<256, SUBNET>>>;
+template <typename SUBNET>
+using alevel2 = ares<128, ares<128, ares_down<128, SUBNET>>>;
+template <typename SUBNET>
+using alevel3 = ares<64, ares<64, ares<64, ares_down<64, SUBNET>>>>;
+template <typename SUBNET>
+using alevel4 = ares<32, ares<32, ares<32, SUBNET>>>;
+
+using anet_type = dlib::loss_metric<dlib::fc_no_bias<
+    128, dlib::avg_pool_everything<alevel0<alevel1<alevel2<alevel3<alevel4<dlib::max_pool<
+             3, 3, 2, 2,
+             dlib::relu<dlib::affine<
+                 dlib::con<32, 7, 7, 2, 2, dlib::input_rgb_image_sized<150>>>>>>>>>>>>>;
+
+// ---- our graph ----------------------------------------------------------------------------
+class ResnetBuilder {
+ public:
+  std::string conv_affine(const std::string& name, const std::string& in, int out, int kernel,
+                          int stride, int pad) {
+    add(make_conv(name, in, out, kernel, stride, pad));
+    Node a = make_node(OpType::affine, name + "_affine", {name});
+    a.gamma = a.name + "_gamma";
+    a.beta = a.name + "_beta";
+    return add(a);
+  }
+
+  std::string op(OpType type, const std::string& name, std::vector<std::string> inputs,
+                 int kernel = 1, int stride = 1) {
+    return add(make_node(type, name, std::move(inputs), kernel, stride));
+  }
+
+  // dlib's ares / ares_down: strided blocks use padding 0 (dlib's rule for stride != 1).
+  std::string residual(const std::string& name, const std::string& in, int out, bool down) {
+    std::string x = conv_affine(name + "_conv1", in, out, 3, down ? 2 : 1, down ? 0 : 1);
+    x = op(OpType::relu, name + "_relu1", {x});
+    x = conv_affine(name + "_conv2", x, out, 3, 1, 1);
+    const std::string skip = down ? op(OpType::avgpool, name + "_skip_pool", {in}, 2, 2) : in;
+    x = op(OpType::add, name + "_add", {x, skip});
+    return op(OpType::relu, name + "_relu", {x});
+  }
+
+  Graph& graph() { return g_; }
+
+ private:
+  std::string add(Node n) {
+    g_.nodes.push_back(std::move(n));
+    return g_.nodes.back().name;
+  }
+  Graph g_;
+};
+
+}  // namespace
+
+Graph dlib_resnet_graph() {
+  ResnetBuilder b;
+  Graph& g = b.graph();
+  g.name = "dlib_face_recognition_resnet_model_v1";
+  g.variant = "dlib";
+  g.input = "input";
+  g.input_shape = {3, 150, 150};
+  const dlib::input_rgb_image_sized<150> in;
+  g.preprocess = {
+      {"color", "rgb"},       {"mean", {in.get_avg_red(), in.get_avg_green(), in.get_avg_blue()}},
+      {"scale", 1.0 / 256.0}, {"size", {150, 150}},
+      {"resize", "none"},     {"alignment", "dlib-chip-150-0.25"},
+      {"distance", "l2"},     {"threshold", 0.6}};
+  std::string x = b.conv_affine("conv1", "input", 32, 7, 2, 0);
+  x = b.op(OpType::relu, "conv1_relu", {x});
+  x = b.op(OpType::maxpool, "pool1", {x}, 3, 2);
+  struct Stage {
+    int width, blocks;
+    bool down;
+  };
+  // alevel4 .. alevel0, input side first; a downsampling stage starts with res_down.
+  const Stage stages[] = {
+      {32, 3, false}, {64, 4, true}, {128, 3, true}, {256, 3, true}, {256, 1, true}};
+  int index = 0;
+  for (const Stage& s : stages)
+    for (int i = 0; i < s.blocks; ++i) {
+      char name[16];
+      std::snprintf(name, sizeof name, "res%02d", ++index);
+      x = b.residual(name, x, s.width, s.down && i == 0);
+    }
+  x = b.op(OpType::avgpool, "pool_all", {x}, 2, 2);  // avg_pool_everything of the 2x2 map
+  g.nodes.push_back(make_dense("fc", x, 128));
+  g.output = "fc";
+  return g;
+}
+
+namespace {
+
+// One parameterised dlib layer, input side first.
+struct DlibLayer {
+  enum Kind { conv, affine, fc } kind = conv;
+  long out = 0, kernel = 0, stride = 0, pad = 0;
+  std::vector<float> weight, bias;  // conv: [out][in][k][k] + [out]; affine: gamma + beta;
+                                    // fc: [in][out] (dlib's layout), no bias
+};
+
+std::vector<float> host_copy(const dlib::tensor& t, size_t offset, size_t count) {
+  const float* p = t.host();
+  return std::vector<float>(p + offset, p + offset + count);
+}
+
+struct Collector {
+  std::vector<DlibLayer>* layers;
+
+  template <long N, long R, long C, int SY, int SX, int PY, int PX>
+  void operator()(dlib::con_<N, R, C, SY, SX, PY, PX>& l) const {
+    DlibLayer d;
+    d.kind = DlibLayer::conv;
+    const dlib::tensor& p = l.get_layer_params();
+    if (R != C || SY != SX || l.padding_y() != l.padding_x())
+      fail("dlib model: non-square convolution is not supported");
+    d.out = l.num_filters();
+    d.kernel = R;
+    d.stride = SY;
+    d.pad = l.padding_y();
+    const size_t nb = l.bias_is_disabled() ? 0 : static_cast<size_t>(d.out);
+    d.weight = host_copy(p, 0, p.size() - nb);
+    d.bias = nb ? host_copy(p, p.size() - nb, nb) : std::vector<float>(d.out, 0.f);
+    layers->push_back(std::move(d));
+  }
+  void operator()(dlib::affine_& l) const {
+    if (l.get_mode() != dlib::CONV_MODE) fail("dlib model: affine layer not in CONV mode");
+    DlibLayer d;
+    d.kind = DlibLayer::affine;
+    auto g = l.get_gamma();
+    auto b = l.get_beta();
+    d.weight.assign(g.host(), g.host() + g.size());
+    d.bias.assign(b.host(), b.host() + b.size());
+    layers->push_back(std::move(d));
+  }
+  template <unsigned long N, dlib::fc_bias_mode M>
+  void operator()(dlib::fc_<N, M>& l) const {
+    if (M != dlib::FC_NO_BIAS) fail("dlib model: fc layer with bias is not expected");
+    DlibLayer d;
+    d.kind = DlibLayer::fc;
+    d.out = static_cast<long>(l.get_num_outputs());
+    auto w = l.get_weights();
+    d.weight.assign(w.host(), w.host() + w.size());
+    layers->push_back(std::move(d));
+  }
+  template <typename T>
+  void operator()(T&) const {}  // relu, pools, add_prev: nothing to copy
+};
+
+anet_type load_net(const std::filesystem::path& dat) {
+  if (!std::filesystem::is_regular_file(dat))
+    fail(dat.string(), ": not found (run weights/fetch_dlib_models.sh)");
+  anet_type net;
+  try {
+    dlib::deserialize(dat.string()) >> net;
+  } catch (const std::exception& e) {
+    fail(dat.string(), ": not dlib's face recognition ResNet (", e.what(), ")");
+  }
+  return net;
+}
+
+}  // namespace
+
+Model convert_dlib_resnet(const std::filesystem::path& dat) {
+  anet_type net = load_net(dat);
+  std::vector<DlibLayer> layers;
+  dlib::visit_computational_layers(net, Collector{&layers});
+  std::reverse(layers.begin(), layers.end());  // dlib visits from the output side
+
+  Model m;
+  m.graph = dlib_resnet_graph();
+  const auto shapes = infer_shapes(m.graph);
+  size_t next = 0;
+  auto take = [&](DlibLayer::Kind kind, const Node& n) -> DlibLayer& {
+    if (next >= layers.size() || layers[next].kind != kind)
+      fail(dat.string(), ": layer ", next, " does not match node '", n.name, "' (", op_name(n.op),
+           ")");
+    return layers[next++];
+  };
+  for (size_t i = 0; i < m.graph.nodes.size(); ++i) {
+    const Node& n = m.graph.nodes[i];
+    const int in_index = m.graph.index_of(n.inputs[0]);
+    const Shape& x = in_index < 0 ? m.graph.input_shape : shapes[in_index];
+    if (n.op == OpType::conv) {
+      DlibLayer& l = take(DlibLayer::conv, n);
+      if (l.out != n.out || l.kernel != n.kernel || l.stride != n.stride || l.pad != n.pad)
+        fail(dat.string(), ": conv '", n.name, "' is ", l.out, " filters ", l.kernel, "x", l.kernel,
+             "/", l.stride, " pad ", l.pad, "; the graph expects ", n.out, " ", n.kernel, "x",
+             n.kernel, "/", n.stride, " pad ", n.pad);
+      const Shape ws{n.out, x[0], n.kernel, n.kernel};
+      if (static_cast<int64_t>(l.weight.size()) != element_count(ws))
+        fail(dat.string(), ": conv '", n.name, "' has ", l.weight.size(), " weights, expected ",
+             element_count(ws));
+      m.tensors[n.weight] = HostTensor(ws, std::move(l.weight));
+      m.tensors[n.bias] = HostTensor({n.out}, std::move(l.bias));
+    } else if (n.op == OpType::affine) {
+      DlibLayer& l = take(DlibLayer::affine, n);
+      if (static_cast<int64_t>(l.weight.size()) != x[0])
+        fail(dat.string(), ": affine '", n.name, "' has ", l.weight.size(), " channels, expected ",
+             x[0]);
+      m.tensors[n.gamma] = HostTensor({x[0]}, std::move(l.weight));
+      m.tensors[n.beta] = HostTensor({x[0]}, std::move(l.bias));
+    } else if (n.op == OpType::dense) {
+      DlibLayer& l = take(DlibLayer::fc, n);
+      const int64_t in = element_count(x);
+      if (l.out != n.out || static_cast<int64_t>(l.weight.size()) != in * n.out)
+        fail(dat.string(), ": fc has ", l.weight.size(), " weights, expected ", in * n.out);
+      HostTensor w({n.out, in});  // dlib stores [in][out]; ours is [out][in]
+      for (int64_t o = 0; o < n.out; ++o)
+        for (int64_t j = 0; j < in; ++j) w.data[o * in + j] = l.weight[j * n.out + o];
+      m.tensors[n.weight] = std::move(w);
+      m.tensors[n.bias] = HostTensor({n.out});  // fc_no_bias
+    }
+  }
+  if (next != layers.size())
+    fail(dat.string(), ": ", layers.size() - next, " dlib layer(s) left over after the graph");
+  m.provenance = {{"source",
+                   "dlib_face_recognition_resnet_model_v1.dat (dlib, Davis King; CC0) from PyPI "
+                   "face_recognition_models 0.3.0"},
+                  {"converter", "facenet convert dlib-resnet"},
+                  {"variant", m.graph.variant}};
+  validate_model(m);
+  return m;
+}
+
+std::vector<float> dlib_resnet_forward(const std::filesystem::path& dat,
+                                       const std::vector<cv::Mat>& chips) {
+  anet_type net = load_net(dat);
+  std::vector<dlib::matrix<dlib::rgb_pixel>> images(chips.size());
+  for (size_t i = 0; i < chips.size(); ++i) {
+    const cv::Mat& c = chips[i];
+    if (c.type() != CV_8UC3 || c.rows != 150 || c.cols != 150)
+      fail("dlib_resnet_forward: chip ", i, " is not a 150x150 8-bit BGR image");
+    images[i].set_size(150, 150);
+    for (int r = 0; r < 150; ++r)
+      for (int col = 0; col < 150; ++col) {
+        const cv::Vec3b& p = c.at<cv::Vec3b>(r, col);
+        images[i](r, col) = dlib::rgb_pixel(p[2], p[1], p[0]);
+      }
+  }
+  std::vector<float> out;
+  for (const auto& d : net(images)) out.insert(out.end(), d.begin(), d.end());
+  return out;
+}
+
+}  // namespace facenet

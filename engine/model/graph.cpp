@@ -1,0 +1,305 @@
+// Graph (de)serialisation and shape inference.
+#include "engine/model/graph.h"
+
+#include <algorithm>
+
+#include "engine/core/error.h"
+
+namespace facenet {
+
+namespace {
+
+struct OpEntry {
+  OpType op;
+  const char* name;
+};
+constexpr OpEntry kOps[] = {
+    {OpType::conv, "conv"},       {OpType::batchnorm, "batchnorm"}, {OpType::relu, "relu"},
+    {OpType::maxpool, "maxpool"}, {OpType::avgpool, "avgpool"},     {OpType::l2pool, "l2pool"},
+    {OpType::lrn, "lrn"},         {OpType::concat, "concat"},       {OpType::dense, "dense"},
+    {OpType::l2norm, "l2norm"},   {OpType::affine, "affine"},       {OpType::add, "add"},
+};
+
+OpType op_from_name(const std::string& s, const std::string& node) {
+  for (const auto& e : kOps)
+    if (s == e.name) return e.op;
+  fail("graph node '", node, "': unknown op '", s, "'");
+}
+
+bool is_pool(OpType op) {
+  return op == OpType::maxpool || op == OpType::avgpool || op == OpType::l2pool;
+}
+
+// Checks a parameter tensor's presence and shape; no-op when `t` is null (shapes only).
+void param(const TensorMap* t, const Node& n, const std::string& name, const Shape& expected) {
+  if (!t) return;
+  auto it = t->find(name);
+  if (name.empty() || it == t->end())
+    fail("node '", n.name, "': parameter tensor '", name, "' is missing from the model");
+  if (it->second.shape != expected)
+    fail("node '", n.name, "': tensor '", name, "' has shape ", shape_string(it->second.shape),
+         ", expected ", shape_string(expected));
+}
+
+}  // namespace
+
+const char* op_name(OpType op) {
+  for (const auto& e : kOps)
+    if (op == e.op) return e.name;
+  return "?";
+}
+
+int Graph::index_of(const std::string& n) const {
+  for (size_t i = 0; i < nodes.size(); ++i)
+    if (nodes[i].name == n) return static_cast<int>(i);
+  if (n == input) return -1;
+  fail("graph '", name, "': no node named '", n, "'");
+}
+
+const Node& Graph::node(const std::string& n) const {
+  int i = index_of(n);
+  if (i < 0) fail("graph '", name, "': '", n, "' is the input, not a node");
+  return nodes[i];
+}
+
+Node make_node(OpType op, const std::string& name, std::vector<std::string> inputs, int kernel,
+               int stride, int pad) {
+  Node n;
+  n.name = name;
+  n.op = op;
+  n.inputs = std::move(inputs);
+  n.kernel = kernel;
+  n.stride = stride;
+  n.pad = pad;
+  return n;
+}
+
+Node make_conv(const std::string& name, const std::string& input, int out, int kernel, int stride,
+               int pad) {
+  Node c = make_node(OpType::conv, name, {input}, kernel, stride, pad);
+  c.out = out;
+  c.weight = name + "_w";
+  c.bias = name + "_b";
+  return c;
+}
+
+Node make_dense(const std::string& name, const std::string& input, int out) {
+  Node d = make_node(OpType::dense, name, {input});
+  d.out = out;
+  d.weight = name + "_w";
+  d.bias = name + "_b";
+  return d;
+}
+
+nlohmann::json graph_to_json(const Graph& g) {
+  nlohmann::json nodes = nlohmann::json::array();
+  for (const Node& n : g.nodes) {
+    nlohmann::json j = {{"name", n.name}, {"op", op_name(n.op)}, {"inputs", n.inputs}};
+    switch (n.op) {
+      case OpType::conv:
+        j.update({{"out", n.out},
+                  {"kernel", n.kernel},
+                  {"stride", n.stride},
+                  {"pad", n.pad},
+                  {"weight", n.weight},
+                  {"bias", n.bias}});
+        break;
+      case OpType::dense:
+        j.update({{"out", n.out}, {"weight", n.weight}, {"bias", n.bias}});
+        break;
+      case OpType::batchnorm:
+        j.update({{"gamma", n.gamma},
+                  {"beta", n.beta},
+                  {"mean", n.mean},
+                  {"var", n.var},
+                  {"eps", n.eps}});
+        break;
+      case OpType::affine:
+        j.update({{"gamma", n.gamma}, {"beta", n.beta}});
+        break;
+      case OpType::maxpool:
+      case OpType::avgpool:
+      case OpType::l2pool:
+        j.update({{"kernel", n.kernel}, {"stride", n.stride}, {"pad", n.pad}});
+        break;
+      case OpType::lrn:
+        j.update({{"size", n.size}, {"alpha", n.alpha}, {"beta", n.beta_pow}, {"k", n.k}});
+        break;
+      case OpType::l2norm:
+        j["eps"] = n.eps;
+        break;
+      case OpType::relu:
+      case OpType::concat:
+      case OpType::add:
+        break;
+    }
+    nodes.push_back(std::move(j));
+  }
+  return {{"format", "facenet-graph"},
+          {"version", 1},
+          {"name", g.name},
+          {"variant", g.variant},
+          {"input", {{"name", g.input}, {"shape", g.input_shape}}},
+          {"output", g.output},
+          {"preprocess", g.preprocess},
+          {"nodes", nodes}};
+}
+
+Graph graph_from_json(const nlohmann::json& j) {
+  Graph g;
+  try {
+    if (j.value("format", "") != "facenet-graph")
+      fail("model graph: 'format' is not \"facenet-graph\"");
+    if (j.at("version").get<int>() != 1)
+      fail("model graph: version ", j.at("version").dump(), " is not supported (expected 1)");
+    g.name = j.at("name").get<std::string>();
+    g.variant = j.value("variant", "");
+    g.input = j.at("input").at("name").get<std::string>();
+    g.input_shape = j.at("input").at("shape").get<Shape>();
+    g.output = j.at("output").get<std::string>();
+    g.preprocess = j.value("preprocess", nlohmann::json::object());
+    for (const auto& jn : j.at("nodes")) {
+      Node n;
+      n.name = jn.at("name").get<std::string>();
+      n.op = op_from_name(jn.at("op").get<std::string>(), n.name);
+      n.inputs = jn.at("inputs").get<std::vector<std::string>>();
+      n.out = jn.value("out", 0);
+      n.kernel = jn.value("kernel", 1);
+      n.stride = jn.value("stride", 1);
+      n.pad = jn.value("pad", 0);
+      n.weight = jn.value("weight", "");
+      n.bias = jn.value("bias", "");
+      if (n.op == OpType::batchnorm) {
+        n.gamma = jn.at("gamma").get<std::string>();
+        n.beta = jn.at("beta").get<std::string>();
+        n.mean = jn.at("mean").get<std::string>();
+        n.var = jn.at("var").get<std::string>();
+      }
+      if (n.op == OpType::affine) {
+        n.gamma = jn.at("gamma").get<std::string>();
+        n.beta = jn.at("beta").get<std::string>();
+      }
+      n.eps = jn.value("eps", n.op == OpType::l2norm ? 1e-12 : 1e-5);
+      if (n.op == OpType::lrn) {
+        n.size = jn.value("size", 5);
+        n.alpha = jn.value("alpha", 1e-4);
+        n.beta_pow = jn.value("beta", 0.75);
+        n.k = jn.value("k", 1.0);
+      }
+      g.nodes.push_back(std::move(n));
+    }
+  } catch (const nlohmann::json::exception& e) {
+    fail("model graph: malformed description (", e.what(), ")");
+  }
+  if (g.input_shape.size() != 3) fail("model graph: input shape must be [C, H, W]");
+  return g;
+}
+
+int64_t pooled_size(int64_t in, int kernel, int stride, int pad) {
+  const int64_t span = in + 2 * pad - kernel;
+  return span < 0 ? -1 : span / stride + 1;
+}
+
+namespace {
+
+// Shape inference; parameter tensors are checked when `t` is not null.
+std::vector<Shape> infer_shapes_checked(const Graph& g, const TensorMap* t) {
+  std::vector<Shape> shapes(g.nodes.size());
+  auto shape_of = [&](const std::string& name) -> const Shape& {
+    int i = g.index_of(name);
+    return i < 0 ? g.input_shape : shapes[i];
+  };
+  for (size_t i = 0; i < g.nodes.size(); ++i) {
+    const Node& n = g.nodes[i];
+    if (n.inputs.empty()) fail("node '", n.name, "' has no inputs");
+    for (const auto& in : n.inputs)
+      if (g.index_of(in) >= static_cast<int>(i))
+        fail("node '", n.name, "' uses '", in, "' before it is computed");
+    if (n.op == OpType::add && n.inputs.size() != 2)
+      fail("node '", n.name, "' (add) takes exactly two inputs");
+    if (n.op != OpType::concat && n.op != OpType::add && n.inputs.size() != 1)
+      fail("node '", n.name, "' (", op_name(n.op), ") takes exactly one input");
+    const Shape& x = shape_of(n.inputs[0]);
+    Shape y = x;
+    switch (n.op) {
+      case OpType::conv:
+        param(t, n, n.weight, {n.out, x[0], n.kernel, n.kernel});
+        param(t, n, n.bias, {n.out});
+        y = {n.out, pooled_size(x[1], n.kernel, n.stride, n.pad),
+             pooled_size(x[2], n.kernel, n.stride, n.pad)};
+        break;
+      case OpType::batchnorm:
+        for (const auto* p : {&n.gamma, &n.beta, &n.mean, &n.var}) param(t, n, *p, {x[0]});
+        break;
+      case OpType::affine:
+        for (const auto* p : {&n.gamma, &n.beta}) param(t, n, *p, {x[0]});
+        break;
+      case OpType::add: {
+        const Shape& b = shape_of(n.inputs[1]);
+        y = {std::max(x[0], b[0]), std::max(x[1], b[1]), std::max(x[2], b[2])};
+        break;
+      }
+      case OpType::maxpool:
+      case OpType::avgpool:
+      case OpType::l2pool:
+        y = {x[0], pooled_size(x[1], n.kernel, n.stride, n.pad),
+             pooled_size(x[2], n.kernel, n.stride, n.pad)};
+        break;
+      case OpType::dense:
+        param(t, n, n.weight, {n.out, element_count(x)});
+        param(t, n, n.bias, {n.out});
+        y = {n.out, 1, 1};
+        break;
+      case OpType::concat: {
+        int64_t c = 0, h = 0, w = 0;
+        for (const auto& in : n.inputs) {
+          const Shape& s = shape_of(in);
+          c += s[0];
+          h = std::max(h, s[1]);
+          w = std::max(w, s[2]);
+        }
+        y = {c, h, w};
+        break;
+      }
+      case OpType::relu:
+      case OpType::lrn:
+      case OpType::l2norm:
+        break;
+    }
+    if ((n.op == OpType::conv || n.op == OpType::dense) && n.out < 1)
+      fail("node '", n.name, "': 'out' (output channels) must be >= 1");
+    if ((n.op == OpType::conv || is_pool(n.op)) && (n.kernel < 1 || n.stride < 1 || n.pad < 0))
+      fail("node '", n.name, "': kernel/stride must be >= 1 and pad >= 0");
+    if (y[1] < 1 || y[2] < 1)
+      fail("node '", n.name, "': window ", n.kernel, "/", n.stride, " pad ", n.pad,
+           " does not fit its ", x[1], "x", x[2], " input");
+    shapes[i] = y;
+  }
+  return shapes;
+}
+
+}  // namespace
+
+std::vector<Shape> infer_shapes(const Graph& g, const TensorMap& tensors) {
+  return infer_shapes_checked(g, &tensors);
+}
+
+std::vector<Shape> infer_shapes(const Graph& g) {
+  return infer_shapes_checked(g, nullptr);
+}
+
+int64_t count_macs(const Graph& g, const std::vector<Shape>& shapes) {
+  int64_t macs = 0;
+  for (size_t i = 0; i < g.nodes.size(); ++i) {
+    const Node& n = g.nodes[i];
+    const int gi = g.index_of(n.inputs[0]);
+    const Shape& x = gi < 0 ? g.input_shape : shapes[gi];
+    if (n.op == OpType::conv)
+      macs += element_count(shapes[i]) * x[0] * n.kernel * n.kernel;
+    else if (n.op == OpType::dense)
+      macs += shapes[i][0] * element_count(x);
+  }
+  return macs;
+}
+
+}  // namespace facenet

@@ -1,0 +1,1180 @@
+// Exact L2 k-NN: CPU flat index (fused scan, oneDNN GEMM tiles, fp32 or split-bf16 storage) and
+// the GPU index host class.
+#include "engine/search/knn.h"
+
+#include <immintrin.h>
+#include <omp.h>
+#include <sys/mman.h>
+
+#include <algorithm>
+#include <cmath>
+#include <cstdlib>
+#include <cstring>
+#include <limits>
+#include <memory>
+#include <new>
+#include <type_traits>
+
+#include "engine/core/blas.h"
+#include "engine/core/error.h"
+
+#ifdef FACENET_HAS_CUDA
+#include "kernels/knn.h"
+#endif
+
+namespace facenet {
+
+KnnAlgorithm parse_knn_algorithm(const std::string& name) {
+  if (name == "auto") return KnnAlgorithm::kAuto;
+  if (name == "fused") return KnnAlgorithm::kFused;
+  if (name == "gemm") return KnnAlgorithm::kGemm;
+  fail("k-NN algorithm '", name, "': expected auto, fused or gemm");
+}
+
+const char* to_string(KnnAlgorithm algorithm) {
+  switch (algorithm) {
+    case KnnAlgorithm::kFused:
+      return "fused";
+    case KnnAlgorithm::kGemm:
+      return "gemm";
+    default:
+      return "auto";
+  }
+}
+
+// ---- Gallery memory --------------------------------------------------------------------------
+
+namespace {
+constexpr std::size_t kHugePage = std::size_t{2} << 20;
+constexpr std::size_t kHugeFrom = std::size_t{4} << 20;
+}  // namespace
+
+void* huge_page_allocate(std::size_t bytes) {
+  if (bytes < kHugeFrom) {
+    if (void* p = std::malloc(std::max<std::size_t>(bytes, 1))) return p;
+    throw std::bad_alloc();
+  }
+  const std::size_t rounded = (bytes + kHugePage - 1) / kHugePage * kHugePage;
+  void* p = std::aligned_alloc(kHugePage, rounded);
+  if (!p) throw std::bad_alloc();
+  madvise(p, rounded, MADV_HUGEPAGE);  // advice only: without THP the pages stay 4 KiB
+  return p;
+}
+
+void huge_page_free(void* p, std::size_t) noexcept {
+  std::free(p);
+}
+
+// ---- Slots ---------------------------------------------------------------------------------
+
+void SlotMap::append(const int64_t* ids, int64_t n, const char* what) {
+  const int64_t base = size();
+  for (int64_t i = 0; i < n; ++i) {
+    const int64_t id = ids ? ids[i] : base + i;
+    if (!slot_.emplace(id, base + i).second) {
+      for (int64_t j = 0; j < i; ++j) slot_.erase(ids ? ids[j] : base + j);
+      fail(what, ": ids[", i, "] = ", id, " is already in the index (or repeated)");
+    }
+  }
+  ids_.reserve(base + n);
+  for (int64_t i = 0; i < n; ++i) ids_.push_back(ids ? ids[i] : base + i);
+}
+
+SlotMap::Moves SlotMap::remove(const int64_t* ids, int64_t n) {
+  // Swap-with-last, one id at a time; `origin` tracks which original slot's data each moved-into
+  // slot holds, so chains (the last slot was itself filled by a move) collapse into one move.
+  std::unordered_map<int64_t, int64_t> origin;
+  Moves moves;
+  for (int64_t i = 0; i < n; ++i) {
+    auto it = slot_.find(ids[i]);
+    if (it == slot_.end()) continue;
+    const int64_t slot = it->second, last = size() - 1;
+    slot_.erase(it);
+    auto from = origin.find(last);
+    const int64_t source = from != origin.end() ? from->second : last;
+    if (from != origin.end()) origin.erase(from);
+    if (slot != last) {
+      ids_[slot] = ids_[last];
+      slot_[ids_[slot]] = slot;
+      origin[slot] = source;
+    }
+    ids_.pop_back();
+    ++moves.removed;
+  }
+  for (const auto& [dst, src] : origin) {
+    moves.dst.push_back(dst);
+    moves.src.push_back(src);
+  }
+  return moves;
+}
+
+// ---- Validation shared by both indexes -------------------------------------------------------
+
+namespace {
+
+void check_dim(int dim, int expected, const char* what) {
+  if (dim != expected)
+    fail(what, ": vectors have dimension ", dim, ", the index expects ", expected);
+}
+
+void check_finite(const float* x, int64_t n, int dim, const char* what) {
+  if (n > 0 && !x) fail(what, ": null vector pointer for ", n, " vectors");
+  for (int64_t i = 0; i < n * dim; ++i)
+    if (!std::isfinite(x[i]))
+      fail(what, ": vector ", i / dim, " component ", i % dim, " is ", x[i], " (must be finite)");
+}
+
+void check_search_args(int64_t nq, int k, int max_k, const float* distances,
+                       const int64_t* labels) {
+  if (nq < 0) fail("search: nq = ", nq, " must be >= 0");
+  if (k < 1 || k > max_k) fail("search: k = ", k, " must be in [1, ", max_k, "]");
+  if (nq > 0 && (!distances || !labels)) fail("search: null distances or labels output");
+}
+
+void fill_empty(int64_t count, float* distances, int64_t* labels) {
+  std::fill(distances, distances + count, std::numeric_limits<float>::infinity());
+  std::fill(labels, labels + count, int64_t{-1});
+}
+
+// ---- CPU selection ---------------------------------------------------------------------------
+
+// A candidate: squared distance (or a bound of it) and gallery slot, ordered by (value, slot).
+struct Neighbor {
+  float dist;
+  int64_t slot;
+  bool operator<(const Neighbor& o) const {
+    return dist < o.dist || (dist == o.dist && slot < o.slot);
+  }
+};
+
+// The k best candidates of one query as a max-heap, seeded with k sentinels (+inf, max slot)
+// so that a short gallery pads the result for free.
+class TopK {
+ public:
+  explicit TopK(int k)
+      : heap_(k, Neighbor{std::numeric_limits<float>::infinity(),
+                          std::numeric_limits<int64_t>::max()}) {}
+  float bound() const { return heap_[0].dist; }
+  void push(float dist, int64_t slot) {
+    const Neighbor c{dist, slot};
+    if (c < heap_[0]) replace_top(c);
+  }
+  void merge(const TopK& other) {
+    for (const Neighbor& c : other.heap_)
+      if (c < heap_[0]) replace_top(c);
+  }
+  // Ascending results; sentinels become label -1, +inf.
+  void write(const SlotMap& slots, float* distances, int64_t* labels) {
+    std::sort(heap_.begin(), heap_.end());
+    for (size_t i = 0; i < heap_.size(); ++i) {
+      const bool real = heap_[i].slot != std::numeric_limits<int64_t>::max();
+      distances[i] = heap_[i].dist;
+      labels[i] = real ? slots.id_at(heap_[i].slot) : -1;
+    }
+  }
+
+ private:
+  void replace_top(const Neighbor& c) {
+    const size_t n = heap_.size();
+    size_t i = 0;
+    for (;;) {
+      size_t child = 2 * i + 1;
+      if (child >= n) break;
+      if (child + 1 < n && heap_[child] < heap_[child + 1]) ++child;
+      if (!(c < heap_[child])) break;
+      heap_[i] = heap_[child];
+      i = child;
+    }
+    heap_[i] = c;
+  }
+  std::vector<Neighbor> heap_;
+};
+
+// ---- bf16 planes and the distance bound ------------------------------------------------------
+//
+// Storage. A finite fp32 x with bit pattern B is kept as high = (B + 0x8000) >> 16, its bf16
+// rounding to nearest with ties away from zero (adding half a bf16 ulp to the magnitude bits),
+// and low = B & 0xffff. The carry into bit 16 happened exactly when low >= 0x8000, so
+// B = ((high - (low >> 15)) << 16) | low: the fp32 value comes back bit for bit, in the same
+// 4 bytes as fp32 storage, while a scan reads only the 2 bytes of `high`. (fp16 has no such
+// split: its exponent range differs from fp32's and the remainder does not fit 16 bits, so an
+// fp16 gallery would need a second, fp32 copy for exact re-ranking.)
+//
+// Bound. Let F(s) be the distance the exact path computes for slot s, F = max(0, fl(fl(qn + gn)
+// - 2 fl(q.g))) with qn, gn the stored fp32 squared norms, and A(s) the same expression with
+// fl(p.h) in place of fl(q.g): h is the bf16 plane of g, p the query as the approximate dot
+// sees it (q itself in the scan, its bf16 rounding in the bf16 GEMM). With e_s >= ||g - h||,
+// e_q >= ||q - p||, u = 2^-24 and gamma = d u / (1 - d u):
+//   q.g - p.h = (q - p).g + p.(g - h)           so |q.g - p.h| <= e_q ||g|| + ||p|| e_s
+//   |fl(q.g) - q.g| <= gamma ||q|| ||g||        any summation order, FMA or not (Cauchy-Schwarz)
+//   |fl(p.h) - p.h| <= gamma ||p|| ||h||,  ||h|| <= ||g|| + e_s
+// qn and gn are the same stored values in F and A, so they cancel; each side's two final
+// roundings add at most 3.1 u (qn + gn) (|ip| <= (qn + gn) / 2), forming A - E and A + E in
+// fp32 another 2.1 u (qn + gn) + u E, and max(0, .) is 1-Lipschitz. bf16 dot instructions
+// flush denormal inputs and outputs: at most 2^-126 (sqrt(d) (||p|| + ||h||) + d) on the dot.
+// Hence |F - A| <= E(s) = c0 + c1 ||g|| + c2 e_s + c3 gn with, per query,
+//   c1 = 2 gamma (||q|| + ||p||) + 2 e_q + t1,  c2 = 2 ||p|| (1 + gamma) + t1,  c3 = 12 u,
+//   c0 = 12 u qn + 2 d 2^-126 + t1 ||p||,      t1 = 2 sqrt(d) 2^-126,
+// all scaled by (1 + 2^-16) for the fp32 evaluation of E itself. Every norm and error above
+// is computed in double from the fp32 data and rounded up.
+//
+// Selection. L = A - E <= F <= U = A + E. Let T be the k-th smallest U over the gallery: k rows
+// have F <= T, so every row of the exact top-k (ties at the k-th distance included) has
+// F <= T and therefore L <= T. Scans keep a heap of the k smallest U (T only falls) and every
+// row with L <= the current T; at the end the rows with L <= the final T are re-ranked with
+// the exact fp32 distance, the very computation the fp32 fused scan does, so the results are
+// bit-identical to it. On unit-norm d = 128 embeddings E is about 0.005 (scan) to 0.008
+// (GEMM), and a few times k rows are re-ranked.
+
+constexpr double kRoundoff = 1.0 / (1 << 24);          // u, fp32 unit roundoff
+constexpr double kMinNormal = 1.1754943508222875e-38;  // 2^-126
+
+uint16_t bf16_high(float x) {
+  uint32_t b;
+  std::memcpy(&b, &x, 4);
+  return static_cast<uint16_t>((b + 0x8000u) >> 16);
+}
+uint16_t bf16_low(float x) {
+  uint32_t b;
+  std::memcpy(&b, &x, 4);
+  return static_cast<uint16_t>(b & 0xffffu);
+}
+float bf16_to_float(uint16_t h) {
+  const uint32_t b = uint32_t{h} << 16;
+  float x;
+  std::memcpy(&x, &b, 4);
+  return x;
+}
+float bf16_join(uint16_t high, uint16_t low) {
+  const uint32_t b = (uint32_t(uint16_t(high - (low >> 15))) << 16) | low;
+  float x;
+  std::memcpy(&x, &b, 4);
+  return x;
+}
+// Magnitudes from here on round to +inf in bf16.
+bool bf16_in_range(float x) {
+  uint32_t b;
+  std::memcpy(&b, &x, 4);
+  return (b & 0x7fffffffu) < 0x7f7f8000u;
+}
+
+// A double rounded up to the next float (a few ulps of slack for the double sums).
+float round_up(double x) {
+  return std::nextafter(static_cast<float>(x * (1 + 1e-12)), std::numeric_limits<float>::max());
+}
+
+// ||x|| and ||x - y|| in double, x fp32 and y bf16 (y null: ||x|| only).
+std::pair<double, double> norm_and_error(const float* x, const uint16_t* y, int dim) {
+  double s = 0, e = 0;
+  for (int c = 0; c < dim; ++c) {
+    s += double(x[c]) * x[c];
+    if (y) {
+      const double diff = double(x[c]) - bf16_to_float(y[c]);
+      e += diff * diff;
+    }
+  }
+  return {std::sqrt(s), std::sqrt(e)};
+}
+
+// The per-query coefficients of E(s) above; p (null: p = q) is the query's bf16 rounding.
+struct QueryTerms {
+  float qn = 0;  // stored ||q||^2
+  float c0 = 0, c1 = 0, c2 = 0, c3 = 0;
+};
+QueryTerms query_terms(const float* q, const uint16_t* p, float qn, int dim) {
+  const auto [nq, eq] = norm_and_error(q, p, dim);
+  double np = nq;
+  if (p) {
+    double s = 0;
+    for (int c = 0; c < dim; ++c) s += double(bf16_to_float(p[c])) * bf16_to_float(p[c]);
+    np = std::sqrt(s);
+  }
+  const double gamma = dim * kRoundoff / (1 - dim * kRoundoff);
+  const double t1 = 2 * std::sqrt(double(dim)) * kMinNormal;
+  const double scale = 1 + 1.0 / (1 << 16);
+  QueryTerms t;
+  t.qn = qn;
+  t.c1 = round_up(scale * (2 * gamma * (nq + np) + 2 * eq + t1));
+  t.c2 = round_up(scale * (2 * np * (1 + gamma) + t1));
+  t.c3 = round_up(scale * 12 * kRoundoff);
+  t.c0 = round_up(scale * (12 * kRoundoff * qn + 2 * dim * kMinNormal + t1 * np));
+  return t;
+}
+
+// ---- CPU kernels: portable and AVX-512 (chosen once at run time) ------------------------------
+
+// ip[r] = q . row r for `count` consecutive rows of `dim`. One kernel serves a whole process
+// (chosen once), with a fixed summation order, so the fp32 scan and the bf16 re-rank, which
+// both call it, give the same bits for the same row.
+void dots_portable(const float* q, const float* rows, int64_t count, int dim, float* ip) {
+  constexpr int kLanes = 16;
+  for (int64_t r = 0; r < count; ++r) {
+    const float* b = rows + r * dim;
+    float part[kLanes] = {};
+    int d = 0;
+    for (; d + kLanes <= dim; d += kLanes)
+      for (int l = 0; l < kLanes; ++l) part[l] += q[d + l] * b[d + l];
+    for (int l = 0; d < dim; ++d, ++l) part[l] += q[d] * b[d];
+    for (int width = kLanes / 2; width > 0; width /= 2)
+      for (int l = 0; l < width; ++l) part[l] += part[l + width];
+    ip[r] = part[0];
+  }
+}
+
+// ip[r] = q . h_r with h bf16 rows: the approximate dot of the bound (any order).
+void dots_high_portable(const float* q, const uint16_t* rows, int64_t count, int dim, float* ip) {
+  for (int64_t r = 0; r < count; ++r) {
+    float s = 0;
+    for (int d = 0; d < dim; ++d) s += q[d] * bf16_to_float(rows[r * dim + d]);
+    ip[r] = s;
+  }
+}
+
+// One run of gallery rows seen by one query: inner products and per-row terms.
+struct Run {
+  const float* ip;   // inner products
+  const float* gn;   // ||g||^2
+  const float* ng;   // bf16: ||g|| bounds (null for fp32)
+  const float* err;  // bf16: ||g - h|| bounds
+  int64_t count;
+};
+
+// First chunk of 16 at or after j0 with a key <= bound, or run.count. fp32: keys are the
+// distances max(0, (qn + gn) - 2 ip) (add, then subtract twice ip: the exact path's bits);
+// bf16: keys are the lower bounds A - E and uppers the upper bounds A + E.
+int64_t next_hit_portable(const Run& run, const QueryTerms& t, int64_t j0, float bound, float* keys,
+                          float* uppers) {
+  for (; j0 < run.count; j0 += 16) {
+    const int m = static_cast<int>(std::min<int64_t>(16, run.count - j0));
+    bool any = false;
+    for (int l = 0; l < m; ++l) {
+      const int64_t j = j0 + l;
+      const float a = std::max(0.f, (t.qn + run.gn[j]) - 2.f * run.ip[j]);
+      if (run.ng) {
+        const float e = t.c0 + t.c1 * run.ng[j] + t.c2 * run.err[j] + t.c3 * run.gn[j];
+        keys[l] = a - e;
+        uppers[l] = a + e;
+      } else {
+        keys[l] = a;
+      }
+      any |= keys[l] <= bound;
+    }
+    if (any) return j0;
+  }
+  return run.count;
+}
+
+#if defined(__x86_64__) && defined(__GNUC__)
+#define FN_KNN_AVX512 1
+// GCC 12's avx512fintrin.h seeds masked and widening intrinsics with _mm512_undefined_*, which
+// its own flow analysis then reports as uninitialised (a known false positive).
+#pragma GCC diagnostic push
+#pragma GCC diagnostic ignored "-Wuninitialized"
+#pragma GCC diagnostic ignored "-Wmaybe-uninitialized"
+
+// Four FMA chains over the 16-float chunks (chunk c into chain c % 4), a masked tail into
+// chain 0, then (0 + 1) + (2 + 3) and a fixed lane reduction: independent chains keep a
+// streaming scan on memory bandwidth rather than on FMA latency.
+__attribute__((target("avx512f"))) void dots_avx512(const float* q, const float* rows,
+                                                    int64_t count, int dim, float* ip) {
+  const __mmask16 tail = static_cast<__mmask16>((1u << (dim % 16)) - 1);
+  for (int64_t r = 0; r < count; ++r) {
+    const float* b = rows + r * dim;
+    __m512 acc[4] = {_mm512_setzero_ps(), _mm512_setzero_ps(), _mm512_setzero_ps(),
+                     _mm512_setzero_ps()};
+    int d = 0;
+    for (; d + 64 <= dim; d += 64)
+      for (int c = 0; c < 4; ++c)
+        acc[c] = _mm512_fmadd_ps(_mm512_loadu_ps(q + d + 16 * c), _mm512_loadu_ps(b + d + 16 * c),
+                                 acc[c]);
+    for (int c = 0; d + 16 <= dim; d += 16, ++c)
+      acc[c] = _mm512_fmadd_ps(_mm512_loadu_ps(q + d), _mm512_loadu_ps(b + d), acc[c]);
+    if (tail)
+      acc[0] = _mm512_fmadd_ps(_mm512_maskz_loadu_ps(tail, q + d),
+                               _mm512_maskz_loadu_ps(tail, b + d), acc[0]);
+    ip[r] = _mm512_reduce_add_ps(
+        _mm512_add_ps(_mm512_add_ps(acc[0], acc[1]), _mm512_add_ps(acc[2], acc[3])));
+  }
+}
+
+__attribute__((target("avx512f"))) inline __m512 widen_bf16(const uint16_t* h) {
+  const __m256i raw = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(h));
+  return _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(raw), 16));
+}
+
+__attribute__((target("avx512f"))) void dots_high_avx512(const float* q, const uint16_t* rows,
+                                                         int64_t count, int dim, float* ip) {
+  for (int64_t r = 0; r < count; ++r) {
+    const uint16_t* h = rows + r * dim;
+    __m512 acc0 = _mm512_setzero_ps(), acc1 = _mm512_setzero_ps();
+    int d = 0;
+    for (; d + 32 <= dim; d += 32) {
+      acc0 = _mm512_fmadd_ps(_mm512_loadu_ps(q + d), widen_bf16(h + d), acc0);
+      acc1 = _mm512_fmadd_ps(_mm512_loadu_ps(q + d + 16), widen_bf16(h + d + 16), acc1);
+    }
+    for (; d + 16 <= dim; d += 16)
+      acc0 = _mm512_fmadd_ps(_mm512_loadu_ps(q + d), widen_bf16(h + d), acc0);
+    float s = _mm512_reduce_add_ps(_mm512_add_ps(acc0, acc1));
+    for (; d < dim; ++d) s += q[d] * bf16_to_float(h[d]);
+    ip[r] = s;
+  }
+}
+
+__attribute__((target("avx512f"))) int64_t next_hit_avx512(const Run& run, const QueryTerms& t,
+                                                           int64_t j0, float bound, float* keys,
+                                                           float* uppers) {
+  const __m512 qn = _mm512_set1_ps(t.qn), two = _mm512_set1_ps(2.f), zero = _mm512_setzero_ps();
+  const __m512 b = _mm512_set1_ps(bound);
+  const __m512 c0 = _mm512_set1_ps(t.c0), c1 = _mm512_set1_ps(t.c1), c2 = _mm512_set1_ps(t.c2),
+               c3 = _mm512_set1_ps(t.c3);
+  for (; j0 < run.count; j0 += 16) {
+    const int64_t m = std::min<int64_t>(16, run.count - j0);
+    const __mmask16 mask = m == 16 ? __mmask16(0xffff) : __mmask16((1u << m) - 1);
+    const __m512 gn = _mm512_maskz_loadu_ps(mask, run.gn + j0);
+    // max(x, 0) returns +0 for x = -0 and for NaN, as std::max(0.f, x) does.
+    const __m512 a =
+        _mm512_max_ps(_mm512_sub_ps(_mm512_add_ps(qn, gn),
+                                    _mm512_mul_ps(two, _mm512_maskz_loadu_ps(mask, run.ip + j0))),
+                      zero);
+    if (!run.ng) {
+      if (_mm512_mask_cmp_ps_mask(mask, a, b, _CMP_LE_OQ)) {
+        _mm512_storeu_ps(keys, a);
+        return j0;
+      }
+      continue;
+    }
+    __m512 e = _mm512_fmadd_ps(c1, _mm512_maskz_loadu_ps(mask, run.ng + j0), c0);
+    e = _mm512_fmadd_ps(c2, _mm512_maskz_loadu_ps(mask, run.err + j0), e);
+    e = _mm512_fmadd_ps(c3, gn, e);
+    const __m512 lower = _mm512_sub_ps(a, e);
+    if (_mm512_mask_cmp_ps_mask(mask, lower, b, _CMP_LE_OQ)) {
+      _mm512_storeu_ps(keys, lower);
+      _mm512_storeu_ps(uppers, _mm512_add_ps(a, e));
+      return j0;
+    }
+  }
+  return run.count;
+}
+
+#pragma GCC diagnostic pop
+#endif
+
+struct Kernels {
+  void (*dots)(const float*, const float*, int64_t, int, float*) = dots_portable;
+  void (*dots_high)(const float*, const uint16_t*, int64_t, int, float*) = dots_high_portable;
+  int64_t (*next_hit)(const Run&, const QueryTerms&, int64_t, float, float*,
+                      float*) = next_hit_portable;
+  // FACENET_KNN_KERNELS=portable keeps the portable kernels on an AVX-512 machine (the
+  // tests run both sets that way).
+  Kernels() {
+#ifdef FN_KNN_AVX512
+    __builtin_cpu_init();  // this runs as a static constructor, perhaps before libgcc's
+    const char* choice = std::getenv("FACENET_KNN_KERNELS");
+    const bool portable = choice && std::string(choice) == "portable";
+    if (!portable && __builtin_cpu_supports("avx512f")) {
+      dots = dots_avx512;
+      dots_high = dots_high_avx512;
+      next_hit = next_hit_avx512;
+    }
+#endif
+  }
+};
+const Kernels kKernels;
+
+float squared_norm(const float* a, int dim) {
+  float ip;
+  kKernels.dots(a, a, 1, dim, &ip);
+  return ip;
+}
+
+// Offers a run of rows to one query's exact top-k; slot of row j: slots[j], or slot0 + j.
+void offer_run(TopK& top, const QueryTerms& t, const Run& run, int64_t slot0,
+               const int64_t* slots = nullptr) {
+  float keys[16];
+  for (int64_t j0 = kKernels.next_hit(run, t, 0, top.bound(), keys, nullptr); j0 < run.count;
+       j0 = kKernels.next_hit(run, t, j0 + 16, top.bound(), keys, nullptr)) {
+    const int m = static_cast<int>(std::min<int64_t>(16, run.count - j0));
+    for (int l = 0; l < m; ++l) top.push(keys[l], slots ? slots[j0 + l] : slot0 + j0 + l);
+  }
+}
+
+// bf16: the k smallest upper bounds (their k-th is T) and every row whose lower bound was
+// <= T when it came; the list is pruned to L <= T whenever it doubles.
+class BoundedTopK {
+ public:
+  explicit BoundedTopK(int k) : upper_(k), limit_(std::max<size_t>(1024, 4 * size_t(k))) {}
+  float bound() const { return upper_.bound(); }
+  void offer(float lower, float upper, int64_t slot) {
+    if (!(lower <= upper_.bound())) return;
+    candidates_.push_back({lower, slot});
+    upper_.push(upper, slot);
+    if (candidates_.size() >= limit_) {
+      prune();
+      limit_ = std::max(limit_, 2 * candidates_.size());
+    }
+  }
+  void merge(const BoundedTopK& other) {
+    upper_.merge(other.upper_);
+    candidates_.insert(candidates_.end(), other.candidates_.begin(), other.candidates_.end());
+  }
+  // The slots to re-rank: lower bound <= the final T.
+  std::vector<int64_t> candidates() {
+    prune();
+    std::vector<int64_t> slots(candidates_.size());
+    for (size_t i = 0; i < slots.size(); ++i) slots[i] = candidates_[i].slot;
+    return slots;
+  }
+
+ private:
+  void prune() {
+    const float t = upper_.bound();
+    candidates_.erase(std::remove_if(candidates_.begin(), candidates_.end(),
+                                     [t](const Neighbor& c) { return !(c.dist <= t); }),
+                      candidates_.end());
+  }
+  TopK upper_;
+  std::vector<Neighbor> candidates_;
+  size_t limit_;
+};
+
+void offer_run(BoundedTopK& top, const QueryTerms& t, const Run& run, int64_t slot0) {
+  float lower[16], upper[16];
+  for (int64_t j0 = kKernels.next_hit(run, t, 0, top.bound(), lower, upper); j0 < run.count;
+       j0 = kKernels.next_hit(run, t, j0 + 16, top.bound(), lower, upper)) {
+    const int m = static_cast<int>(std::min<int64_t>(16, run.count - j0));
+    for (int l = 0; l < m; ++l) top.offer(lower[l], upper[l], slot0 + j0 + l);
+  }
+}
+
+// A block of queries: their norms and bound terms, and per-thread top-k state.
+template <typename Top>
+struct QueryBlock {
+  std::vector<QueryTerms> terms;
+  std::vector<std::vector<Top>> per_thread;
+  QueryBlock(int64_t count, int k, int threads)
+      : terms(count), per_thread(threads, std::vector<Top>(count, Top(k))) {}
+  // Query j's state merged over the threads.
+  Top& merged(size_t j) {
+    for (size_t t = 1; t < per_thread.size(); ++t) per_thread[0][j].merge(per_thread[t][j]);
+    return per_thread[0][j];
+  }
+};
+
+// auto: the scan below kScanMaxQueries queries, GEMM tiles from there on (measured crossover
+// between 4 and 8 queries at N = 1e6, d = 128, 2 threads).
+constexpr int64_t kScanQueryGroup = 8;  // queries sharing one pass of the scan
+constexpr int64_t kScanMaxQueries = 8;
+constexpr int64_t kScanRows = 64;          // rows dotted before their selection pass
+constexpr int64_t kScanChunk = 8192;       // rows a thread takes at a time (2-4 MiB)
+constexpr int64_t kGemmQueryBlock = 256;   // GEMM tile rows (queries)
+constexpr int64_t kGemmGalleryTile = 256;  // GEMM tile columns (gallery slots): 256 KiB of IP
+constexpr int64_t kRerankChunk = 256;      // candidates whose exact dots are taken at once
+
+}  // namespace
+
+// ---- CPU index -------------------------------------------------------------------------------
+
+CpuStorage parse_cpu_storage(const std::string& name) {
+  if (name == "fp32") return CpuStorage::kFloat32;
+  if (name == "bf16") return CpuStorage::kBFloat16;
+  fail("CPU gallery storage '", name, "': expected fp32 or bf16");
+}
+
+const char* to_string(CpuStorage storage) {
+  return storage == CpuStorage::kBFloat16 ? "bf16" : "fp32";
+}
+
+CpuFlatIndex::CpuFlatIndex(int dim, CpuStorage storage) : dim_(dim), storage_(storage) {
+  if (dim < 1) fail("CpuFlatIndex: dim = ", dim, " must be >= 1");
+}
+
+int CpuFlatIndex::threads() const {
+  return threads_ > 0 ? threads_ : omp_get_max_threads();
+}
+
+std::size_t CpuFlatIndex::gallery_bytes() const {
+  return sizeof(float) *
+             (vectors_.size() + norms_.size() + norm_bounds_.size() + split_errors_.size()) +
+         sizeof(uint16_t) * (high_.size() + low_.size());
+}
+
+std::size_t CpuFlatIndex::scan_bytes() const {
+  return storage_ == CpuStorage::kBFloat16 ? sizeof(uint16_t) * high_.size()
+                                           : sizeof(float) * vectors_.size();
+}
+
+void CpuFlatIndex::row(int64_t slot, float* out) const {
+  const int64_t base = slot * dim_;
+  if (storage_ == CpuStorage::kFloat32) {
+    std::copy_n(&vectors_[base], dim_, out);
+    return;
+  }
+  for (int c = 0; c < dim_; ++c) out[c] = bf16_join(high_[base + c], low_[base + c]);
+}
+
+void CpuFlatIndex::add(const float* vectors, int64_t n, int dim, const int64_t* ids) {
+  if (n < 0) fail("CpuFlatIndex::add: n = ", n, " must be >= 0");
+  check_dim(dim, dim_, "CpuFlatIndex::add");
+  check_finite(vectors, n, dim, "CpuFlatIndex::add");
+  const bool split = storage_ == CpuStorage::kBFloat16;
+  if (split) {
+    for (int64_t i = 0; i < n * dim; ++i)
+      if (!bf16_in_range(vectors[i]))
+        fail("CpuFlatIndex::add: vector ", i / dim, " component ", i % dim, " is ", vectors[i],
+             " (bf16 storage holds magnitudes below 3.39e38)");
+    for (int64_t i = 0; i < n; ++i)
+      if (!std::isfinite(squared_norm(vectors + i * dim, dim)))
+        fail("CpuFlatIndex::add: vector ", i, " has a squared norm beyond the float range");
+  }
+  slots_.append(ids, n, "CpuFlatIndex::add");
+  for (int64_t i = 0; i < n; ++i) norms_.push_back(squared_norm(vectors + i * dim, dim));
+  if (!split) {
+    vectors_.insert(vectors_.end(), vectors, vectors + n * dim);
+    return;
+  }
+  const size_t base = high_.size();
+  high_.resize(base + n * dim);
+  low_.resize(base + n * dim);
+  for (int64_t i = 0; i < n * dim; ++i) {
+    high_[base + i] = bf16_high(vectors[i]);
+    low_[base + i] = bf16_low(vectors[i]);
+  }
+  for (int64_t i = 0; i < n; ++i) {
+    const auto [norm, error] = norm_and_error(vectors + i * dim, &high_[base + i * dim], dim);
+    norm_bounds_.push_back(round_up(norm));
+    split_errors_.push_back(round_up(error));
+  }
+}
+
+int64_t CpuFlatIndex::remove(const int64_t* ids, int64_t n) {
+  if (n > 0 && !ids) fail("CpuFlatIndex::remove: null ids for ", n, " ids");
+  const SlotMap::Moves moves = slots_.remove(ids, n);
+  auto move_rows = [&](auto& rows, int64_t width) {
+    if (rows.empty()) return;
+    for (size_t i = 0; i < moves.dst.size(); ++i)
+      std::copy_n(&rows[moves.src[i] * width], width, &rows[moves.dst[i] * width]);
+    rows.resize(size() * width);
+  };
+  move_rows(vectors_, dim_);
+  move_rows(high_, dim_);
+  move_rows(low_, dim_);
+  move_rows(norms_, 1);
+  move_rows(norm_bounds_, 1);
+  move_rows(split_errors_, 1);
+  return moves.removed;
+}
+
+void CpuFlatIndex::search(const float* queries, int64_t nq, int dim, int k, float* distances,
+                          int64_t* labels, KnnAlgorithm algorithm, CpuSearchStats* stats) const {
+  check_search_args(nq, k, std::numeric_limits<int>::max(), distances, labels);
+  check_dim(dim, dim_, "CpuFlatIndex::search");
+  check_finite(queries, nq, dim, "CpuFlatIndex::search");
+  if (storage_ == CpuStorage::kBFloat16)
+    for (int64_t i = 0; i < nq; ++i)
+      if (!std::isfinite(squared_norm(queries + i * dim, dim)))
+        fail("CpuFlatIndex::search: query ", i, " has a squared norm beyond the float range");
+  CpuSearchStats local;
+  CpuSearchStats& st = stats ? *stats : local;
+  st = CpuSearchStats{};
+  if (nq == 0) return;
+  if (size() == 0) return fill_empty(nq * k, distances, labels);
+  if (algorithm == KnnAlgorithm::kAuto)
+    algorithm = nq < kScanMaxQueries ? KnnAlgorithm::kFused : KnnAlgorithm::kGemm;
+  if (algorithm == KnnAlgorithm::kFused)
+    search_scan(queries, nq, k, distances, labels, st);
+  else
+    search_gemm(queries, nq, k, distances, labels, st);
+}
+
+namespace {
+
+// Offers rows [s0, s0 + rows.count) to every query of a block; query j's inner products are
+// ip[j * stride + i].
+template <typename Top>
+void offer_block(std::vector<Top>& tops, const std::vector<QueryTerms>& terms, const float* ip,
+                 int64_t stride, Run rows, int64_t s0) {
+  for (size_t j = 0; j < tops.size(); ++j) {
+    rows.ip = ip + j * stride;
+    offer_run(tops[j], terms[j], rows, s0);
+  }
+}
+
+// One block of `count` queries: their terms (bound coefficients with bf16 storage; `rounded`,
+// when not null, holds their bf16 roundings), pass(block) over the gallery with per-thread
+// state, then the results: fp32 straight from the merged heaps, bf16 through
+// rerank(candidates).
+template <typename Pass, typename Rerank>
+void search_block(bool split, const float* queries, const uint16_t* rounded, int64_t count, int dim,
+                  int k, int threads, const SlotMap& slots, float* distances, int64_t* labels,
+                  Pass&& pass, Rerank&& rerank, CpuSearchStats& stats) {
+  auto with_terms = [&](auto& block) {
+    for (int64_t j = 0; j < count; ++j) {
+      const float* q = queries + j * dim;
+      block.terms[j] =
+          split ? query_terms(q, rounded ? rounded + j * dim : nullptr, squared_norm(q, dim), dim)
+                : QueryTerms{squared_norm(q, dim)};
+    }
+    pass(block);
+  };
+  if (!split) {
+    QueryBlock<TopK> block(count, k, threads);
+    with_terms(block);
+    for (int64_t j = 0; j < count; ++j)
+      block.merged(j).write(slots, distances + j * k, labels + j * k);
+    return;
+  }
+  QueryBlock<BoundedTopK> block(count, k, threads);
+  with_terms(block);
+  std::vector<std::vector<int64_t>> candidates(count);
+  for (int64_t j = 0; j < count; ++j) {
+    candidates[j] = block.merged(j).candidates();
+    stats.reranked += static_cast<int64_t>(candidates[j].size());
+  }
+  rerank(candidates);
+}
+
+}  // namespace
+
+// One pass over the gallery per group of up to kScanQueryGroup queries: the threads stream
+// chunks of rows once, dotting a block of rows with every query of the group while it is in L1,
+// and keep their own top-k per query; the per-thread heaps merge at the end.
+void CpuFlatIndex::search_scan(const float* queries, int64_t nq, int k, float* distances,
+                               int64_t* labels, CpuSearchStats& stats) const {
+  // A short scan runs on one thread: waking a second one costs more than the scan (on a VM
+  // a sleeping worker's vCPU can take a 4 ms scheduler tick to wake; measured 8 ms vs 0.07 ms
+  // for 1e4 x 128), which is also why FAISS scans a single probe serially.
+  constexpr int64_t kMinBytesPerThread = int64_t{8} << 20;
+  const int64_t row_bytes = static_cast<int64_t>(scan_bytes()) / std::max<int64_t>(size(), 1);
+  const int nt = static_cast<int>(std::clamp<int64_t>(
+      size() * row_bytes * std::max<int64_t>(nq, 1) / kMinBytesPerThread, 1, threads()));
+  const int64_t n = size();
+  const bool split = storage_ == CpuStorage::kBFloat16;
+  for (int64_t g0 = 0; g0 < nq; g0 += kScanQueryGroup) {
+    const int64_t group = std::min(kScanQueryGroup, nq - g0);
+    const float* q = queries + g0 * dim_;
+    auto scan = [&](auto& block) {
+#pragma omp parallel num_threads(nt)
+      {
+        auto& mine = block.per_thread[omp_get_thread_num()];
+        std::vector<float> ip(group * kScanRows);
+        // Chunks handed out dynamically: on a shared machine a descheduled thread's share is
+        // taken over by the other instead of holding the whole scan up.
+#pragma omp for schedule(dynamic, 1)
+        for (int64_t chunk = 0; chunk < (n + kScanChunk - 1) / kScanChunk; ++chunk) {
+          const int64_t begin = chunk * kScanChunk, end = std::min(n, begin + kScanChunk);
+          for (int64_t r0 = begin; r0 < end; r0 += kScanRows) {
+            const int64_t rows = std::min(kScanRows, end - r0);
+            for (int64_t j = 0; j < group; ++j) {
+              if (split)
+                kKernels.dots_high(q + j * dim_, &high_[r0 * dim_], rows, dim_, &ip[j * kScanRows]);
+              else
+                kKernels.dots(q + j * dim_, &vectors_[r0 * dim_], rows, dim_, &ip[j * kScanRows]);
+            }
+            offer_block(mine, block.terms, ip.data(), kScanRows,
+                        Run{nullptr, &norms_[r0], split ? &norm_bounds_[r0] : nullptr,
+                            split ? &split_errors_[r0] : nullptr, rows},
+                        r0);
+          }
+        }
+      }
+    };
+    search_block(
+        split, q, nullptr, group, dim_, k, nt, slots_, distances + g0 * k, labels + g0 * k, scan,
+        [&](const std::vector<std::vector<int64_t>>& candidates) {
+          rerank(q, candidates, k, distances + g0 * k, labels + g0 * k);
+        },
+        stats);
+  }
+}
+
+// Query blocks of kGemmQueryBlock; within a block the threads take tiles of kGemmGalleryTile
+// slots (dynamically, as the scan takes chunks), compute each tile's inner products with a
+// single-threaded oneDNN matmul (RowGemm) into a thread-local buffer (kept in L2) and select
+// from it straight away.
+// bf16: the queries are rounded to bf16 as well (their error e_q enters the bound) and the
+// matmul multiplies bf16 planes with fp32 accumulation.
+void CpuFlatIndex::search_gemm(const float* queries, int64_t nq, int k, float* distances,
+                               int64_t* labels, CpuSearchStats& stats) const {
+  const int nt = threads();
+  const int64_t n = size();
+  const int64_t tiles = (n + kGemmGalleryTile - 1) / kGemmGalleryTile;
+  const bool split = storage_ == CpuStorage::kBFloat16;
+  const GemmInput input = split ? GemmInput::kBFloat16 : GemmInput::kFloat32;
+  std::vector<uint16_t> rounded;  // bf16: the block's queries
+  for (int64_t q0 = 0; q0 < nq; q0 += kGemmQueryBlock) {
+    const int64_t qb = std::min(kGemmQueryBlock, nq - q0);
+    const float* q = queries + q0 * dim_;
+    const int64_t full = std::min(kGemmGalleryTile, n), tail = n % kGemmGalleryTile;
+    const RowGemm full_gemm(qb, full, dim_, input);
+    const std::unique_ptr<RowGemm> tail_gemm =
+        tail > 0 && tiles > 1 ? std::make_unique<RowGemm>(qb, tail, dim_, input) : nullptr;
+    const void* a = q;
+    if (split) {
+      rounded.resize(qb * dim_);
+      for (int64_t i = 0; i < qb * dim_; ++i) rounded[i] = bf16_high(q[i]);
+      a = rounded.data();
+    }
+    auto tile_pass = [&](auto& block) {
+#pragma omp parallel num_threads(nt)
+      {
+        auto& mine = block.per_thread[omp_get_thread_num()];
+        RowGemm::Worker full_worker(full_gemm);
+        std::unique_ptr<RowGemm::Worker> tail_worker =
+            tail_gemm ? std::make_unique<RowGemm::Worker>(*tail_gemm) : nullptr;
+        std::vector<float> ip(qb * kGemmGalleryTile);
+#pragma omp for schedule(dynamic, 1)
+        for (int64_t tile = 0; tile < tiles; ++tile) {
+          const int64_t s0 = tile * kGemmGalleryTile;
+          const int64_t cols = std::min(kGemmGalleryTile, n - s0);
+          const void* b = split ? static_cast<const void*>(&high_[s0 * dim_])
+                                : static_cast<const void*>(&vectors_[s0 * dim_]);
+          (cols == full ? full_worker : *tail_worker).run(a, b, ip.data());
+          offer_block(mine, block.terms, ip.data(), cols,
+                      Run{nullptr, &norms_[s0], split ? &norm_bounds_[s0] : nullptr,
+                          split ? &split_errors_[s0] : nullptr, cols},
+                      s0);
+        }
+      }
+    };
+    search_block(
+        split, q, split ? rounded.data() : nullptr, qb, dim_, k, nt, slots_, distances + q0 * k,
+        labels + q0 * k, tile_pass,
+        [&](const std::vector<std::vector<int64_t>>& candidates) {
+          rerank(q, candidates, k, distances + q0 * k, labels + q0 * k);
+        },
+        stats);
+  }
+}
+
+// bf16: the exact top-k of each query among its candidates, with the exact path's kernels
+// (the distances are those of the fp32 fused scan, bit for bit). Parallel over the queries.
+void CpuFlatIndex::rerank(const float* queries, const std::vector<std::vector<int64_t>>& candidates,
+                          int k, float* distances, int64_t* labels) const {
+  const int64_t count = static_cast<int64_t>(candidates.size());
+  const int nt = static_cast<int>(std::clamp<int64_t>(count, 1, threads()));
+#pragma omp parallel num_threads(nt)
+  {
+    std::vector<float> row_buffer(dim_), ip(kRerankChunk), gn(kRerankChunk);
+#pragma omp for schedule(dynamic)
+    for (int64_t j = 0; j < count; ++j) {
+      const float* qj = queries + j * dim_;
+      const QueryTerms terms{squared_norm(qj, dim_)};
+      const std::vector<int64_t>& slots = candidates[j];
+      TopK top(k);
+      for (size_t c0 = 0; c0 < slots.size(); c0 += kRerankChunk) {
+        const int64_t m = std::min<int64_t>(kRerankChunk, slots.size() - c0);
+        for (int64_t i = 0; i < m; ++i) {
+          row(slots[c0 + i], row_buffer.data());
+          kKernels.dots(qj, row_buffer.data(), 1, dim_, &ip[i]);
+          gn[i] = norms_[slots[c0 + i]];
+        }
+        offer_run(top, terms, Run{ip.data(), gn.data(), nullptr, nullptr, m}, 0, &slots[c0]);
+      }
+      top.write(slots_, distances + j * k, labels + j * k);
+    }
+  }
+}
+
+// ---- Agreement of two results ----------------------------------------------------------------
+
+KnnAgreement compare_knn(const float* dist_a, const int64_t* labels_a, const float* dist_b,
+                         const int64_t* labels_b, int64_t nq, int k, double tolerance) {
+  KnnAgreement agreement;
+  for (int64_t q = 0; q < nq; ++q) {
+    const float* da = dist_a + q * k;
+    const float* db = dist_b + q * k;
+    const int64_t* la = labels_a + q * k;
+    const int64_t* lb = labels_b + q * k;
+    for (int i = 0; i < k; ++i) {
+      ++agreement.compared;
+      const bool both_inf = std::isinf(da[i]) && std::isinf(db[i]);
+      const double err = both_inf ? 0.0 : std::abs(double(da[i]) - double(db[i]));
+      agreement.max_distance_error = std::max(agreement.max_distance_error, err);
+      if (std::find(lb, lb + k, la[i]) != lb + k) continue;
+      ++agreement.label_mismatches;
+      // A tie-reorder: the label that b dropped sits at b's boundary distance, within tolerance.
+      if (!(std::abs(double(da[i]) - double(db[k - 1])) <= tolerance)) ++agreement.unexplained;
+    }
+  }
+  return agreement;
+}
+
+// ---- GPU index -------------------------------------------------------------------------------
+
+#ifdef FACENET_HAS_CUDA
+
+GpuStorage parse_gpu_storage(const std::string& name) {
+  if (name == "fp32") return GpuStorage::kFloat32;
+  if (name == "fp16") return GpuStorage::kFloat16;
+  fail("GPU gallery storage '", name, "': expected fp32 or fp16");
+}
+
+const char* to_string(GpuStorage storage) {
+  return storage == GpuStorage::kFloat16 ? "fp16" : "fp32";
+}
+
+namespace {
+
+constexpr int64_t kAddChunkRows = 1 << 16;            // rows staged per upload in add()
+constexpr int64_t kFusedQueryBatch = 4096;            // queries per fused launch
+constexpr int64_t kGemmQueryBatch = 1024;             // queries per GEMM batch
+constexpr size_t kGemmTileBytes = size_t{512} << 20;  // inner-product tile in the workspace
+constexpr size_t kPartialBytes = size_t{256} << 20;   // fused per-split top-k lists
+constexpr int64_t kMergeKeysPerQuery = 1 << 18;       // fused: splits * k cap per query
+constexpr int64_t kFusedMaxQueries = 64;              // auto: fused up to here, GEMM above
+constexpr int kFusedMaxDim = 2048;                    // auto: wider embeddings take GEMM
+
+size_t align_up(size_t bytes) {
+  return (bytes + 255) / 256 * 256;
+}
+
+// Carves consecutive, aligned slices out of one workspace allocation (or just sums sizes when
+// base is null).
+class Carver {
+ public:
+  explicit Carver(void* base) : base_(static_cast<unsigned char*>(base)) {}
+  template <typename T>
+  T* take(size_t count) {
+    T* p = base_ ? reinterpret_cast<T*>(base_ + used_) : nullptr;
+    used_ += align_up(count * sizeof(T));
+    return p;
+  }
+  size_t used() const { return used_; }
+
+ private:
+  unsigned char* base_;
+  size_t used_ = 0;
+};
+
+struct FusedPlan {
+  int64_t batch;  // queries per launch
+  int splits;     // gallery splits per query tile
+};
+
+FusedPlan fused_plan(int64_t nq, int64_t n, int k, int sm_count) {
+  FusedPlan plan{std::min(nq, kFusedQueryBatch), 1};
+  const int qt = knn_fused_queries_per_block(plan.batch, k);
+  const int64_t query_tiles = (plan.batch + qt - 1) / qt;
+  const int64_t want = (4 * int64_t{sm_count} + query_tiles - 1) / query_tiles;
+  const int64_t by_rows = std::max<int64_t>(1, n / 1024);  // at least ~1024 rows per split
+  const int64_t by_merge = std::max<int64_t>(1, kMergeKeysPerQuery / k);  // merge stays short
+  const int64_t by_bytes =
+      std::max<int64_t>(1, kPartialBytes / (plan.batch * k * sizeof(uint64_t)));
+  plan.splits = static_cast<int>(
+      std::clamp<int64_t>(want, 1, std::min({by_rows, by_merge, by_bytes, int64_t{65535}})));
+  return plan;
+}
+
+struct GemmPlan {
+  int64_t batch;  // queries per batch
+  int64_t rows;   // gallery rows per GEMM tile
+};
+
+GemmPlan gemm_plan(int64_t nq, int64_t n) {
+  const int64_t batch = std::min(nq, kGemmQueryBatch);
+  const int64_t rows =
+      std::clamp<int64_t>(kGemmTileBytes / (sizeof(float) * batch), 1, std::max<int64_t>(n, 1));
+  return {batch, rows};
+}
+
+}  // namespace
+
+GpuFlatIndex::GpuFlatIndex(GpuContext& context, int dim, GpuStorage storage)
+    : context_(context), dim_(dim), storage_(storage) {
+  if (dim < 8 || dim % 8 != 0) fail("GpuFlatIndex: dim = ", dim, " must be a multiple of 8");
+  FN_GPU_CHECK(
+      cudaDeviceGetAttribute(&sm_count_, cudaDevAttrMultiProcessorCount, context_.device()));
+}
+
+void* GpuFlatIndex::gallery() {
+  return storage_ == GpuStorage::kFloat16 ? static_cast<void*>(vectors_f16_.data())
+                                          : static_cast<void*>(vectors_f32_.data());
+}
+
+std::size_t GpuFlatIndex::gallery_bytes() const {
+  return vectors_f32_.bytes() + vectors_f16_.bytes() + norms_.bytes() + ids_.bytes();
+}
+
+void GpuFlatIndex::reserve(int64_t capacity) {
+  if (capacity > capacity_) grow_to(capacity);
+}
+
+// New buffers of the larger capacity, device-to-device copy of the live rows, old ones freed.
+void GpuFlatIndex::grow_to(int64_t capacity) {
+  const cudaStream_t stream = context_.stream();
+  const size_t live = static_cast<size_t>(size());
+  auto grow = [&](auto& buffer, size_t per_row) {
+    std::remove_reference_t<decltype(buffer)> bigger(static_cast<size_t>(capacity) * per_row);
+    if (live > 0)
+      FN_GPU_CHECK(cudaMemcpyAsync(bigger.data(), buffer.data(),
+                                   live * per_row * sizeof(*buffer.data()),
+                                   cudaMemcpyDeviceToDevice, stream));
+    context_.synchronize();
+    buffer = std::move(bigger);
+  };
+  if (storage_ == GpuStorage::kFloat16)
+    grow(vectors_f16_, dim_);
+  else
+    grow(vectors_f32_, dim_);
+  grow(norms_, 1);
+  grow(ids_, 1);
+  capacity_ = capacity;
+}
+
+void GpuFlatIndex::add(const float* vectors, int64_t n, int dim, const int64_t* ids) {
+  if (n < 0) fail("GpuFlatIndex::add: n = ", n, " must be >= 0");
+  check_dim(dim, dim_, "GpuFlatIndex::add");
+  check_finite(vectors, n, dim, "GpuFlatIndex::add");
+  if (size() + n > 0xffffffffll) fail("GpuFlatIndex::add: more than 2^32 - 1 vectors");
+  if (n == 0) return;
+  const int64_t base = size();
+  if (base + n > capacity_) grow_to(std::max(base + n, 2 * capacity_));
+  slots_.append(ids, n, "GpuFlatIndex::add");
+  const cudaStream_t stream = context_.stream();
+  const KnnDtype dtype = storage_;
+  const size_t elem = storage_ == GpuStorage::kFloat16 ? sizeof(__half) : sizeof(float);
+  DeviceBuffer<float> staging(static_cast<size_t>(std::min(n, kAddChunkRows) * dim_));
+  for (int64_t r0 = 0; r0 < n; r0 += kAddChunkRows) {
+    const int64_t rows = std::min(kAddChunkRows, n - r0);
+    staging.upload(vectors + r0 * dim_, static_cast<size_t>(rows * dim_), stream);
+    void* dst = static_cast<unsigned char*>(gallery()) + (base + r0) * dim_ * elem;
+    knn_store_rows(staging.data(), rows, dim_, dtype, dst, norms_.data() + base + r0, stream);
+    context_.synchronize();  // the staging buffer is reused by the next chunk
+  }
+  FN_GPU_CHECK(cudaMemcpyAsync(ids_.data() + base, slots_.ids() + base, n * sizeof(int64_t),
+                               cudaMemcpyHostToDevice, stream));
+  context_.synchronize();
+}
+
+int64_t GpuFlatIndex::remove(const int64_t* ids, int64_t n) {
+  if (n > 0 && !ids) fail("GpuFlatIndex::remove: null ids for ", n, " ids");
+  const SlotMap::Moves moves = slots_.remove(ids, n);
+  const int64_t m = static_cast<int64_t>(moves.dst.size());
+  if (m > 0) {
+    std::vector<int64_t> plan(moves.dst);
+    plan.insert(plan.end(), moves.src.begin(), moves.src.end());
+    if (moves_.size() < plan.size()) moves_.resize(plan.size());
+    moves_.upload(plan.data(), plan.size(), context_.stream());
+    knn_move_rows(moves_.data(), m, dim_, storage_, gallery(), norms_.data(), ids_.data(),
+                  context_.stream());
+    context_.synchronize();
+  }
+  return moves.removed;
+}
+
+KnnAlgorithm GpuFlatIndex::choose(int64_t nq, int /*k*/) const {
+  // The fused kernel keeps its queries in shared memory (up to 8 x dim floats a block):
+  // very wide embeddings go through the GEMM path instead.
+  return nq <= kFusedMaxQueries && dim_ <= kFusedMaxDim ? KnnAlgorithm::kFused
+                                                        : KnnAlgorithm::kGemm;
+}
+
+// Workspace: final keys [nq][k], then per path: fused per-split lists, or the GEMM tile, query
+// norms and (fp16) half-precision queries.
+std::size_t GpuFlatIndex::workspace_bytes(int64_t nq, int k, KnnAlgorithm algorithm) const {
+  Carver carver(nullptr);
+  carver.take<uint64_t>(nq * k);
+  if (algorithm == KnnAlgorithm::kFused) {
+    const FusedPlan plan = fused_plan(nq, size(), k, sm_count_);
+    if (plan.splits > 1) carver.take<uint64_t>(plan.splits * plan.batch * k);
+  } else {
+    const GemmPlan plan = gemm_plan(nq, size());
+    carver.take<float>(plan.batch * plan.rows);
+    carver.take<float>(plan.batch);
+    carver.take<__half>(plan.batch * dim_);
+  }
+  return carver.used();
+}
+
+void GpuFlatIndex::prepare_search(int64_t nq, int k, KnnAlgorithm algorithm) {
+  if (algorithm == KnnAlgorithm::kAuto) algorithm = choose(nq, k);
+  context_.reserve(workspace_bytes(nq, k, algorithm));
+}
+
+void GpuFlatIndex::search(const float* queries, int64_t nq, int dim, int k, float* distances,
+                          int64_t* labels, KnnAlgorithm algorithm) {
+  check_search_args(nq, k, kKnnMaxK, distances, labels);
+  check_dim(dim, dim_, "GpuFlatIndex::search");
+  check_finite(queries, nq, dim, "GpuFlatIndex::search");
+  if (nq == 0) return;
+  if (size() == 0) return fill_empty(nq * k, distances, labels);
+  DeviceBuffer<float> d_queries(static_cast<size_t>(nq * dim_));
+  DeviceBuffer<float> d_distances(static_cast<size_t>(nq * k));
+  DeviceBuffer<int64_t> d_labels(static_cast<size_t>(nq * k));
+  d_queries.upload(queries, d_queries.size(), context_.stream());
+  search_device(d_queries.data(), nq, k, d_distances.data(), d_labels.data(), algorithm);
+  d_distances.download(distances, d_distances.size(), context_.stream());
+  d_labels.download(labels, d_labels.size(), context_.stream());
+  context_.synchronize();
+}
+
+void GpuFlatIndex::search_device(const float* queries, int64_t nq, int k, float* distances,
+                                 int64_t* labels, KnnAlgorithm algorithm) {
+  check_search_args(nq, k, kKnnMaxK, distances, labels);
+  if (nq == 0 || size() == 0) fail("GpuFlatIndex::search_device: empty queries or gallery");
+  if (algorithm == KnnAlgorithm::kAuto) algorithm = choose(nq, k);
+  prepare_search(nq, k, algorithm);
+  uint64_t* keys = static_cast<uint64_t*>(context_.workspace(workspace_bytes(nq, k, algorithm)));
+  if (algorithm == KnnAlgorithm::kFused)
+    search_fused(queries, nq, k, keys);
+  else
+    search_gemm(queries, nq, k, keys);
+  knn_keys_to_results(keys, nq * k, ids_.data(), distances, labels, context_.stream());
+}
+
+void GpuFlatIndex::search_fused(const float* queries, int64_t nq, int k, uint64_t* keys) {
+  const FusedPlan plan = fused_plan(nq, size(), k, sm_count_);
+  Carver carver(keys);
+  carver.take<uint64_t>(nq * k);
+  uint64_t* partial =
+      plan.splits > 1 ? carver.take<uint64_t>(plan.splits * plan.batch * k) : nullptr;
+  const cudaStream_t stream = context_.stream();
+  for (int64_t q0 = 0; q0 < nq; q0 += plan.batch) {
+    const int64_t qb = std::min(plan.batch, nq - q0);
+    uint64_t* out = keys + q0 * k;
+    knn_fused_partial(queries + q0 * dim_, qb, gallery(), storage_, norms_.data(), size(), dim_, k,
+                      plan.splits, plan.splits > 1 ? partial : out, stream);
+    if (plan.splits > 1) knn_merge_partial(partial, plan.splits, qb, k, out, stream);
+  }
+}
+
+// Per query batch: queries to the storage type with their norms, then for each gallery tile an
+// inner-product GEMM (C = G_tile^T Q, column-major rows x batch, i.e. query-major rows) and a
+// selection pass that merges the tile into the running top-k.
+void GpuFlatIndex::search_gemm(const float* queries, int64_t nq, int k, uint64_t* keys) {
+  const GemmPlan plan = gemm_plan(nq, size());
+  Carver carver(keys);
+  carver.take<uint64_t>(nq * k);
+  float* ip = carver.take<float>(plan.batch * plan.rows);
+  float* query_norms = carver.take<float>(plan.batch);
+  __half* queries_f16 = carver.take<__half>(plan.batch * dim_);
+  const cudaStream_t stream = context_.stream();
+  const cublasHandle_t cublas = context_.cublas();
+  const float one = 1.f, zero = 0.f;
+  const bool f16 = storage_ == GpuStorage::kFloat16;
+  for (int64_t q0 = 0; q0 < nq; q0 += plan.batch) {
+    const int64_t qb = std::min(plan.batch, nq - q0);
+    const float* q = queries + q0 * dim_;
+    uint64_t* running = keys + q0 * k;
+    knn_store_rows(q, qb, dim_, storage_, f16 ? static_cast<void*>(queries_f16) : nullptr,
+                   query_norms, stream);
+    FN_GPU_CHECK(cudaMemsetAsync(running, 0xFF, qb * k * sizeof(uint64_t), stream));
+    for (int64_t row0 = 0; row0 < size(); row0 += plan.rows) {
+      const int rows = static_cast<int>(std::min(plan.rows, size() - row0));
+      if (f16)
+        FN_GPU_CHECK(cublasGemmEx(cublas, CUBLAS_OP_T, CUBLAS_OP_N, rows, static_cast<int>(qb),
+                                  dim_, &one, vectors_f16_.data() + row0 * dim_, CUDA_R_16F, dim_,
+                                  queries_f16, CUDA_R_16F, dim_, &zero, ip, CUDA_R_32F, rows,
+                                  CUBLAS_COMPUTE_32F, CUBLAS_GEMM_DEFAULT));
+      else
+        FN_GPU_CHECK(cublasSgemm(cublas, CUBLAS_OP_T, CUBLAS_OP_N, rows, static_cast<int>(qb), dim_,
+                                 &one, vectors_f32_.data() + row0 * dim_, dim_, q, dim_, &zero, ip,
+                                 rows));
+      knn_select_tile(ip, query_norms, norms_.data(), qb, rows, row0, k, running, stream);
+    }
+  }
+}
+
+#endif  // FACENET_HAS_CUDA
+
+}  // namespace facenet

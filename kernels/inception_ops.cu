@@ -11,29 +11,13 @@
 
 namespace facenet {
 
-std::size_t dtype_size(DType t) {
-  return t == DType::f32 ? 4 : 2;
-}
-
-const char* dtype_name(DType t) {
-  switch (t) {
-    case DType::f32:
-      return "fp32";
-    case DType::f16:
-      return "fp16";
-    case DType::bf16:
-      return "bf16";
-  }
-  return "?";
-}
-
 TensorView4 packed_view(void* data, DType dtype, Layout layout, int64_t n, int64_t c, int64_t h,
                         int64_t w, int64_t c_total, int64_t c0) {
   TensorView4 v;
   v.dtype = dtype;
   v.n = n, v.c = c, v.h = h, v.w = w;
   v.sn = c_total * h * w;
-  if (layout == Layout::nchw) {
+  if (layout == Layout::kNchw) {
     v.sc = h * w, v.sh = w, v.sw = 1;
   } else {
     v.sc = 1, v.sh = w * c_total, v.sw = c_total;
@@ -88,11 +72,11 @@ int blocks_for(int64_t count) {
 template <typename Fn>
 void dispatch(DType t, Fn&& fn) {
   switch (t) {
-    case DType::f32:
+    case DType::kFloat32:
       return fn(float{});
-    case DType::f16:
+    case DType::kFloat16:
       return fn(__half{});
-    case DType::bf16:
+    case DType::kBFloat16:
       return fn(__nv_bfloat16{});
   }
 }
@@ -118,7 +102,7 @@ __global__ void pool2d_kernel(const T* __restrict__ x, View xv, T* __restrict__ 
   if (i >= yv.n * yv.c * yv.h * yv.w) return;
   const Index4 o = decompose(i, yv);
   const int64_t h0 = o.h * stride - pad, w0 = o.w * stride - pad;
-  float acc = kind == PoolKind::max ? -INFINITY : 0.0f;
+  float acc = kind == PoolKind::kMax ? -INFINITY : 0.0f;
   for (int dy = 0; dy < kernel; ++dy) {
     const int64_t hh = h0 + dy;
     if (hh < 0 || hh >= xv.h) continue;
@@ -126,14 +110,14 @@ __global__ void pool2d_kernel(const T* __restrict__ x, View xv, T* __restrict__ 
       const int64_t ww = w0 + dx;
       if (ww < 0 || ww >= xv.w) continue;
       const float v = to_float(x[offset(xv, o.n, o.c, hh, ww)]);
-      if (kind == PoolKind::max)
+      if (kind == PoolKind::kMax)
         acc = fmaxf(acc, v);
       else
-        acc += kind == PoolKind::l2 ? v * v : v;
+        acc += kind == PoolKind::kL2 ? v * v : v;
     }
   }
-  if (kind == PoolKind::avg) acc /= static_cast<float>(kernel * kernel);
-  if (kind == PoolKind::l2) acc = sqrtf(acc);
+  if (kind == PoolKind::kAvg) acc /= static_cast<float>(kernel * kernel);
+  if (kind == PoolKind::kL2) acc = sqrtf(acc);
   y[offset(yv, o.n, o.c, o.h, o.w)] = from_float<T>(acc);
 }
 

@@ -11,26 +11,22 @@
 #include <cstdint>
 
 #include "engine/backend/pool_kind.h"
+#include "engine/core/dtype.h"
 
 namespace facenet {
-
-enum class DType { f32, f16, bf16 };
-
-std::size_t dtype_size(DType t);
-const char* dtype_name(DType t);
 
 // A non-owning view of an N x C x H x W tensor in device memory: element (n, c, h, w) lives
 // at data + n*sn + c*sc + h*sh + w*sw (strides in elements, 64-bit).
 struct TensorView4 {
   void* data = nullptr;
-  DType dtype = DType::f32;
+  DType dtype = DType::kFloat32;
   int64_t n = 0, c = 0, h = 0, w = 0;
   int64_t sn = 0, sc = 0, sh = 0, sw = 0;
 
   int64_t count() const { return n * c * h * w; }
 };
 
-enum class Layout { nchw, nhwc };
+enum class Layout { kNchw, kNhwc };
 
 // Packed view of `dtype` data at `data` in `layout`, `c_total` channels per image of which
 // this view covers [c0, c0 + c) — a concat slice when c < c_total.

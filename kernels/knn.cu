@@ -354,13 +354,13 @@ void launch_fused_for(int qt, const float* queries, int64_t nq, const void* gall
 
 }  // namespace
 
-void knn_store_rows(const float* src, int64_t n, int dim, KnnDtype dtype, void* dst, float* norms,
+void knn_store_rows(const float* src, int64_t n, int dim, DType dtype, void* dst, float* norms,
                     cudaStream_t stream) {
   check_dim(dim, "knn_store_rows");
   if (n <= 0) return;
   constexpr int kBlock = 256;
   const unsigned int grid = blocks_for(n * 32, kBlock);
-  if (dtype == KnnDtype::kFloat16)
+  if (dtype == DType::kFloat16)
     knn_store_rows_kernel<__half>
         <<<grid, kBlock, 0, stream>>>(src, n, dim, static_cast<__half*>(dst), norms);
   else
@@ -369,13 +369,13 @@ void knn_store_rows(const float* src, int64_t n, int dim, KnnDtype dtype, void* 
   FN_LAUNCH_CHECK("knn_store_rows_kernel");
 }
 
-void knn_move_rows(const int64_t* moves, int64_t m, int dim, KnnDtype dtype, void* vectors,
+void knn_move_rows(const int64_t* moves, int64_t m, int dim, DType dtype, void* vectors,
                    float* norms, int64_t* ids, cudaStream_t stream) {
   check_dim(dim, "knn_move_rows");
   if (m <= 0) return;
   constexpr int kBlock = 128;
   const unsigned int grid = static_cast<unsigned int>(m);
-  if (dtype == KnnDtype::kFloat16)
+  if (dtype == DType::kFloat16)
     knn_move_rows_kernel<__half>
         <<<grid, kBlock, 0, stream>>>(moves, m, dim, static_cast<__half*>(vectors), norms, ids);
   else
@@ -392,7 +392,7 @@ int knn_fused_queries_per_block(int64_t nq, int k) {
   return std::min<int64_t>(by_k, pow2_at_least(static_cast<int>(std::min<int64_t>(nq, 8))));
 }
 
-void knn_fused_partial(const float* queries, int64_t nq, const void* gallery, KnnDtype dtype,
+void knn_fused_partial(const float* queries, int64_t nq, const void* gallery, DType dtype,
                        const float* norms, int64_t n, int dim, int k, int splits, uint64_t* partial,
                        cudaStream_t stream) {
   check_k(k, "knn_fused_partial");
@@ -404,7 +404,7 @@ void knn_fused_partial(const float* queries, int64_t nq, const void* gallery, Kn
   if ((nq + qt - 1) / qt > 65535)
     fail("knn_fused_partial: ", nq, " queries in one launch (at most ", int64_t{65535} * qt,
          " for k = ", k, ")");
-  if (dtype == KnnDtype::kFloat16)
+  if (dtype == DType::kFloat16)
     launch_fused_for<__half>(qt, queries, nq, gallery, norms, n, dim, k, splits, partial, stream);
   else
     launch_fused_for<float>(qt, queries, nq, gallery, norms, n, dim, k, splits, partial, stream);

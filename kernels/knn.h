@@ -11,21 +11,23 @@
 #include <cstddef>
 #include <cstdint>
 
+#include "engine/core/dtype.h"
+
 namespace facenet {
 
-enum class KnnDtype { kFloat32, kFloat16 };
+// Gallery rows are stored as DType::kFloat32 or DType::kFloat16.
 
 constexpr int kKnnMaxK = 1024;
 constexpr uint64_t kKnnEmptyKey = ~uint64_t{0};
 
 // Rows are fp32 [n][dim]; `dst` receives them in `dtype` (nullable) and `norms` the squared
 // norms of the stored (rounded) values (nullable). dim % 8 == 0.
-void knn_store_rows(const float* src, int64_t n, int dim, KnnDtype dtype, void* dst, float* norms,
+void knn_store_rows(const float* src, int64_t n, int dim, DType dtype, void* dst, float* norms,
                     cudaStream_t stream);
 
 // moves = [dst_0..dst_{m-1}, src_0..src_{m-1}] slots (device); copies vector, norm and id of
 // each src slot to its dst slot. Sources and destinations must be disjoint.
-void knn_move_rows(const int64_t* moves, int64_t m, int dim, KnnDtype dtype, void* vectors,
+void knn_move_rows(const int64_t* moves, int64_t m, int dim, DType dtype, void* vectors,
                    float* norms, int64_t* ids, cudaStream_t stream);
 
 // Queries per block of the fused kernel for this shape (the host sizes its grids with it).
@@ -33,7 +35,7 @@ int knn_fused_queries_per_block(int64_t nq, int k);
 
 // Fused distances + top-k: `splits` blocks share the gallery for each tile of queries and each
 // writes its top-k keys to partial[split][q][k]. queries fp32 [nq][dim], gallery [n][dim].
-void knn_fused_partial(const float* queries, int64_t nq, const void* gallery, KnnDtype dtype,
+void knn_fused_partial(const float* queries, int64_t nq, const void* gallery, DType dtype,
                        const float* norms, int64_t n, int dim, int k, int splits, uint64_t* partial,
                        cudaStream_t stream);
 

@@ -18,9 +18,9 @@
 #include "tests/test_util.h"
 
 #if FACENET_HAS_DLIB
-#include "engine/model/dlib_resnet.h"
 #include "engine/face/face_align.h"
 #include "engine/image/image_cv.h"
+#include "engine/model/dlib_resnet.h"
 #endif
 
 namespace facenet::test {
@@ -65,7 +65,7 @@ inline std::vector<cv::Mat> lfw_chips(size_t n) {
     const cv::Mat img = read_image(files.front());
     const auto faces = aligner.detect(img);
     if (faces.empty()) continue;
-    chips.push_back(FaceAligner::align(img, faces.front(), Alignment::dlib_chip_150));
+    chips.push_back(FaceAligner::align(img, faces.front(), Alignment::kDlibChip150));
   }
   EXPECT_EQ(chips.size(), n);
   return chips;

@@ -9,8 +9,8 @@
 #include "engine/backend/backend.h"
 #include "engine/backend/cpu/cpu_backend.h"
 #include "engine/backend/lowering.h"
-#include "engine/core/blas.h"
 #include "engine/backend/reference/cpu_reference.h"
+#include "engine/core/blas.h"
 #include "tests/dlib_fixture.h"
 #include "tests/golden_fixture.h"
 #include "tests/model_fixture.h"
@@ -66,7 +66,7 @@ class GraphBuilder {
     return add(make_dense(name, in, out));
   }
   std::string batchnorm(const std::string& name, const std::string& in, int c) {
-    Node n = make_node(OpType::batchnorm, name, {in});
+    Node n = make_node(OpType::kBatchNorm, name, {in});
     n.gamma = name + "_g", n.beta = name + "_be", n.mean = name + "_m", n.var = name + "_v";
     n.eps = 1e-3;
     param(n.gamma, {c}, 0.5f, 1.0f);  // [0.5, 1.5)
@@ -102,30 +102,30 @@ Model all_ops_model() {
   GraphBuilder b({3, 17, 17});
   b.conv("c1", "x", 3, 16, 3, 1, 1);
   b.batchnorm("bn1", "c1", 16);
-  b.op(OpType::relu, "r1", {"bn1"});
-  b.op(OpType::maxpool, "pmax", {"r1"}, 3, 2, 1);  // 16 x 9 x 9
-  b.op(OpType::l2pool, "pl2", {"r1"}, 3, 2, 1);
-  b.op(OpType::avgpool, "pavg", {"r1"}, 3, 2, 1);
-  Node lrn = make_node(OpType::lrn, "lrn", {"pmax"});
+  b.op(OpType::kRelu, "r1", {"bn1"});
+  b.op(OpType::kMaxPool, "pmax", {"r1"}, 3, 2, 1);  // 16 x 9 x 9
+  b.op(OpType::kL2Pool, "pl2", {"r1"}, 3, 2, 1);
+  b.op(OpType::kAvgPool, "pavg", {"r1"}, 3, 2, 1);
+  Node lrn = make_node(OpType::kLrn, "lrn", {"pmax"});
   lrn.size = 5, lrn.alpha = 1e-2;
   b.add(lrn);
-  b.conv("c2", "lrn", 16, 8, 1, 1, 0);              // 8 x 9 x 9
-  b.batchnorm("bns", "pavg", 16);                   // after a pool: an affine
-  b.op(OpType::relu, "rs", {"bns"});                // fused into that affine
-  b.conv("c3", "pl2", 16, 8, 3, 2, 0);              // 8 x 4 x 4: centred in the concat
-  b.op(OpType::concat, "cat", {"c2", "rs", "c3"});  // 32 x 9 x 9
+  b.conv("c2", "lrn", 16, 8, 1, 1, 0);               // 8 x 9 x 9
+  b.batchnorm("bns", "pavg", 16);                    // after a pool: an affine
+  b.op(OpType::kRelu, "rs", {"bns"});                // fused into that affine
+  b.conv("c3", "pl2", 16, 8, 3, 2, 0);               // 8 x 4 x 4: centred in the concat
+  b.op(OpType::kConcat, "cat", {"c2", "rs", "c3"});  // 32 x 9 x 9
   b.conv("c4a", "cat", 32, 32, 1, 1, 0);
   b.conv("c4", "c4a", 32, 32, 3, 1, 1);
-  b.op(OpType::add, "add1", {"c4", "cat"});  // same shapes: a residual the cpu fuses
-  b.op(OpType::relu, "ra", {"add1"});
-  b.conv("c5", "ra", 32, 40, 3, 2, 0);              // 40 x 4 x 4
-  b.op(OpType::avgpool, "skip", {"ra"}, 2, 2, 0);   // 32 x 4 x 4
-  b.op(OpType::add, "add2", {"c5", "skip"});        // channels zero-extended
-  b.op(OpType::maxpool, "pm2", {"add2"}, 2, 2, 0);  // 40 x 2 x 2
-  b.op(OpType::relu, "r3", {"pm2"});                // standalone: identity affine + ReLU
-  b.op(OpType::avgpool, "gp", {"r3"}, 2, 1, 0);     // global
+  b.op(OpType::kAdd, "add1", {"c4", "cat"});  // same shapes: a residual the cpu fuses
+  b.op(OpType::kRelu, "ra", {"add1"});
+  b.conv("c5", "ra", 32, 40, 3, 2, 0);               // 40 x 4 x 4
+  b.op(OpType::kAvgPool, "skip", {"ra"}, 2, 2, 0);   // 32 x 4 x 4
+  b.op(OpType::kAdd, "add2", {"c5", "skip"});        // channels zero-extended
+  b.op(OpType::kMaxPool, "pm2", {"add2"}, 2, 2, 0);  // 40 x 2 x 2
+  b.op(OpType::kRelu, "r3", {"pm2"});                // standalone: identity affine + ReLU
+  b.op(OpType::kAvgPool, "gp", {"r3"}, 2, 1, 0);     // global
   b.dense("fc", "gp", 40, 16);
-  Node l2 = make_node(OpType::l2norm, "l2", {"fc"});
+  Node l2 = make_node(OpType::kL2Norm, "l2", {"fc"});
   l2.eps = 1e-10;
   b.add(l2);
   return b.finish("l2");
@@ -141,7 +141,7 @@ std::vector<float> forward(const Model& m, const BackendOptions& o, const std::v
 
 std::vector<float> reference(const Model& m, const std::vector<float>& x, int64_t n) {
   BackendOptions o;
-  o.device = Device::cpu_reference;
+  o.device = Device::kCpuReference;
   return forward(m, o, x, n);
 }
 
@@ -154,11 +154,11 @@ struct BackendCase {
 
 // Every backend this build and machine can run, with its tolerance.
 std::vector<BackendCase> available_backends() {
-  std::vector<BackendCase> cases = {{"cpu fp32", Device::cpu, "fp32", 1e-5}};
-  if (cpu_has_bf16()) cases.push_back({"cpu bf16", Device::cpu, "bf16", 3e-2});
+  std::vector<BackendCase> cases = {{"cpu fp32", Device::kCpu, "fp32", 1e-5}};
+  if (cpu_has_bf16()) cases.push_back({"cpu bf16", Device::kCpu, "bf16", 3e-2});
   if (gpu_available()) {
-    cases.push_back({"cuda fp32", Device::cuda, "fp32", 1e-4});
-    cases.push_back({"cuda fp16", Device::cuda, "fp16", 3e-2});
+    cases.push_back({"cuda fp32", Device::kCuda, "fp32", 1e-4});
+    cases.push_back({"cuda fp16", Device::kCuda, "fp16", 3e-2});
   }
   return cases;
 }
@@ -265,25 +265,25 @@ TEST(Lowering, FoldsAndFusesWhatEachBackendAsksFor) {
   for (const Step& s : g.steps) EXPECT_NE(s.output, "bn1") << "BN must fold into c1";
   const Step* c1 = step_computing(g, "bn1");
   ASSERT_TRUE(c1);
-  EXPECT_EQ(c1->op, StepOp::conv);
+  EXPECT_EQ(c1->op, StepOp::kConv);
   EXPECT_TRUE(c1->relu);
   EXPECT_EQ(c1->output, "r1");
   const Step* bns = step_computing(g, "bns");
   ASSERT_TRUE(bns);
-  EXPECT_EQ(bns->op, StepOp::affine);
+  EXPECT_EQ(bns->op, StepOp::kAffine);
   EXPECT_TRUE(bns->relu);
   const Step* c4 = step_computing(g, "add1");
   ASSERT_TRUE(c4);
-  EXPECT_EQ(c4->op, StepOp::conv);
+  EXPECT_EQ(c4->op, StepOp::kConv);
   EXPECT_EQ(c4->residual, "cat");
   EXPECT_EQ(c4->output, "ra");
   EXPECT_EQ(g.placement.at("ra").slot, g.placement.at("cat").slot) << "residual: in place";
   const Step* add2 = step_computing(g, "add2");
   ASSERT_TRUE(add2);
-  EXPECT_EQ(add2->op, StepOp::add) << "mismatched shapes must not fuse";
+  EXPECT_EQ(add2->op, StepOp::kAdd) << "mismatched shapes must not fuse";
   const Step* r3 = step_computing(g, "r3");
   ASSERT_TRUE(r3);
-  EXPECT_EQ(r3->op, StepOp::affine);
+  EXPECT_EQ(r3->op, StepOp::kAffine);
   const Step* head = step_computing(g, "fc");
   ASSERT_TRUE(head);
   EXPECT_TRUE(head->global_pool);
@@ -292,7 +292,7 @@ TEST(Lowering, FoldsAndFusesWhatEachBackendAsksFor) {
   EXPECT_FALSE(g.output_in_arena);
 
   const LoweredGraph plain = lower(m, Fusions{});
-  EXPECT_EQ(step_computing(plain, "add1")->op, StepOp::add);
+  EXPECT_EQ(step_computing(plain, "add1")->op, StepOp::kAdd);
   EXPECT_FALSE(step_computing(plain, "fc")->global_pool);
 }
 
@@ -318,7 +318,7 @@ void expect_no_live_overlap(const Model& m, const LoweredGraph& g) {
   if (g.output_in_arena) live[g.output].second = INT_MAX;
   std::set<std::pair<std::string, std::string>> planned;
   for (const Step& s : g.steps) {
-    if (s.op == StepOp::concat)
+    if (s.op == StepOp::kConcat)
       for (const auto& in : s.inputs) planned.insert({in, s.output});
     if (!s.residual.empty()) planned.insert({s.residual, s.output});
   }
@@ -354,11 +354,11 @@ Model concat_residual_model(bool conv_reads_branch) {
   GraphBuilder b({4, 6, 6});
   b.conv("c0", "x", 4, 8, 3, 1, 1);
   b.conv("c1", "x", 4, 8, 3, 1, 1);
-  b.op(OpType::concat, "cat", {"c0", "c1"});
+  b.op(OpType::kConcat, "cat", {"c0", "c1"});
   b.conv("cs", conv_reads_branch ? "c0" : "x", conv_reads_branch ? 8 : 4, 16, 3, 1, 1);
-  b.op(OpType::add, "sum", {"cs", "cat"});
+  b.op(OpType::kAdd, "sum", {"cs", "cat"});
   b.conv("co", "c0", 8, 16, 1, 1, 0);
-  b.op(OpType::add, "out", {"co", "sum"});
+  b.op(OpType::kAdd, "out", {"co", "sum"});
   return b.finish("out");
 }
 
@@ -396,7 +396,7 @@ TEST(Backends, DenseAndL2NormOverMapsMatchTheReference) {
   expect_all_backends_match_reference(d.finish("fc"), 3, 29, 0);
   GraphBuilder l({3, 7, 7});
   l.conv("c", "x", 3, 6, 3, 2, 1);
-  Node l2 = make_node(OpType::l2norm, "l2", {"c"});
+  Node l2 = make_node(OpType::kL2Norm, "l2", {"c"});
   l2.eps = 1e-10;
   l.add(l2);
   expect_all_backends_match_reference(l.finish("l2"), 3, 31, 0);
@@ -444,11 +444,11 @@ TEST(Lowering, KeepsTheAddWhenTheConvReadsItsOwnResidual) {
   GraphBuilder b({4, 6, 6});
   b.conv("c0", "x", 4, 8, 3, 1, 1);
   b.conv("c1", "c0", 8, 8, 3, 1, 1);
-  b.op(OpType::add, "sum", {"c1", "c0"});
+  b.op(OpType::kAdd, "sum", {"c1", "c0"});
   const Model m = b.finish("sum");
   Fusions f;
   f.residual_add = true;
-  EXPECT_EQ(step_computing(lower(m, f), "sum")->op, StepOp::add);
+  EXPECT_EQ(step_computing(lower(m, f), "sum")->op, StepOp::kAdd);
   const std::vector<float> x = random_tensor({3, 4, 6, 6}, 5, 0.f, 1.f).data;
   EXPECT_LT(normalized_error(forward(m, {}, x, 3), reference(m, x, 3)), 1e-5);
 }
@@ -459,7 +459,7 @@ TEST(CpuBackend, RefusesWhatItCannotRunByName) {
   o.precision = "fp16";
   test::expect_error([&] { make_backend(m, o); }, {"fp16", "cpu"});
   GraphBuilder b({4, 5, 5});
-  Node lrn = make_node(OpType::lrn, "even_lrn", {"x"});
+  Node lrn = make_node(OpType::kLrn, "even_lrn", {"x"});
   lrn.size = 4;
   b.add(lrn);
   const Model even = b.finish("even_lrn");

@@ -110,8 +110,8 @@ TEST(RowGemm, Fp32AndBf16TilesAreCompleteOnEveryThread) {
   for (size_t i = 0; i < b.size(); ++i) b_rounded[i] = from_bf16(b16[i] = to_bf16(b[i]));
   const auto want32 = reference_gemm(m, n, k, a.data(), k, b.data(), k, true);
   const auto want16 = reference_gemm(m, n, k, a_rounded.data(), k, b_rounded.data(), k, true);
-  for (GemmInput input : {GemmInput::kFloat32, GemmInput::kBFloat16}) {
-    const bool bf16 = input == GemmInput::kBFloat16;
+  for (DType input : {DType::kFloat32, DType::kBFloat16}) {
+    const bool bf16 = input == DType::kBFloat16;
     SCOPED_TRACE(bf16 ? "bf16" : "fp32");
     omp_set_num_threads(2);  // the primitive must not inherit a thread count from here
     const RowGemm gemm(m, n, k, input);

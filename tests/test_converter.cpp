@@ -4,8 +4,8 @@
 
 #include <fstream>
 
-#include "engine/model/convert_openface.h"
 #include "engine/core/error.h"
+#include "engine/model/convert_openface.h"
 #include "engine/model/model.h"
 #include "engine/model/safetensors.h"
 #include "tests/model_fixture.h"
@@ -35,7 +35,7 @@ class CorruptedWeights : public ::testing::Test {
 
 TEST(Converter, RealExportGivesTheDocumentedParameterCounts) {
   std::vector<std::string> unused;
-  Model m = convert_openface_csv(test::weights_dir(), Nn4Variant::openface, &unused);
+  Model m = convert_openface_csv(test::weights_dir(), Nn4Variant::kOpenFace, &unused);
   const ParamCounts c = count_params(m);
   EXPECT_EQ(c.learned, 3733968);
   EXPECT_EQ(c.learned + c.running_stats, 3743280);
@@ -49,23 +49,23 @@ TEST(Converter, RealExportGivesTheDocumentedParameterCounts) {
 }
 
 TEST(Converter, VariantsDifferOnlyWhereTheDocSays) {
-  const Graph o = nn4_small2_graph(Nn4Variant::openface);
-  const Graph c = nn4_small2_graph(Nn4Variant::coursera);
+  const Graph o = nn4_small2_graph(Nn4Variant::kOpenFace);
+  const Graph c = nn4_small2_graph(Nn4Variant::kCoursera);
   auto count = [](const Graph& g, OpType op) {
     return std::count_if(g.nodes.begin(), g.nodes.end(), [&](const Node& n) { return n.op == op; });
   };
-  EXPECT_EQ(count(o, OpType::lrn), 2);
-  EXPECT_EQ(count(c, OpType::lrn), 0);
-  EXPECT_EQ(count(o, OpType::l2pool), 3);
-  EXPECT_EQ(count(c, OpType::l2pool), 0);
-  EXPECT_EQ(count(c, OpType::avgpool), count(o, OpType::avgpool) + 3);
+  EXPECT_EQ(count(o, OpType::kLrn), 2);
+  EXPECT_EQ(count(c, OpType::kLrn), 0);
+  EXPECT_EQ(count(o, OpType::kL2Pool), 3);
+  EXPECT_EQ(count(c, OpType::kL2Pool), 0);
+  EXPECT_EQ(count(c, OpType::kAvgPool), count(o, OpType::kAvgPool) + 3);
   EXPECT_DOUBLE_EQ(o.node("bn1").eps, 1e-5);
   EXPECT_DOUBLE_EQ(c.node("bn1").eps, 1e-3);
   EXPECT_DOUBLE_EQ(c.node("bn2").eps, 1e-5);
 }
 
 TEST(Converter, ShapesFollowTheModelTable) {
-  Model m = convert_openface_csv(test::weights_dir(), Nn4Variant::openface);
+  Model m = convert_openface_csv(test::weights_dir(), Nn4Variant::kOpenFace);
   auto shape = [&](const std::string& n) { return m.shapes[m.graph.index_of(n)]; };
   EXPECT_EQ(shape("pool2"), (Shape{192, 12, 12}));
   EXPECT_EQ(shape("inception_3a"), (Shape{256, 12, 12}));
@@ -81,13 +81,13 @@ TEST(Converter, ShapesFollowTheModelTable) {
 
 TEST_F(CorruptedWeights, MissingFileIsNamed) {
   fs::remove(dir_ / "inception_4a_pool_conv_w.csv");
-  expect_error([&] { convert_openface_csv(dir_, Nn4Variant::openface); },
+  expect_error([&] { convert_openface_csv(dir_, Nn4Variant::kOpenFace); },
                {"inception_4a_pool_conv_w.csv", "missing"});
 }
 
 TEST_F(CorruptedWeights, EmptyFileIsNamed) {
   write("bn3_v.csv", "");
-  expect_error([&] { convert_openface_csv(dir_, Nn4Variant::openface); }, {"bn3_v.csv", "empty"});
+  expect_error([&] { convert_openface_csv(dir_, Nn4Variant::kOpenFace); }, {"bn3_v.csv", "empty"});
 }
 
 TEST_F(CorruptedWeights, TruncatedFileNamesExpectedCount) {
@@ -96,13 +96,13 @@ TEST_F(CorruptedWeights, TruncatedFileNamesExpectedCount) {
   std::string text;
   for (size_t i = 0; i + 1 < v.size(); ++i) text += (i ? "," : "") + std::to_string(v[i]);
   write("conv1_w.csv", text);
-  expect_error([&] { convert_openface_csv(dir_, Nn4Variant::openface); },
+  expect_error([&] { convert_openface_csv(dir_, Nn4Variant::kOpenFace); },
                {"conv1_w.csv", "9407", "9408"});
 }
 
 TEST_F(CorruptedWeights, NonNumericValueIsNamed) {
   write("dense_b.csv", "0.1,0.2,abc,0.4");
-  expect_error([&] { convert_openface_csv(dir_, Nn4Variant::openface); },
+  expect_error([&] { convert_openface_csv(dir_, Nn4Variant::kOpenFace); },
                {"dense_b.csv", "element 2", "abc"});
 }
 
@@ -111,12 +111,12 @@ TEST_F(CorruptedWeights, TooManyValuesAreRejected) {
   std::string text;
   for (float x : v) text += std::to_string(x) + ",";
   write("bn1_w.csv", text + "1.0");
-  expect_error([&] { convert_openface_csv(dir_, Nn4Variant::openface); },
+  expect_error([&] { convert_openface_csv(dir_, Nn4Variant::kOpenFace); },
                {"bn1_w.csv", "65", "expected 64"});
 }
 
 TEST(ModelFile, RoundTripKeepsGraphAndTensorsBitExact) {
-  const Model a = convert_openface_csv(test::weights_dir(), Nn4Variant::coursera);
+  const Model a = convert_openface_csv(test::weights_dir(), Nn4Variant::kCoursera);
   const auto path = test::converted_model("coursera");
   const Model b = load_model(path);
   EXPECT_EQ(graph_to_json(a.graph), graph_to_json(b.graph));

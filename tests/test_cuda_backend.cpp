@@ -12,9 +12,9 @@
 #include <random>
 
 #include "engine/backend/backend.h"
+#include "engine/backend/cuda/cuda_backend.h"
 #include "engine/backend/lowering.h"
 #include "engine/backend/reference/cpu_reference.h"
-#include "engine/backend/cuda/cuda_backend.h"
 #include "engine/core/cuda_util.h"
 #include "engine/pipeline/encode.h"
 #include "kernels/inception_ops.h"
@@ -41,7 +41,7 @@ struct DeviceTensor {
 DeviceTensor to_device(const HostTensor& t, Layout layout) {
   const int64_t n = t.shape[0], c = t.shape[1], h = t.shape[2], w = t.shape[3];
   DeviceTensor d{DeviceBuffer<float>(t.size()), {}};
-  d.view = packed_view(d.buf.data(), DType::f32, layout, n, c, h, w, c, 0);
+  d.view = packed_view(d.buf.data(), DType::kFloat32, layout, n, c, h, w, c, 0);
   std::vector<float> host(t.size());
   for (int64_t i = 0; i < n; ++i)
     for (int64_t j = 0; j < c; ++j)
@@ -87,7 +87,7 @@ double normalised_error(const HostTensor& got, const HostTensor& want) {
 }
 
 const char* layout_name(Layout l) {
-  return l == Layout::nchw ? "nchw" : "nhwc";
+  return l == Layout::kNchw ? "nchw" : "nhwc";
 }
 
 class KernelTest : public ::testing::TestWithParam<Layout> {};
@@ -98,17 +98,17 @@ TEST_P(KernelTest, PoolingMatchesReference) {
     PoolKind kind;
     int k, s, p;
   };
-  const Case cases[] = {{PoolKind::max, 3, 2, 1},
-                        {PoolKind::max, 3, 2, 0},
-                        {PoolKind::l2, 3, 3, 0},
-                        {PoolKind::avg, 3, 1, 0},
-                        {PoolKind::avg, 3, 3, 0}};
+  const Case cases[] = {{PoolKind::kMax, 3, 2, 1},
+                        {PoolKind::kMax, 3, 2, 0},
+                        {PoolKind::kL2, 3, 3, 0},
+                        {PoolKind::kAvg, 3, 1, 0},
+                        {PoolKind::kAvg, 3, 3, 0}};
   uint32_t seed = 11;
   for (const Case& c : cases) {
     const HostTensor x = random_tensor({3, 5, 12, 11}, ++seed, 0.0f, 1.0f);
-    const HostTensor want = c.kind == PoolKind::max   ? maxpool_direct(x, c.k, c.s, c.p)
-                            : c.kind == PoolKind::avg ? avgpool_direct(x, c.k, c.s, c.p)
-                                                      : l2pool_direct(x, c.k, c.s, c.p);
+    const HostTensor want = c.kind == PoolKind::kMax   ? maxpool_direct(x, c.k, c.s, c.p)
+                            : c.kind == PoolKind::kAvg ? avgpool_direct(x, c.k, c.s, c.p)
+                                                       : l2pool_direct(x, c.k, c.s, c.p);
     DeviceTensor dx = to_device(x, GetParam()), dy = empty_device(want.shape, GetParam());
     launch_pool2d(dx.view, dy.view, c.kind, c.k, c.s, c.p, nullptr);
     EXPECT_LE(normalised_error(to_host(dy), want), 1e-6)
@@ -147,7 +147,7 @@ TEST_P(KernelTest, CentredCopyIntoSliceMatchesReference) {
   DeviceTensor dy = to_device(random_tensor({n, C, H, W}, seed + 1), GetParam());
   // The slice view covers channels [c0, c0 + c); the rest of y must be left untouched.
   const HostTensor before = to_host(dy);
-  TensorView4 slice = packed_view(dy.buf.data(), DType::f32, GetParam(), n, c, H, W, C, c0);
+  TensorView4 slice = packed_view(dy.buf.data(), DType::kFloat32, GetParam(), n, c, H, W, C, c0);
   launch_copy_centred(dx.view, slice, nullptr);
   const HostTensor got = to_host(dy);
   for (int64_t i = 0; i < n; ++i)
@@ -215,15 +215,15 @@ TEST_P(KernelTest, PooledDenseHeadMatchesReference) {
   EXPECT_LE(normalised_error(got, want), 1e-5) << "seed " << seed;
 }
 
-INSTANTIATE_TEST_SUITE_P(Layouts, KernelTest, ::testing::Values(Layout::nchw, Layout::nhwc),
+INSTANTIATE_TEST_SUITE_P(Layouts, KernelTest, ::testing::Values(Layout::kNchw, Layout::kNhwc),
                          [](const auto& info) { return std::string(layout_name(info.param)); });
 
 TEST(KernelValidation, MismatchedShapesAreReported) {
   FN_REQUIRE_GPU();
-  DeviceTensor x = empty_device({1, 2, 8, 8}, Layout::nchw);
-  DeviceTensor y = empty_device({1, 2, 5, 5}, Layout::nchw);
+  DeviceTensor x = empty_device({1, 2, 8, 8}, Layout::kNchw);
+  DeviceTensor y = empty_device({1, 2, 5, 5}, Layout::kNchw);
   DeviceBuffer<float> gamma(2), beta(2);
-  EXPECT_THROW(launch_pool2d(x.view, y.view, PoolKind::max, 3, 2, 1, nullptr), Error);
+  EXPECT_THROW(launch_pool2d(x.view, y.view, PoolKind::kMax, 3, 2, 1, nullptr), Error);
   EXPECT_THROW(launch_lrn(x.view, y.view, 5, 1e-4f, 0.75f, 1.0f, nullptr), Error);
   EXPECT_THROW(launch_copy_centred(x.view, y.view, nullptr), Error);
   EXPECT_THROW(launch_affine(x.view, gamma.data(), beta.data(), false, y.view, nullptr), Error);
@@ -264,7 +264,7 @@ TypedTensor to_device(const HostTensor& t, const TypedConfig& cfg) {
 
 HostTensor to_host(const TypedTensor& d) {
   const TensorView4& v = d.view;
-  DeviceTensor f = empty_device({v.n, v.c, v.h, v.w}, v.sc == 1 ? Layout::nhwc : Layout::nchw);
+  DeviceTensor f = empty_device({v.n, v.c, v.h, v.w}, v.sc == 1 ? Layout::kNhwc : Layout::kNchw);
   launch_copy_centred(v, f.view, nullptr);
   return to_host(f);
 }
@@ -272,7 +272,7 @@ HostTensor to_host(const TypedTensor& d) {
 // Output rounding of one fp32 result to the storage type, relative (the reference runs on the
 // device-rounded inputs, so this is all that may differ).
 double rounding_tolerance(DType t) {
-  return t == DType::f32 ? 1e-6 : t == DType::f16 ? 1e-3 : 8e-3;
+  return t == DType::kFloat32 ? 1e-6 : t == DType::kFloat16 ? 1e-3 : 8e-3;
 }
 
 class TypedKernelTest : public ::testing::TestWithParam<TypedConfig> {};
@@ -327,11 +327,11 @@ TEST_P(TypedKernelTest, AffineMatchesReference) {
 }
 
 INSTANTIATE_TEST_SUITE_P(Types, TypedKernelTest,
-                         ::testing::Values(TypedConfig{DType::f32, Layout::nchw},
-                                           TypedConfig{DType::f32, Layout::nhwc},
-                                           TypedConfig{DType::f16, Layout::nhwc},
-                                           TypedConfig{DType::bf16, Layout::nhwc},
-                                           TypedConfig{DType::f16, Layout::nchw}),
+                         ::testing::Values(TypedConfig{DType::kFloat32, Layout::kNchw},
+                                           TypedConfig{DType::kFloat32, Layout::kNhwc},
+                                           TypedConfig{DType::kFloat16, Layout::kNhwc},
+                                           TypedConfig{DType::kBFloat16, Layout::kNhwc},
+                                           TypedConfig{DType::kFloat16, Layout::kNchw}),
                          [](const auto& info) { return typed_name(info.param); });
 
 // ---- whole model -----------------------------------------------------------------------------
@@ -374,7 +374,7 @@ TEST_P(GpuGolden, ReproducesEveryImage) {
   ASSERT_EQ(imgs.size(), 18u);
   const std::vector<float> x = test::load_inputs(m, imgs);
   BackendOptions opt;
-  opt.device = Device::cuda;
+  opt.device = Device::kCuda;
   opt.precision = c.precision;
   opt.layout = c.layout;
   opt.cuda_graphs = c.graphs;
@@ -426,7 +426,7 @@ TEST(GpuBlocks, EveryBlockMatchesCpu) {
     std::vector<float> cpu(2 * size), gpu(2 * size);
     make_backend(m, {})->forward(x.data(), 2, cpu.data());
     BackendOptions opt;
-    opt.device = Device::cuda;
+    opt.device = Device::kCuda;
     make_backend(m, opt)->forward(x.data(), 2, gpu.data());
     double err = 0;
     for (int64_t i = 0; i < 2 * size; ++i)
@@ -449,7 +449,7 @@ TEST(GpuInput, Bgr8PathEqualsFloatPath) {
       for (int64_t p = 0; p < hw; ++p)
         x[(i * 3 + c) * hw + p] = bgr[(i * hw + p) * 3 + (2 - c)] * (1.0f / 255.0f);
   BackendOptions opt;
-  opt.device = Device::cuda;
+  opt.device = Device::kCuda;
   auto backend = make_cuda_backend(m, opt);
   std::vector<float> a(n * 128), b(n * 128);
   backend->forward(x.data(), n, a.data());
@@ -468,7 +468,7 @@ TEST(GpuStaged, SlotsInFlightTogetherKeepTheirOwnResults) {
   std::vector<uint8_t> bgr(2 * n * bytes);
   for (auto& v : bgr) v = static_cast<uint8_t>(rng() & 0xff);
   BackendOptions opt;
-  opt.device = Device::cuda;
+  opt.device = Device::kCuda;
   auto backend = make_cuda_backend(m, opt);
   std::vector<float> want(2 * n * 128);
   for (int s = 0; s < 2; ++s)  // the same batch size, so the same plan and algorithms
@@ -497,7 +497,7 @@ TEST(GpuStaged, SlotsAreReusedAndCounted) {
   const Model m = load_model(test::converted_model("openface"));
   const std::size_t image = 96 * 96 * 3;
   BackendOptions opt;
-  opt.device = Device::cuda;
+  opt.device = Device::kCuda;
   auto backend = make_cuda_backend(m, opt);
   const std::size_t base = backend->device_bytes();
   uint8_t* kept = nullptr;
@@ -539,7 +539,7 @@ TEST(GpuPlans, TailsRunOnALargerPlanAndMatchCpu) {
   std::vector<float> want(most * 128);
   make_backend(m, {})->forward(x.data(), most, want.data());
   BackendOptions opt;
-  opt.device = Device::cuda;
+  opt.device = Device::kCuda;
   auto gpu = make_cuda_backend(m, opt);
   const std::vector<std::pair<int64_t, std::vector<int64_t>>> calls = {
       {8, {8}}, {5, {8}}, {3, {4, 8}}, {20, {4, 8, 20}}, {7, {4, 8, 20}}, {1, {1, 4, 8, 20}}};
@@ -585,7 +585,7 @@ TEST(GpuPipeline, EncodeFilesMatchesCpu) {
   };
   auto cpu = make_backend(m, {});
   BackendOptions opt;
-  opt.device = Device::cuda;
+  opt.device = Device::kCuda;
   auto gpu = make_backend(m, opt);
   for (int batch : {4, 64}) {
     const Run want = encode(*cpu, batch);
@@ -672,7 +672,7 @@ TEST_P(GpuDlibResnet, MatchesCpuBackendOnAlignedChips) {
 
   const DlibConfig& c = GetParam();
   BackendOptions opt;
-  opt.device = Device::cuda;
+  opt.device = Device::kCuda;
   opt.precision = c.precision;
   opt.layout = c.layout;
   auto backend = make_cuda_backend(*d->model, opt);

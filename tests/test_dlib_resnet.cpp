@@ -6,8 +6,8 @@
 #include <cstdlib>
 
 #include "engine/backend/backend.h"
-#include "engine/model/dlib_resnet.h"
 #include "engine/image/image_cv.h"
+#include "engine/model/dlib_resnet.h"
 #include "tests/dlib_fixture.h"
 
 namespace facenet {
@@ -67,7 +67,7 @@ TEST(DlibResnet, EmbeddingsEqualDlibsOwnForward) {
   const int64_t n = static_cast<int64_t>(chips.size());
   std::vector<float> got(n * 128);
   BackendOptions opt;
-  opt.device = Device::cpu;
+  opt.device = Device::kCpu;
   make_backend(m, opt)->forward(x.data(), n, got.data());
   const double fast_err = max_abs_diff(got, want);
   EXPECT_LE(fast_err, 1e-4) << n << " chips, cpu backend";
@@ -75,7 +75,7 @@ TEST(DlibResnet, EmbeddingsEqualDlibsOwnForward) {
   // The oracle on the first two chips only (plain loops are slow on 150x150).
   const int64_t nr = std::min<int64_t>(2, n);
   std::vector<float> ref(nr * 128);
-  opt.device = Device::cpu_reference;
+  opt.device = Device::kCpuReference;
   make_backend(m, opt)->forward(x.data(), nr, ref.data());
   const double ref_err =
       max_abs_diff(ref, std::vector<float>(want.begin(), want.begin() + nr * 128));

@@ -2,10 +2,10 @@
 // no face. Skips when the dlib landmark models have not been fetched.
 #include <opencv2/imgproc.hpp>
 
-#include "engine/pipeline/encode_faces.h"
 #include "engine/core/error.h"
 #include "engine/face/face_align.h"
 #include "engine/image/image_cv.h"
+#include "engine/pipeline/encode_faces.h"
 #include "tests/model_fixture.h"
 #include "tests/test_util.h"
 
@@ -74,8 +74,7 @@ cv::Mat dlib_chip(const std::filesystem::path& photo) {
   const FaceAligner aligner;
   const cv::Mat img = read_image(photo);
   const auto faces = aligner.detect(img);
-  return faces.size() == 1 ? FaceAligner::align(img, faces[0], Alignment::dlib_chip_150)
-                           : cv::Mat();
+  return faces.size() == 1 ? FaceAligner::align(img, faces[0], Alignment::kDlibChip150) : cv::Mat();
 }
 
 TEST(FaceAlign, ChipsHaveTheModelSizesAndHoldContent) {
@@ -84,10 +83,10 @@ TEST(FaceAlign, ChipsHaveTheModelSizesAndHoldContent) {
   const cv::Mat img = read_image(example("clapton-2.jpg"));
   const auto faces = aligner.detect(img);
   ASSERT_EQ(faces.size(), 1u);
-  const cv::Mat chip = FaceAligner::align(img, faces[0], Alignment::dlib_chip_150);
+  const cv::Mat chip = FaceAligner::align(img, faces[0], Alignment::kDlibChip150);
   EXPECT_EQ(chip.size(), cv::Size(150, 150));
   EXPECT_EQ(chip.type(), CV_8UC3);
-  const cv::Mat of = FaceAligner::align(img, faces[0], Alignment::openface_96);
+  const cv::Mat of = FaceAligner::align(img, faces[0], Alignment::kOpenFace96);
   EXPECT_EQ(of.size(), cv::Size(96, 96));
   // OpenFace's examples-aligned/clapton-2.png came from an older AlignDlib (a tighter crop),
   // so it is no pixel target (SOURCE.md); both crops must simply hold image content.
@@ -96,7 +95,7 @@ TEST(FaceAlign, ChipsHaveTheModelSizesAndHoldContent) {
     cv::meanStdDev(*m, mean, sd);
     EXPECT_GT(sd[0], 10.0);
   }
-  EXPECT_EQ(parse_alignment(alignment_name(Alignment::openface_96)), Alignment::openface_96);
+  EXPECT_EQ(parse_alignment(alignment_name(Alignment::kOpenFace96)), Alignment::kOpenFace96);
   EXPECT_THROW(parse_alignment("nope"), Error);
 }
 
@@ -135,7 +134,7 @@ TEST(FacePhotos, CentreOnlyTakesTheCentredFaceNotAnotherPerson) {
       test::shared_path("data/lfw/lfw-deepfunneled/Tung_Chee-hwa/Tung_Chee-hwa_0001.jpg")};
   auto encode = [&](bool centre_only) {
     FaceOptions fo;
-    fo.pick = FacePick::centre;
+    fo.pick = FacePick::kCentre;
     fo.retry_upsampled = true;
     fo.retry_cnn = true;
     fo.centre_only = centre_only;

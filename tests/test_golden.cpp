@@ -48,7 +48,7 @@ TEST_P(Golden, ReferencePathReproducesTwoImages) {
   imgs.resize(2);  // the reference is slow by design
   const std::vector<float> x = load_inputs(m, imgs);
   BackendOptions opt;
-  opt.device = Device::cpu_reference;
+  opt.device = Device::kCpuReference;
   std::vector<float> y(2 * 128);
   make_backend(m, opt)->forward(x.data(), 2, y.data());
   const double err = max_abs_error(y, imgs, 2);

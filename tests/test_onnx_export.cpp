@@ -9,11 +9,11 @@
 #include <random>
 
 #include "engine/backend/backend.h"
-#include "tools/bench/bench_util.h"
 #include "engine/core/npy.h"
 #include "engine/model/onnx_export.h"
 #include "tests/cli_fixture.h"
 #include "tests/dlib_fixture.h"
+#include "tools/bench/bench_util.h"
 
 namespace facenet {
 namespace {
@@ -97,7 +97,7 @@ void expect_runtimes_match(const Model& m, const fs::path& onnx, int64_t n) {
   }
   const int64_t per = element_count(m.graph.input_shape);
   const std::vector<float> x = uniform(per * n, 7, 0.0f, 1.0f);
-  const std::vector<float> want = forward(m, Device::cpu_reference, x, n);
+  const std::vector<float> want = forward(m, Device::kCpuReference, x, n);
   double largest = 0;
   for (float v : want) largest = std::max(largest, std::fabs(static_cast<double>(v)));
   ASSERT_GT(largest, 1e-2) << "reference output is (nearly) all zero: the test would prove nothing";
@@ -147,25 +147,25 @@ Model edge_case_model() {
   g.input_shape = {3, 11, 11};
   g.output = "out";
   auto add = [&](Node n) { g.nodes.push_back(std::move(n)); };
-  add(make_conv("c1", "pixels", 4, 3, 1, 1));                       // 4 x 11 x 11
-  add(make_conv("c2", "pixels", 2, 5, 3, 0));                       // 2 x 3 x 3
-  add(make_node(OpType::maxpool, "mp", {"c1"}, 3, 2, 1));           // 4 x 6 x 6
-  add(make_node(OpType::avgpool, "ap", {"c1"}, 3, 2, 1));           // 4 x 6 x 6
-  add(make_node(OpType::l2pool, "lp", {"c1"}, 3, 2, 1));            // 4 x 6 x 6
-  add(make_node(OpType::concat, "cat", {"mp", "c2", "ap", "lp"}));  // 14 x 6 x 6
-  Node bn = make_node(OpType::batchnorm, "bn", {"cat"});
+  add(make_conv("c1", "pixels", 4, 3, 1, 1));                        // 4 x 11 x 11
+  add(make_conv("c2", "pixels", 2, 5, 3, 0));                        // 2 x 3 x 3
+  add(make_node(OpType::kMaxPool, "mp", {"c1"}, 3, 2, 1));           // 4 x 6 x 6
+  add(make_node(OpType::kAvgPool, "ap", {"c1"}, 3, 2, 1));           // 4 x 6 x 6
+  add(make_node(OpType::kL2Pool, "lp", {"c1"}, 3, 2, 1));            // 4 x 6 x 6
+  add(make_node(OpType::kConcat, "cat", {"mp", "c2", "ap", "lp"}));  // 14 x 6 x 6
+  Node bn = make_node(OpType::kBatchNorm, "bn", {"cat"});
   bn.gamma = "bn_g", bn.beta = "bn_b", bn.mean = "bn_m", bn.var = "bn_v", bn.eps = 1e-3;
   add(bn);
-  Node lrn = make_node(OpType::lrn, "lrn", {"bn"});
+  Node lrn = make_node(OpType::kLrn, "lrn", {"bn"});
   lrn.size = 5, lrn.alpha = 0.3, lrn.beta_pow = 0.75, lrn.k = 2.0;
   add(lrn);
-  Node af = make_node(OpType::affine, "af", {"lrn"});
+  Node af = make_node(OpType::kAffine, "af", {"lrn"});
   af.gamma = "af_g", af.beta = "af_b";
   add(af);
-  add(make_node(OpType::add, "sum", {"c2", "af"}));  // c2 zero-extended to 14 x 6 x 6
-  add(make_node(OpType::relu, "relu", {"sum"}));
+  add(make_node(OpType::kAdd, "sum", {"c2", "af"}));  // c2 zero-extended to 14 x 6 x 6
+  add(make_node(OpType::kRelu, "relu", {"sum"}));
   add(make_dense("fc", "relu", 8));
-  add(make_node(OpType::l2norm, "out", {"fc"}));
+  add(make_node(OpType::kL2Norm, "out", {"fc"}));
   unsigned seed = 11;
   auto tensor = [&](const std::string& name, Shape shape, float lo, float hi) {
     m.tensors[name] = HostTensor(shape, uniform(element_count(shape), seed++, lo, hi));
@@ -191,7 +191,7 @@ TEST(OnnxExport, EveryOpsEdgeCases) {
 TEST(OnnxExport, RefusesEvenLrnNamingFileAndNode) {
   Model m = edge_case_model();
   for (Node& n : m.graph.nodes)
-    if (n.op == OpType::lrn) n.size = 4;
+    if (n.op == OpType::kLrn) n.size = 4;
   test::expect_error([&] { export_onnx(m); }, {"'lrn'", "even size 4"});
   const fs::path dir = scratch_dir();
   save_model(dir / "even-lrn.safetensors", m);

@@ -270,8 +270,8 @@ TEST(Identifier, LargeGalleriesTakeBf16StorageWithTheSameAnswers) {
   for (int64_t q = 0; q < nq; ++q)
     for (int d = 0; d < dim; ++d)
       probes[q * dim + d] = m.vectors[(q * 4099) % rows * dim + d] + 0.01f * g(rng);
-  Identifier fp32(m, Device::cpu, CpuStorage::kFloat32);
-  Identifier automatic(m, Device::cpu);
+  Identifier fp32(m, Device::kCpu, CpuStorage::kFloat32);
+  Identifier automatic(m, Device::kCpu);
   EXPECT_EQ(fp32.cpu_storage(), CpuStorage::kFloat32);
   EXPECT_EQ(automatic.cpu_storage(), cpu_has_bf16() ? CpuStorage::kBFloat16 : CpuStorage::kFloat32);
   const auto want = fp32.identify(probes.data(), nq, 5, 0.7);

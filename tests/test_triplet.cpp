@@ -57,9 +57,9 @@ struct Expected {
   double sum;
   int64_t active, count;
 };
-const Expected kFixtureExpected[] = {{Mining::batch_hard, 6.51, 4, 5},
-                                     {Mining::semi_hard, 8.01, 5, 8},
-                                     {Mining::batch_all, 12.8725, 10, 18}};
+const Expected kFixtureExpected[] = {{Mining::kBatchHard, 6.51, 4, 5},
+                                     {Mining::kSemiHard, 8.01, 5, 8},
+                                     {Mining::kBatchAll, 12.8725, 10, 18}};
 
 TripletOptions with_triplets() {
   TripletOptions o;
@@ -75,10 +75,10 @@ void expect_fixture(const TripletResult& r, const Expected& x) {
 }
 
 void expect_fixture_selection(const TripletResult& r, Mining mode) {
-  if (mode == Mining::batch_hard) {
+  if (mode == Mining::kBatchHard) {
     const std::vector<Triplet> want = {{0, 1, 4}, {1, 0, 4}, {2, 4, 0}, {3, 4, 0}, {4, 3, 0}};
     EXPECT_EQ(r.triplets, want);
-  } else if (mode == Mining::semi_hard) {
+  } else if (mode == Mining::kSemiHard) {
     const std::vector<Triplet> want = {{0, 1, 2}, {1, 0, 4}, {2, 3, 0}, {2, 4, 0},
                                        {3, 2, 0}, {3, 4, 0}, {4, 2, 0}, {4, 3, 0}};
     EXPECT_EQ(r.triplets, want);
@@ -159,7 +159,7 @@ TripletResult64 brute_force(const Batch& x, Mining mode, double margin) {
       if (negative(j) && (near_n < 0 || dist(j) < dist(near_n))) near_n = j;
     }
     if (near_n < 0) continue;
-    if (mode == Mining::batch_hard) {
+    if (mode == Mining::kBatchHard) {
       if (far_p >= 0) add(a, far_p, near_n, dist(far_p), dist(near_n));
       continue;
     }
@@ -168,11 +168,11 @@ TripletResult64 brute_force(const Batch& x, Mining mode, double margin) {
       int64_t semi = -1;
       for (int64_t n = 0; n < x.b; ++n) {
         if (!negative(n)) continue;
-        if (mode == Mining::batch_all) add(a, p, n, dist(p), dist(n));
+        if (mode == Mining::kBatchAll) add(a, p, n, dist(p), dist(n));
         if (dist(n) > dist(p) && dist(n) < dist(p) + margin && (semi < 0 || dist(n) < dist(semi)))
           semi = n;
       }
-      if (mode == Mining::semi_hard)
+      if (mode == Mining::kSemiHard)
         add(a, p, semi >= 0 ? semi : near_n, dist(p), dist(semi >= 0 ? semi : near_n));
     }
   }
@@ -180,7 +180,7 @@ TripletResult64 brute_force(const Batch& x, Mining mode, double margin) {
   return r;
 }
 
-const Mining kModes[] = {Mining::batch_all, Mining::batch_hard, Mining::semi_hard};
+const Mining kModes[] = {Mining::kBatchAll, Mining::kBatchHard, Mining::kSemiHard};
 
 TEST(Triplet, CpuMatchesBruteForceOnRandomBatches) {
   for (auto [b, d, k, seed] : {std::tuple<int64_t, int64_t, int, uint64_t>{40, 16, 4, 1},
@@ -192,7 +192,7 @@ TEST(Triplet, CpuMatchesBruteForceOnRandomBatches) {
       SCOPED_TRACE(::testing::Message() << to_string(mode) << " B=" << b << " d=" << d
                                         << " per_class=" << k << " seed=" << seed);
       TripletOptions o;
-      o.want_triplets = mode != Mining::batch_all;
+      o.want_triplets = mode != Mining::kBatchAll;
       const TripletResult r = triplet_loss(x.e.data(), b, d, x.labels, mode, o);
       const TripletResult64 ref = brute_force(x, mode, o.margin);
       EXPECT_NEAR(r.loss_sum, ref.loss_sum, 1e-4 * std::max(1.0, ref.loss_sum));
@@ -302,14 +302,14 @@ TEST(Triplet, SingleSampleLabelIsNeverAnAnchorButStillANegative) {
   // Labels {0, 0, 7}: row 2 has no positive. Batch-hard: anchors 0 and 1 only, both with n = 2.
   const std::vector<float> e = {0, 0, 1, 0, 0, 0.5f};
   const TripletResult r =
-      triplet_loss(e.data(), 3, 2, {0, 0, 7}, Mining::batch_hard, with_triplets());
+      triplet_loss(e.data(), 3, 2, {0, 0, 7}, Mining::kBatchHard, with_triplets());
   EXPECT_EQ(r.count, 2);
   const std::vector<Triplet> want = {{0, 1, 2}, {1, 0, 2}};
   EXPECT_EQ(r.triplets, want);
   // D01 = 1, D02 = 0.25, D12 = 1.25: losses 0.95 and 0.
   EXPECT_NEAR(r.loss_sum, 0.95, 1e-6);
-  EXPECT_EQ(triplet_loss(e.data(), 3, 2, {0, 0, 7}, Mining::batch_all).count, 2);
-  EXPECT_EQ(triplet_loss(e.data(), 3, 2, {0, 0, 7}, Mining::semi_hard).count, 2);
+  EXPECT_EQ(triplet_loss(e.data(), 3, 2, {0, 0, 7}, Mining::kBatchAll).count, 2);
+  EXPECT_EQ(triplet_loss(e.data(), 3, 2, {0, 0, 7}, Mining::kSemiHard).count, 2);
 }
 
 TEST(Triplet, AllOneLabelAndSingleRowHaveNoTriplets) {
@@ -330,7 +330,7 @@ TEST(Triplet, RejectsNaNInfAndBadArguments) {
   x.e[5 * 3] = INFINITY;
   expect_error([&] { triplet_loss(x.e.data(), 6, 3, std::vector<Triplet>{{0, 1, 2}}); }, {"row 5"});
   x.e[5 * 3] = 0;
-  expect_error([&] { triplet_loss(x.e.data(), 6, 3, {0, 1}, Mining::batch_hard); }, {"labels"});
+  expect_error([&] { triplet_loss(x.e.data(), 6, 3, {0, 1}, Mining::kBatchHard); }, {"labels"});
   expect_error(
       [&] {
         triplet_loss(x.e.data(), 6, 3, std::vector<Triplet>{{0, 1, 6}});
@@ -338,11 +338,11 @@ TEST(Triplet, RejectsNaNInfAndBadArguments) {
       {"index 6"});
   TripletOptions bad;
   bad.margin = -1;
-  expect_error([&] { triplet_loss(x.e.data(), 6, 3, x.labels, Mining::batch_all, bad); },
+  expect_error([&] { triplet_loss(x.e.data(), 6, 3, x.labels, Mining::kBatchAll, bad); },
                {"margin"});
-  expect_error([&] { triplet_loss(x.e.data(), 0, 3, {}, Mining::batch_all); }, {"B >= 1"});
+  expect_error([&] { triplet_loss(x.e.data(), 0, 3, {}, Mining::kBatchAll); }, {"B >= 1"});
   expect_error([] { parse_mining("hardest"); }, {"hardest"});
-  EXPECT_EQ(parse_mining("semi_hard"), Mining::semi_hard);
+  EXPECT_EQ(parse_mining("semi_hard"), Mining::kSemiHard);
 }
 
 TEST(Triplet, CpuResultDoesNotDependOnThreadCount) {
@@ -406,7 +406,7 @@ void expect_same_selection(const TripletResult& gpu, const TripletResult& cpu, c
     if (g == c) continue;
     ++differ;
     EXPECT_EQ(g.a, c.a);
-    if (mode != Mining::batch_hard) continue;
+    if (mode != Mining::kBatchHard) continue;
     EXPECT_NEAR(direct_sq_l2(e, x.d, g.a, g.p), direct_sq_l2(e, x.d, c.a, c.p), 1e-4);
     EXPECT_NEAR(direct_sq_l2(e, x.d, g.a, g.n), direct_sq_l2(e, x.d, c.a, c.n), 1e-4);
   }
@@ -419,7 +419,7 @@ void expect_gradient_matches(const TripletResult& g, const TripletResult& c, con
                              Mining mode, const TripletOptions& o) {
   for (float v : g.grad) ASSERT_TRUE(std::isfinite(v));
   TripletResult ref = c;
-  if (mode != Mining::batch_all) {
+  if (mode != Mining::kBatchAll) {
     TripletOptions given;
     given.margin = o.margin;
     ref = triplet_loss(x.e.data(), x.b, x.d, g.triplets, given);
@@ -456,7 +456,7 @@ TEST(TripletGpu, MatchesCpuReferenceOnRandomBatches) {
         EXPECT_NEAR(static_cast<double>(g.active), static_cast<double>(c.active),
                     0.001 * c.count + 1);
         expect_gradient_matches(g, c, x, mode, o);
-        if (mode != Mining::batch_all) expect_same_selection(g, c, x, mode);
+        if (mode != Mining::kBatchAll) expect_same_selection(g, c, x, mode);
       }
   }
 }
@@ -509,7 +509,7 @@ TEST(TripletGpu, RejectsNaNAndMisuse) {
   expect_error([&] { gpu.fetch(); }, {"nothing was run"});
   x.e[4 * 3] = 0;
   gpu.set_batch(x.e.data(), 6, 3, std::vector<Triplet>{{0, 1, 2}});
-  expect_error([&] { gpu.run(Mining::batch_hard); }, {"labels"});
+  expect_error([&] { gpu.run(Mining::kBatchHard); }, {"labels"});
 }
 
 }  // namespace

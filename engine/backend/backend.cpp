@@ -12,33 +12,33 @@
 namespace facenet {
 
 Device parse_device(const std::string& s) {
-  if (s == "cpu") return Device::cpu;
-  if (s == "cpu-reference") return Device::cpu_reference;
-  if (s == "cuda") return Device::cuda;
+  if (s == "cpu") return Device::kCpu;
+  if (s == "cpu-reference") return Device::kCpuReference;
+  if (s == "cuda") return Device::kCuda;
   fail("unknown device '", s, "' (expected cpu, cpu-reference or cuda)");
 }
 
 const char* device_name(Device d) {
   switch (d) {
-    case Device::cpu:
+    case Device::kCpu:
       return "cpu";
-    case Device::cpu_reference:
+    case Device::kCpuReference:
       return "cpu-reference";
-    case Device::cuda:
+    case Device::kCuda:
       return "cuda";
   }
   return "?";
 }
 
 std::unique_ptr<Backend> make_backend(const Model& model, const BackendOptions& options) {
-  if (options.precision != "fp32" && options.device == Device::cpu_reference)
+  if (options.precision != "fp32" && options.device == Device::kCpuReference)
     fail("--precision ", options.precision, ": the cpu-reference backend computes in fp32 only");
   switch (options.device) {
-    case Device::cpu:
+    case Device::kCpu:
       return make_cpu_backend(model, options);
-    case Device::cpu_reference:
+    case Device::kCpuReference:
       return make_reference_backend(model);
-    case Device::cuda:
+    case Device::kCuda:
       require_gpu("--device cuda");
 #ifdef FACENET_HAS_CUDA
       return make_cuda_backend(model, options);

@@ -10,16 +10,16 @@
 namespace facenet {
 
 enum class Device {
-  cpu,            // fast CPU path: GEMM convolution through BLAS, batched, all cores
-  cpu_reference,  // straightforward loops, BatchNorm unfolded: the oracle for tests
-  cuda,           // cuDNN + hand-written kernels
+  kCpu,           // fast CPU path: GEMM convolution through BLAS, batched, all cores
+  kCpuReference,  // straightforward loops, BatchNorm unfolded: the oracle for tests
+  kCuda,          // cuDNN + hand-written kernels
 };
 
 Device parse_device(const std::string& s);  // "cpu" | "cpu-reference" | "cuda"
 const char* device_name(Device d);
 
 struct BackendOptions {
-  Device device = Device::cpu;
+  Device device = Device::kCpu;
   int threads = 0;      // CPU threads; 0 = every core
   int micro_batch = 0;  // CPU: images per internal pass; 0 = automatic
   std::string precision = "fp32";

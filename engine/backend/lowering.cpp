@@ -14,21 +14,21 @@ namespace facenet {
 
 const char* step_op_name(StepOp op) {
   switch (op) {
-    case StepOp::conv:
+    case StepOp::kConv:
       return "conv";
-    case StepOp::dense:
+    case StepOp::kDense:
       return "dense";
-    case StepOp::pool:
+    case StepOp::kPool:
       return "pool";
-    case StepOp::lrn:
+    case StepOp::kLrn:
       return "lrn";
-    case StepOp::concat:
+    case StepOp::kConcat:
       return "concat";
-    case StepOp::affine:
+    case StepOp::kAffine:
       return "affine";
-    case StepOp::add:
+    case StepOp::kAdd:
       return "add";
-    case StepOp::l2norm:
+    case StepOp::kL2Norm:
       return "l2norm";
   }
   return "?";
@@ -72,7 +72,7 @@ class Lowering {
     ++uses_[g_.output];
     last_use_[g_.output] = INT_MAX;
     for (const Node& n : g_.nodes)
-      if (n.op == OpType::concat)
+      if (n.op == OpType::kConcat)
         for (const auto& v : n.inputs) concat_inputs_.insert(v);
   }
 
@@ -106,12 +106,12 @@ class Lowering {
   }
 
   void fold_following_norm(Step& s, int64_t per_out) {
-    if (sole_next(OpType::batchnorm)) {
+    if (sole_next(OpType::kBatchNorm)) {
       const Node& bn = node(i_ + 1);
       fold_batchnorm(s.w, s.b, per_out, tensor(bn.gamma).data(), tensor(bn.beta).data(),
                      tensor(bn.mean).data(), tensor(bn.var).data(), bn.eps);
       absorb(s);
-    } else if (sole_next(OpType::affine)) {
+    } else if (sole_next(OpType::kAffine)) {
       const Node& af = node(i_ + 1);
       fold_affine(s.w, s.b, per_out, tensor(af.gamma).data(), tensor(af.beta).data());
       absorb(s);
@@ -119,7 +119,7 @@ class Lowering {
   }
 
   void fuse_relu(Step& s) {
-    if (sole_next(OpType::relu)) {
+    if (sole_next(OpType::kRelu)) {
       s.relu = true;
       absorb(s);
     }
@@ -131,7 +131,7 @@ class Lowering {
   void fuse_residual(Step& s) {
     if (!f_.residual_add || i_ + 1 >= g_.nodes.size()) return;
     const Node& a = node(i_ + 1);
-    if (a.op != OpType::add || uses(s.output) != 1) return;
+    if (a.op != OpType::kAdd || uses(s.output) != 1) return;
     const std::string& v = s.output;
     if (a.inputs[0] != v && a.inputs[1] != v) return;
     const std::string& r = a.inputs[0] == v ? a.inputs[1] : a.inputs[0];
@@ -147,14 +147,14 @@ class Lowering {
 
   Step dense_step(size_t dense_index, Step s) {
     const Node& d = node(dense_index);
-    s.op = StepOp::dense;
+    s.op = StepOp::kDense;
     s.w = tensor(d.weight);
     s.b = tensor(d.bias);
     s.out = d.out;
     s.in = static_cast<int>(static_cast<int64_t>(s.w.size()) / d.out);
     fold_following_norm(s, s.in);
     fuse_relu(s);
-    if (sole_next(OpType::l2norm)) {
+    if (sole_next(OpType::kL2Norm)) {
       s.l2norm = true;
       s.eps = node(i_ + 1).eps;
       absorb(s);
@@ -164,7 +164,7 @@ class Lowering {
 
   bool is_global_pool(const Node& n) const {
     const Shape& in = out_.shapes.at(n.inputs[0]);
-    return n.op == OpType::avgpool && n.pad == 0 && n.kernel == in[1] && n.kernel == in[2];
+    return n.op == OpType::kAvgPool && n.pad == 0 && n.kernel == in[1] && n.kernel == in[2];
   }
 
   Step lower_node() {
@@ -174,8 +174,8 @@ class Lowering {
     s.output = n.name;
     s.nodes = {n.name};
     switch (n.op) {
-      case OpType::conv:
-        s.op = StepOp::conv;
+      case OpType::kConv:
+        s.op = StepOp::kConv;
         s.w = tensor(n.weight);
         s.b = tensor(n.bias);
         s.out = n.out;
@@ -185,32 +185,32 @@ class Lowering {
         fuse_residual(s);
         fuse_relu(s);
         return s;
-      case OpType::dense:
+      case OpType::kDense:
         return dense_step(i_, s);
-      case OpType::avgpool:
-        if (f_.global_pool_dense && is_global_pool(n) && sole_next(OpType::dense)) {
+      case OpType::kAvgPool:
+        if (f_.global_pool_dense && is_global_pool(n) && sole_next(OpType::kDense)) {
           absorb(s);
           s.global_pool = true;
           return dense_step(i_, s);
         }
         [[fallthrough]];
-      case OpType::maxpool:
-      case OpType::l2pool:
-        s.op = StepOp::pool;
-        s.pool = n.op == OpType::maxpool   ? PoolKind::max
-                 : n.op == OpType::avgpool ? PoolKind::avg
-                                           : PoolKind::l2;
+      case OpType::kMaxPool:
+      case OpType::kL2Pool:
+        s.op = StepOp::kPool;
+        s.pool = n.op == OpType::kMaxPool   ? PoolKind::kMax
+                 : n.op == OpType::kAvgPool ? PoolKind::kAvg
+                                            : PoolKind::kL2;
         s.kernel = n.kernel, s.stride = n.stride, s.pad = n.pad;
         return s;
-      case OpType::lrn:
-        s.op = StepOp::lrn;
+      case OpType::kLrn:
+        s.op = StepOp::kLrn;
         s.lrn_size = n.size, s.lrn_alpha = n.alpha, s.lrn_beta = n.beta_pow, s.lrn_k = n.k;
         return s;
-      case OpType::concat:
-        s.op = StepOp::concat;
+      case OpType::kConcat:
+        s.op = StepOp::kConcat;
         return s;
-      case OpType::batchnorm: {  // not after a conv/dense: y = s_c x + t_c
-        s.op = StepOp::affine;
+      case OpType::kBatchNorm: {  // not after a conv/dense: y = s_c x + t_c
+        s.op = StepOp::kAffine;
         const auto &g = tensor(n.gamma), &be = tensor(n.beta), &mu = tensor(n.mean),
                    &var = tensor(n.var);
         s.w.resize(g.size());
@@ -223,24 +223,24 @@ class Lowering {
         fuse_relu(s);
         return s;
       }
-      case OpType::affine:
-        s.op = StepOp::affine;
+      case OpType::kAffine:
+        s.op = StepOp::kAffine;
         s.w = tensor(n.gamma);
         s.b = tensor(n.beta);
         fuse_relu(s);
         return s;
-      case OpType::relu:  // standalone: an identity affine with the ReLU fused
-        s.op = StepOp::affine;
+      case OpType::kRelu:  // standalone: an identity affine with the ReLU fused
+        s.op = StepOp::kAffine;
         s.w.assign(out_.shapes.at(n.inputs[0])[0], 1.0f);
         s.b.assign(s.w.size(), 0.0f);
         s.relu = true;
         return s;
-      case OpType::add:
-        s.op = StepOp::add;
+      case OpType::kAdd:
+        s.op = StepOp::kAdd;
         fuse_relu(s);
         return s;
-      case OpType::l2norm:
-        s.op = StepOp::l2norm;
+      case OpType::kL2Norm:
+        s.op = StepOp::kL2Norm;
         s.eps = n.eps;
         return s;
     }
@@ -261,7 +261,7 @@ class Lowering {
     out_.placement[g_.input] = {-1, 0};
     std::set<std::string> concat_outputs, in_place;
     for (const Step& s : steps) {
-      if (s.op == StepOp::dense && s.output == g_.output) continue;  // writes the output
+      if (s.op == StepOp::kDense && s.output == g_.output) continue;  // writes the output
       if (!s.residual.empty()) {
         out_.placement[s.output] = out_.placement.at(s.residual);
         in_place.insert(s.residual);
@@ -269,7 +269,7 @@ class Lowering {
       } else {
         new_slot(s.output);
       }
-      if (s.op == StepOp::concat) concat_outputs.insert(s.output);
+      if (s.op == StepOp::kConcat) concat_outputs.insert(s.output);
     }
     // Full-size concat inputs move into their channel slice of the concat's slot: not the
     // graph input, not another concat (its own aliases would be left behind), not a value
@@ -279,7 +279,7 @@ class Lowering {
       for (const Step& s : steps) {
         // A concat whose output is a fused residual is overwritten in place: its inputs keep
         // their own slots.
-        if (s.op != StepOp::concat || in_place.count(s.output)) continue;
+        if (s.op != StepOp::kConcat || in_place.count(s.output)) continue;
         const Shape& cs = out_.shapes.at(s.output);
         int64_t c0 = 0;
         for (const auto& in : s.inputs) {

@@ -19,20 +19,20 @@ namespace facenet {
 // y = s_c x + t_c); a ReLU that is the sole consumer of a conv/dense/affine/add is fused into
 // it; a standalone ReLU becomes an affine with gamma 1, beta 0 and the ReLU fused.
 enum class StepOp {
-  conv,    // y = relu?(W * x + b [+ residual]); w [out][in][k][k]
-  dense,   // y = relu?(W flatten(x) + b), optionally l2-normalised; w [out][in*h*w]
-  pool,    // max / avg (divides by kernel^2, padding counts as zeros) / l2 window pool
-  lrn,     // cross-channel LRN (node attributes)
-  concat,  // channel concat; a smaller map is zero-padded, centred
-  affine,  // y = relu?(gamma_c x + beta_c); gamma in w, beta in b
-  add,     // y = relu?(a + b), the smaller input zero-extended at the end of each axis
-  l2norm,  // y = x / sqrt(max(sum x^2, eps)) per image
+  kConv,    // y = relu?(W * x + b [+ residual]); w [out][in][k][k]
+  kDense,   // y = relu?(W flatten(x) + b), optionally l2-normalised; w [out][in*h*w]
+  kPool,    // max / avg (divides by kernel^2, padding counts as zeros) / l2 window kPool
+  kLrn,     // cross-channel LRN (node attributes)
+  kConcat,  // channel concat; a smaller map is zero-padded, centred
+  kAffine,  // y = relu?(gamma_c x + beta_c); gamma in w, beta in b
+  kAdd,     // y = relu?(a + b), the smaller input zero-extended at the end of each axis
+  kL2Norm,  // y = x / sqrt(max(sum x^2, eps)) per image
 };
 
 const char* step_op_name(StepOp op);
 
 struct Step {
-  StepOp op = StepOp::conv;
+  StepOp op = StepOp::kConv;
   std::vector<std::string> inputs;  // value names (graph input or a step's output)
   std::string output;               // value name: the name of the last node fused into it
   std::vector<std::string> nodes;   // the graph nodes this step computes, in order
@@ -51,7 +51,7 @@ struct Step {
   bool global_pool = false;
   bool l2norm = false;  // dense: its output L2-normalised (eps below)
   double eps = 1e-10;   // dense with l2norm / l2norm
-  PoolKind pool = PoolKind::max;
+  PoolKind pool = PoolKind::kMax;
   int lrn_size = 5;
   double lrn_alpha = 1e-4, lrn_beta = 0.75, lrn_k = 1.0;
 };

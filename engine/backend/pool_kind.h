@@ -4,6 +4,6 @@
 
 namespace facenet {
 
-enum class PoolKind { max, avg, l2 };
+enum class PoolKind { kMax, kAvg, kL2 };
 
 }  // namespace facenet

@@ -158,11 +158,11 @@ struct RowGemm::Impl {
   size_t scratch_bytes = 0;
 };
 
-RowGemm::RowGemm(int64_t m, int64_t n, int64_t k, GemmInput input) : impl_(new Impl) {
+RowGemm::RowGemm(int64_t m, int64_t n, int64_t k, DType input) : impl_(new Impl) {
   FN_ASSERT(m > 0 && n > 0 && k > 0);
   using tag = dnnl::memory::format_tag;
   using dt = dnnl::memory::data_type;
-  const dt in = input == GemmInput::kBFloat16 ? dt::bf16 : dt::f32;
+  const dt in = input == DType::kBFloat16 ? dt::bf16 : dt::f32;
   impl_->a = dnnl::memory::desc({m, k}, in, tag::ab);
   impl_->b = dnnl::memory::desc({k, n}, in, tag::ba);  // B^T: n rows of k, row-major
   impl_->c = dnnl::memory::desc({m, n}, dt::f32, tag::ab);

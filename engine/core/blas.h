@@ -7,6 +7,8 @@
 #include <memory>
 #include <string>
 
+#include "engine/core/dtype.h"
+
 namespace facenet {
 
 // The engine's threading policy: every GEMM call runs on ONE thread and the engine parallelises
@@ -29,8 +31,6 @@ void parallel_sgemm(int64_t m, int64_t n, int64_t k, const float* a, int64_t lda
                     int64_t ldb, float* c, int64_t ldc, bool trans_b = false);
 
 // Element type of RowGemm's inputs; kBFloat16 is raw bf16 bit patterns (uint16_t).
-enum class GemmInput { kFloat32, kBFloat16 };
-
 // C (m x n, fp32, row-major, ldc = n) = A (m x k, row-major) * B^T with B n x k row-major: the
 // inner products of m queries with n gallery rows. One oneDNN matmul primitive (brgemm kernels:
 // measured 150-190 GFLOP/s a core in fp32 at 256 x 128 x 256-1024 on this project's AVX-512
@@ -38,7 +38,7 @@ enum class GemmInput { kFloat32, kBFloat16 };
 // Worker objects, one per thread, each on its calling thread with its own scratchpad.
 class RowGemm {
  public:
-  RowGemm(int64_t m, int64_t n, int64_t k, GemmInput input);
+  RowGemm(int64_t m, int64_t n, int64_t k, DType input);
   ~RowGemm();
   RowGemm(RowGemm&&) noexcept;
   RowGemm& operator=(RowGemm&&) noexcept;

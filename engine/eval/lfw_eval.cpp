@@ -13,8 +13,8 @@
 #include <opencv2/imgproc.hpp>
 #include <sstream>
 
-#include "engine/pipeline/encode_faces.h"
 #include "engine/core/error.h"
+#include "engine/pipeline/encode_faces.h"
 
 namespace facenet {
 
@@ -267,7 +267,7 @@ nlohmann::json evaluate_lfw(Backend& backend, const Model& model, const FaceAlig
       if (index.emplace(path, files.size()).second) files.push_back(path);
 
   FaceOptions fo;
-  fo.pick = FacePick::centre;
+  fo.pick = FacePick::kCentre;
   fo.upsample = opt.upsample;
   fo.retry_upsampled = true;
   fo.centre_only = opt.centre_only;

@@ -110,14 +110,14 @@ std::vector<Face> located_faces(const FaceAligner& aligner, const cv::Mat& bgr,
 }  // namespace
 
 Alignment parse_alignment(const std::string& s) {
-  if (s == "dlib-chip-150-0.25") return Alignment::dlib_chip_150;
-  if (s == "openface-outer-eyes-and-nose-96") return Alignment::openface_96;
+  if (s == "dlib-chip-150-0.25") return Alignment::kDlibChip150;
+  if (s == "openface-outer-eyes-and-nose-96") return Alignment::kOpenFace96;
   fail("unknown alignment '", s,
        "' (expected dlib-chip-150-0.25 or openface-outer-eyes-and-nose-96)");
 }
 
 const char* alignment_name(Alignment a) {
-  return a == Alignment::dlib_chip_150 ? "dlib-chip-150-0.25" : "openface-outer-eyes-and-nose-96";
+  return a == Alignment::kDlibChip150 ? "dlib-chip-150-0.25" : "openface-outer-eyes-and-nose-96";
 }
 
 Alignment model_alignment(const Graph& g) {
@@ -208,7 +208,7 @@ std::vector<Face> FaceAligner::detect_cnn(const cv::Mat& bgr, int upsample) cons
 }
 
 cv::Mat FaceAligner::align(const cv::Mat& bgr, const Face& face, Alignment a) {
-  if (a == Alignment::dlib_chip_150) {
+  if (a == Alignment::kDlibChip150) {
     if (face.landmarks5.size() != 5) fail("dlib chip alignment needs the 5-point landmarks");
     dlib::array2d<dlib::bgr_pixel> chip;
     dlib::extract_image_chip(

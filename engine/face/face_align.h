@@ -29,10 +29,10 @@ struct Face {
 enum class Alignment {
   // dlib::get_face_chip_details(5-point shape, 150, padding 0.25) + extract_image_chip:
   // what dlib's ResNet was trained on (dlib's example and face_recognition use the same).
-  dlib_chip_150,
+  kDlibChip150,
   // OpenFace AlignDlib.align(96, landmarkIndices=OUTER_EYES_AND_NOSE): affine map of 68-point
   // landmarks 36, 45, 33 onto the MODEL doc's template, bilinear warp to 96x96.
-  openface_96,
+  kOpenFace96,
 };
 
 // "dlib-chip-150-0.25" | "openface-outer-eyes-and-nose-96"; throws on anything else.

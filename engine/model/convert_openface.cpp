@@ -24,14 +24,14 @@ class Nn4Builder {
   std::string conv_bn_relu(const std::string& conv, const std::string& bn, const std::string& in,
                            int out, int kernel, int stride, int pad, double eps = 1e-5) {
     add(make_conv(conv, in, out, kernel, stride, pad));
-    Node b = make_node(OpType::batchnorm, bn, {conv});
+    Node b = make_node(OpType::kBatchNorm, bn, {conv});
     b.gamma = bn + "_w";
     b.beta = bn + "_b";
     b.mean = bn + "_m";
     b.var = bn + "_v";
     b.eps = eps;
     add(b);
-    return simple(OpType::relu, conv + "_relu", bn);
+    return simple(OpType::kRelu, conv + "_relu", bn);
   }
 
   std::string pool(OpType op, const std::string& name, const std::string& in, int kernel,
@@ -44,13 +44,13 @@ class Nn4Builder {
   }
 
   std::string lrn(const std::string& name, const std::string& in) {
-    if (variant_ == Nn4Variant::coursera) return in;  // the Keras port has no LRN
-    return simple(OpType::lrn, name, in);
+    if (variant_ == Nn4Variant::kCoursera) return in;  // the Keras port has no LRN
+    return simple(OpType::kLrn, name, in);
   }
 
   // The L2 pool of the Torch graph; the Keras port uses plain average pooling instead.
   OpType l2pool() const {
-    return variant_ == Nn4Variant::coursera ? OpType::avgpool : OpType::l2pool;
+    return variant_ == Nn4Variant::kCoursera ? OpType::kAvgPool : OpType::kL2Pool;
   }
 
   struct PoolBranch {
@@ -82,7 +82,7 @@ class Nn4Builder {
     outs.push_back(w.pool ? conv_bn_relu(p + "pool_conv", p + "pool_bn", pooled, w.pool, 1, 1, 0)
                           : pooled);
     if (w.out1) outs.push_back(conv_bn_relu(p + "1x1_conv", p + "1x1_bn", in, w.out1, 1, 1, 0));
-    return add(make_node(OpType::concat, "inception_" + blk, outs));
+    return add(make_node(OpType::kConcat, "inception_" + blk, outs));
   }
 
   Graph finish(std::string output) {
@@ -103,8 +103,8 @@ class Nn4Builder {
 }  // namespace
 
 Nn4Variant parse_nn4_variant(const std::string& s) {
-  if (s == "openface") return Nn4Variant::openface;
-  if (s == "coursera") return Nn4Variant::coursera;
+  if (s == "openface") return Nn4Variant::kOpenFace;
+  if (s == "coursera") return Nn4Variant::kCoursera;
   fail("unknown nn4.small2 variant '", s, "' (expected openface or coursera)");
 }
 
@@ -112,7 +112,7 @@ Graph nn4_small2_graph(Nn4Variant variant) {
   Nn4Builder b(variant);
   Graph& g = b.graph();
   g.name = "nn4.small2.v1";
-  g.variant = variant == Nn4Variant::openface ? "openface" : "coursera";
+  g.variant = variant == Nn4Variant::kOpenFace ? "openface" : "coursera";
   g.input = "input";
   g.input_shape = {3, 96, 96};
   g.preprocess = {{"color", "rgb"},
@@ -121,11 +121,11 @@ Graph nn4_small2_graph(Nn4Variant variant) {
                   {"resize", "linear"},
                   {"alignment", "openface-outer-eyes-and-nose-96"}};
   const OpType l2 = b.l2pool();
-  const OpType mx = OpType::maxpool;
+  const OpType mx = OpType::kMaxPool;
 
   // Channel widths from the MODEL doc's table.
   std::string x = b.conv_bn_relu("conv1", "bn1", "input", 64, 7, 2, 3,
-                                 variant == Nn4Variant::coursera ? 1e-3 : 1e-5);
+                                 variant == Nn4Variant::kCoursera ? 1e-3 : 1e-5);
   x = b.pool(mx, "pool1", x, 3, 2, 1);
   x = b.lrn("lrn1", x);
   x = b.conv_bn_relu("conv2", "bn2", x, 64, 1, 1, 0);
@@ -139,9 +139,9 @@ Graph nn4_small2_graph(Nn4Variant variant) {
   x = b.inception("4e", x, 2, {160, 256, 64, 128, 0, 0}, {mx, 3, 2});
   x = b.inception("5a", x, 1, {96, 384, 0, 0, 96, 256}, {l2, 3, 3});
   x = b.inception("5b", x, 1, {96, 384, 0, 0, 96, 256}, {mx, 3, 2});
-  x = b.pool(OpType::avgpool, "avgpool", x, 3, 1);
+  x = b.pool(OpType::kAvgPool, "avgpool", x, 3, 1);
   g.nodes.push_back(make_dense("dense", x, 128));
-  return b.finish(b.simple(OpType::l2norm, "embedding", "dense"));
+  return b.finish(b.simple(OpType::kL2Norm, "embedding", "dense"));
 }
 
 std::vector<float> read_csv_floats(const std::filesystem::path& file) {
@@ -199,13 +199,13 @@ Model convert_openface_csv(const std::filesystem::path& dir, Nn4Variant variant,
     int64_t in_c = 0;
     for (const auto& i : n.inputs) in_c += channels.at(i);
     int64_t out_c = in_c;
-    if (n.op == OpType::conv || n.op == OpType::dense) {
+    if (n.op == OpType::kConv || n.op == OpType::kDense) {
       out_c = n.out;
       // nn4.small2's dense layer sees a 1x1 map, so its inputs are the channels.
       load(n.weight,
-           n.op == OpType::conv ? Shape{out_c, in_c, n.kernel, n.kernel} : Shape{out_c, in_c});
+           n.op == OpType::kConv ? Shape{out_c, in_c, n.kernel, n.kernel} : Shape{out_c, in_c});
       load(n.bias, {out_c});
-    } else if (n.op == OpType::batchnorm) {
+    } else if (n.op == OpType::kBatchNorm) {
       for (const auto* t : {&n.gamma, &n.beta, &n.mean, &n.var}) load(*t, {in_c});
     }
     channels[n.name] = out_c;

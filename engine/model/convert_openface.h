@@ -11,8 +11,8 @@
 namespace facenet {
 
 enum class Nn4Variant {
-  openface,  // faithful to the Torch original: LRN in the stem, L2 pooling
-  coursera,  // the deeplearning.ai Keras port: no LRN, average pooling, bn1 eps 1e-3
+  kOpenFace,  // faithful to the Torch original: LRN in the stem, L2 pooling
+  kCoursera,  // the deeplearning.ai Keras port: no LRN, average pooling, bn1 eps 1e-3
 };
 
 Nn4Variant parse_nn4_variant(const std::string& s);  // "openface" | "coursera"

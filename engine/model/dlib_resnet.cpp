@@ -55,7 +55,7 @@ class ResnetBuilder {
   std::string conv_affine(const std::string& name, const std::string& in, int out, int kernel,
                           int stride, int pad) {
     add(make_conv(name, in, out, kernel, stride, pad));
-    Node a = make_node(OpType::affine, name + "_affine", {name});
+    Node a = make_node(OpType::kAffine, name + "_affine", {name});
     a.gamma = a.name + "_gamma";
     a.beta = a.name + "_beta";
     return add(a);
@@ -69,11 +69,11 @@ class ResnetBuilder {
   // dlib's ares / ares_down: strided blocks use padding 0 (dlib's rule for stride != 1).
   std::string residual(const std::string& name, const std::string& in, int out, bool down) {
     std::string x = conv_affine(name + "_conv1", in, out, 3, down ? 2 : 1, down ? 0 : 1);
-    x = op(OpType::relu, name + "_relu1", {x});
+    x = op(OpType::kRelu, name + "_relu1", {x});
     x = conv_affine(name + "_conv2", x, out, 3, 1, 1);
-    const std::string skip = down ? op(OpType::avgpool, name + "_skip_pool", {in}, 2, 2) : in;
-    x = op(OpType::add, name + "_add", {x, skip});
-    return op(OpType::relu, name + "_relu", {x});
+    const std::string skip = down ? op(OpType::kAvgPool, name + "_skip_pool", {in}, 2, 2) : in;
+    x = op(OpType::kAdd, name + "_add", {x, skip});
+    return op(OpType::kRelu, name + "_relu", {x});
   }
 
   Graph& graph() { return g_; }
@@ -102,8 +102,8 @@ Graph dlib_resnet_graph() {
       {"resize", "none"},     {"alignment", "dlib-chip-150-0.25"},
       {"distance", "l2"},     {"threshold", 0.6}};
   std::string x = b.conv_affine("conv1", "input", 32, 7, 2, 0);
-  x = b.op(OpType::relu, "conv1_relu", {x});
-  x = b.op(OpType::maxpool, "pool1", {x}, 3, 2);
+  x = b.op(OpType::kRelu, "conv1_relu", {x});
+  x = b.op(OpType::kMaxPool, "pool1", {x}, 3, 2);
   struct Stage {
     int width, blocks;
     bool down;
@@ -118,7 +118,7 @@ Graph dlib_resnet_graph() {
       std::snprintf(name, sizeof name, "res%02d", ++index);
       x = b.residual(name, x, s.width, s.down && i == 0);
     }
-  x = b.op(OpType::avgpool, "pool_all", {x}, 2, 2);  // avg_pool_everything of the 2x2 map
+  x = b.op(OpType::kAvgPool, "pool_all", {x}, 2, 2);  // avg_pool_everything of the 2x2 map
   g.nodes.push_back(make_dense("fc", x, 128));
   g.output = "fc";
   return g;
@@ -128,7 +128,7 @@ namespace {
 
 // One parameterised dlib layer, input side first.
 struct DlibLayer {
-  enum Kind { conv, affine, fc } kind = conv;
+  enum class Kind { kConv, kAffine, kFc } kind = Kind::kConv;
   long out = 0, kernel = 0, stride = 0, pad = 0;
   std::vector<float> weight, bias;  // conv: [out][in][k][k] + [out]; affine: gamma + beta;
                                     // fc: [in][out] (dlib's layout), no bias
@@ -145,7 +145,7 @@ struct Collector {
   template <long N, long R, long C, int SY, int SX, int PY, int PX>
   void operator()(dlib::con_<N, R, C, SY, SX, PY, PX>& l) const {
     DlibLayer d;
-    d.kind = DlibLayer::conv;
+    d.kind = DlibLayer::Kind::kConv;
     const dlib::tensor& p = l.get_layer_params();
     if (R != C || SY != SX || l.padding_y() != l.padding_x())
       fail("dlib model: non-square convolution is not supported");
@@ -161,7 +161,7 @@ struct Collector {
   void operator()(dlib::affine_& l) const {
     if (l.get_mode() != dlib::CONV_MODE) fail("dlib model: affine layer not in CONV mode");
     DlibLayer d;
-    d.kind = DlibLayer::affine;
+    d.kind = DlibLayer::Kind::kAffine;
     auto g = l.get_gamma();
     auto b = l.get_beta();
     d.weight.assign(g.host(), g.host() + g.size());
@@ -172,7 +172,7 @@ struct Collector {
   void operator()(dlib::fc_<N, M>& l) const {
     if (M != dlib::FC_NO_BIAS) fail("dlib model: fc layer with bias is not expected");
     DlibLayer d;
-    d.kind = DlibLayer::fc;
+    d.kind = DlibLayer::Kind::kFc;
     d.out = static_cast<long>(l.get_num_outputs());
     auto w = l.get_weights();
     d.weight.assign(w.host(), w.host() + w.size());
@@ -216,8 +216,8 @@ Model convert_dlib_resnet(const std::filesystem::path& dat) {
     const Node& n = m.graph.nodes[i];
     const int in_index = m.graph.index_of(n.inputs[0]);
     const Shape& x = in_index < 0 ? m.graph.input_shape : shapes[in_index];
-    if (n.op == OpType::conv) {
-      DlibLayer& l = take(DlibLayer::conv, n);
+    if (n.op == OpType::kConv) {
+      DlibLayer& l = take(DlibLayer::Kind::kConv, n);
       if (l.out != n.out || l.kernel != n.kernel || l.stride != n.stride || l.pad != n.pad)
         fail(dat.string(), ": conv '", n.name, "' is ", l.out, " filters ", l.kernel, "x", l.kernel,
              "/", l.stride, " pad ", l.pad, "; the graph expects ", n.out, " ", n.kernel, "x",
@@ -228,15 +228,15 @@ Model convert_dlib_resnet(const std::filesystem::path& dat) {
              element_count(ws));
       m.tensors[n.weight] = HostTensor(ws, std::move(l.weight));
       m.tensors[n.bias] = HostTensor({n.out}, std::move(l.bias));
-    } else if (n.op == OpType::affine) {
-      DlibLayer& l = take(DlibLayer::affine, n);
+    } else if (n.op == OpType::kAffine) {
+      DlibLayer& l = take(DlibLayer::Kind::kAffine, n);
       if (static_cast<int64_t>(l.weight.size()) != x[0])
         fail(dat.string(), ": affine '", n.name, "' has ", l.weight.size(), " channels, expected ",
              x[0]);
       m.tensors[n.gamma] = HostTensor({x[0]}, std::move(l.weight));
       m.tensors[n.beta] = HostTensor({x[0]}, std::move(l.bias));
-    } else if (n.op == OpType::dense) {
-      DlibLayer& l = take(DlibLayer::fc, n);
+    } else if (n.op == OpType::kDense) {
+      DlibLayer& l = take(DlibLayer::Kind::kFc, n);
       const int64_t in = element_count(x);
       if (l.out != n.out || static_cast<int64_t>(l.weight.size()) != in * n.out)
         fail(dat.string(), ": fc has ", l.weight.size(), " weights, expected ", in * n.out);

@@ -14,10 +14,10 @@ struct OpEntry {
   const char* name;
 };
 constexpr OpEntry kOps[] = {
-    {OpType::conv, "conv"},       {OpType::batchnorm, "batchnorm"}, {OpType::relu, "relu"},
-    {OpType::maxpool, "maxpool"}, {OpType::avgpool, "avgpool"},     {OpType::l2pool, "l2pool"},
-    {OpType::lrn, "lrn"},         {OpType::concat, "concat"},       {OpType::dense, "dense"},
-    {OpType::l2norm, "l2norm"},   {OpType::affine, "affine"},       {OpType::add, "add"},
+    {OpType::kConv, "conv"},       {OpType::kBatchNorm, "batchnorm"}, {OpType::kRelu, "relu"},
+    {OpType::kMaxPool, "maxpool"}, {OpType::kAvgPool, "avgpool"},     {OpType::kL2Pool, "l2pool"},
+    {OpType::kLrn, "lrn"},         {OpType::kConcat, "concat"},       {OpType::kDense, "dense"},
+    {OpType::kL2Norm, "l2norm"},   {OpType::kAffine, "affine"},       {OpType::kAdd, "add"},
 };
 
 OpType op_from_name(const std::string& s, const std::string& node) {
@@ -27,7 +27,7 @@ OpType op_from_name(const std::string& s, const std::string& node) {
 }
 
 bool is_pool(OpType op) {
-  return op == OpType::maxpool || op == OpType::avgpool || op == OpType::l2pool;
+  return op == OpType::kMaxPool || op == OpType::kAvgPool || op == OpType::kL2Pool;
 }
 
 // Checks a parameter tensor's presence and shape; no-op when `t` is null (shapes only).
@@ -76,7 +76,7 @@ Node make_node(OpType op, const std::string& name, std::vector<std::string> inpu
 
 Node make_conv(const std::string& name, const std::string& input, int out, int kernel, int stride,
                int pad) {
-  Node c = make_node(OpType::conv, name, {input}, kernel, stride, pad);
+  Node c = make_node(OpType::kConv, name, {input}, kernel, stride, pad);
   c.out = out;
   c.weight = name + "_w";
   c.bias = name + "_b";
@@ -84,7 +84,7 @@ Node make_conv(const std::string& name, const std::string& input, int out, int k
 }
 
 Node make_dense(const std::string& name, const std::string& input, int out) {
-  Node d = make_node(OpType::dense, name, {input});
+  Node d = make_node(OpType::kDense, name, {input});
   d.out = out;
   d.weight = name + "_w";
   d.bias = name + "_b";
@@ -96,7 +96,7 @@ nlohmann::json graph_to_json(const Graph& g) {
   for (const Node& n : g.nodes) {
     nlohmann::json j = {{"name", n.name}, {"op", op_name(n.op)}, {"inputs", n.inputs}};
     switch (n.op) {
-      case OpType::conv:
+      case OpType::kConv:
         j.update({{"out", n.out},
                   {"kernel", n.kernel},
                   {"stride", n.stride},
@@ -104,33 +104,33 @@ nlohmann::json graph_to_json(const Graph& g) {
                   {"weight", n.weight},
                   {"bias", n.bias}});
         break;
-      case OpType::dense:
+      case OpType::kDense:
         j.update({{"out", n.out}, {"weight", n.weight}, {"bias", n.bias}});
         break;
-      case OpType::batchnorm:
+      case OpType::kBatchNorm:
         j.update({{"gamma", n.gamma},
                   {"beta", n.beta},
                   {"mean", n.mean},
                   {"var", n.var},
                   {"eps", n.eps}});
         break;
-      case OpType::affine:
+      case OpType::kAffine:
         j.update({{"gamma", n.gamma}, {"beta", n.beta}});
         break;
-      case OpType::maxpool:
-      case OpType::avgpool:
-      case OpType::l2pool:
+      case OpType::kMaxPool:
+      case OpType::kAvgPool:
+      case OpType::kL2Pool:
         j.update({{"kernel", n.kernel}, {"stride", n.stride}, {"pad", n.pad}});
         break;
-      case OpType::lrn:
+      case OpType::kLrn:
         j.update({{"size", n.size}, {"alpha", n.alpha}, {"beta", n.beta_pow}, {"k", n.k}});
         break;
-      case OpType::l2norm:
+      case OpType::kL2Norm:
         j["eps"] = n.eps;
         break;
-      case OpType::relu:
-      case OpType::concat:
-      case OpType::add:
+      case OpType::kRelu:
+      case OpType::kConcat:
+      case OpType::kAdd:
         break;
     }
     nodes.push_back(std::move(j));
@@ -169,18 +169,18 @@ Graph graph_from_json(const nlohmann::json& j) {
       n.pad = jn.value("pad", 0);
       n.weight = jn.value("weight", "");
       n.bias = jn.value("bias", "");
-      if (n.op == OpType::batchnorm) {
+      if (n.op == OpType::kBatchNorm) {
         n.gamma = jn.at("gamma").get<std::string>();
         n.beta = jn.at("beta").get<std::string>();
         n.mean = jn.at("mean").get<std::string>();
         n.var = jn.at("var").get<std::string>();
       }
-      if (n.op == OpType::affine) {
+      if (n.op == OpType::kAffine) {
         n.gamma = jn.at("gamma").get<std::string>();
         n.beta = jn.at("beta").get<std::string>();
       }
-      n.eps = jn.value("eps", n.op == OpType::l2norm ? 1e-12 : 1e-5);
-      if (n.op == OpType::lrn) {
+      n.eps = jn.value("eps", n.op == OpType::kL2Norm ? 1e-12 : 1e-5);
+      if (n.op == OpType::kLrn) {
         n.size = jn.value("size", 5);
         n.alpha = jn.value("alpha", 1e-4);
         n.beta_pow = jn.value("beta", 0.75);
@@ -215,42 +215,42 @@ std::vector<Shape> infer_shapes_checked(const Graph& g, const TensorMap* t) {
     for (const auto& in : n.inputs)
       if (g.index_of(in) >= static_cast<int>(i))
         fail("node '", n.name, "' uses '", in, "' before it is computed");
-    if (n.op == OpType::add && n.inputs.size() != 2)
+    if (n.op == OpType::kAdd && n.inputs.size() != 2)
       fail("node '", n.name, "' (add) takes exactly two inputs");
-    if (n.op != OpType::concat && n.op != OpType::add && n.inputs.size() != 1)
+    if (n.op != OpType::kConcat && n.op != OpType::kAdd && n.inputs.size() != 1)
       fail("node '", n.name, "' (", op_name(n.op), ") takes exactly one input");
     const Shape& x = shape_of(n.inputs[0]);
     Shape y = x;
     switch (n.op) {
-      case OpType::conv:
+      case OpType::kConv:
         param(t, n, n.weight, {n.out, x[0], n.kernel, n.kernel});
         param(t, n, n.bias, {n.out});
         y = {n.out, pooled_size(x[1], n.kernel, n.stride, n.pad),
              pooled_size(x[2], n.kernel, n.stride, n.pad)};
         break;
-      case OpType::batchnorm:
+      case OpType::kBatchNorm:
         for (const auto* p : {&n.gamma, &n.beta, &n.mean, &n.var}) param(t, n, *p, {x[0]});
         break;
-      case OpType::affine:
+      case OpType::kAffine:
         for (const auto* p : {&n.gamma, &n.beta}) param(t, n, *p, {x[0]});
         break;
-      case OpType::add: {
+      case OpType::kAdd: {
         const Shape& b = shape_of(n.inputs[1]);
         y = {std::max(x[0], b[0]), std::max(x[1], b[1]), std::max(x[2], b[2])};
         break;
       }
-      case OpType::maxpool:
-      case OpType::avgpool:
-      case OpType::l2pool:
+      case OpType::kMaxPool:
+      case OpType::kAvgPool:
+      case OpType::kL2Pool:
         y = {x[0], pooled_size(x[1], n.kernel, n.stride, n.pad),
              pooled_size(x[2], n.kernel, n.stride, n.pad)};
         break;
-      case OpType::dense:
+      case OpType::kDense:
         param(t, n, n.weight, {n.out, element_count(x)});
         param(t, n, n.bias, {n.out});
         y = {n.out, 1, 1};
         break;
-      case OpType::concat: {
+      case OpType::kConcat: {
         int64_t c = 0, h = 0, w = 0;
         for (const auto& in : n.inputs) {
           const Shape& s = shape_of(in);
@@ -261,14 +261,14 @@ std::vector<Shape> infer_shapes_checked(const Graph& g, const TensorMap* t) {
         y = {c, h, w};
         break;
       }
-      case OpType::relu:
-      case OpType::lrn:
-      case OpType::l2norm:
+      case OpType::kRelu:
+      case OpType::kLrn:
+      case OpType::kL2Norm:
         break;
     }
-    if ((n.op == OpType::conv || n.op == OpType::dense) && n.out < 1)
+    if ((n.op == OpType::kConv || n.op == OpType::kDense) && n.out < 1)
       fail("node '", n.name, "': 'out' (output channels) must be >= 1");
-    if ((n.op == OpType::conv || is_pool(n.op)) && (n.kernel < 1 || n.stride < 1 || n.pad < 0))
+    if ((n.op == OpType::kConv || is_pool(n.op)) && (n.kernel < 1 || n.stride < 1 || n.pad < 0))
       fail("node '", n.name, "': kernel/stride must be >= 1 and pad >= 0");
     if (y[1] < 1 || y[2] < 1)
       fail("node '", n.name, "': window ", n.kernel, "/", n.stride, " pad ", n.pad,
@@ -294,9 +294,9 @@ int64_t count_macs(const Graph& g, const std::vector<Shape>& shapes) {
     const Node& n = g.nodes[i];
     const int gi = g.index_of(n.inputs[0]);
     const Shape& x = gi < 0 ? g.input_shape : shapes[gi];
-    if (n.op == OpType::conv)
+    if (n.op == OpType::kConv)
       macs += element_count(shapes[i]) * x[0] * n.kernel * n.kernel;
-    else if (n.op == OpType::dense)
+    else if (n.op == OpType::kDense)
       macs += shapes[i][0] * element_count(x);
   }
   return macs;

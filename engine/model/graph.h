@@ -12,19 +12,19 @@
 namespace facenet {
 
 enum class OpType {
-  conv,
-  batchnorm,
-  relu,
-  maxpool,
-  avgpool,
-  l2pool,
-  lrn,
-  concat,
-  dense,
-  l2norm,
-  affine,  // per-channel y = gamma_c * x + beta_c (dlib's affine_ layer in CONV mode)
-  add,     // y = a + b; output dims are the larger of each; the smaller input counts as
-           // zero beyond its extent (channels/rows/columns at the end: dlib's add_prev rule)
+  kConv,
+  kBatchNorm,
+  kRelu,
+  kMaxPool,
+  kAvgPool,
+  kL2Pool,
+  kLrn,
+  kConcat,
+  kDense,
+  kL2Norm,
+  kAffine,  // per-channel y = gamma_c * x + beta_c (dlib's affine_ layer in CONV mode)
+  kAdd,     // y = a + b; output dims are the larger of each; the smaller input counts as
+            // zero beyond its extent (channels/rows/columns at the end: dlib's add_prev rule)
 };
 
 const char* op_name(OpType op);
@@ -32,7 +32,7 @@ const char* op_name(OpType op);
 // One op. Activations are per image C x H x W; a batch adds a leading N.
 struct Node {
   std::string name;
-  OpType op = OpType::relu;
+  OpType op = OpType::kRelu;
   std::vector<std::string> inputs;  // node names, or the graph input's name
 
   // conv: weight [out, in, kernel, kernel], bias [out]; pools: window/stride/padding.

@@ -220,37 +220,37 @@ void lower(OnnxGraph& g, const Node& n, const std::vector<std::string>& in,
            const std::vector<Shape>& in_shapes, const Shape& out_shape, const std::string& out) {
   const std::string& x = in[0];
   switch (n.op) {
-    case OpType::conv: {
+    case OpType::kConv: {
       std::vector<Attr> a = window_attrs(n);
       a.push_back(attr_ints("dilations", {1, 1}));
       a.push_back(attr_int("group", 1));
       g.op("Conv", {x, g.weight(n.weight), g.weight(n.bias)}, out, a);
       break;
     }
-    case OpType::batchnorm:
+    case OpType::kBatchNorm:
       g.op("BatchNormalization",
            {x, g.weight(n.gamma), g.weight(n.beta), g.weight(n.mean), g.weight(n.var)}, out,
            {attr_float("epsilon", n.eps)});
       break;
-    case OpType::affine: {  // y = gamma_c x + beta_c: [C, 1, 1] broadcasts over N, H, W
+    case OpType::kAffine: {  // y = gamma_c x + beta_c: [C, 1, 1] broadcasts over N, H, W
       const Shape c11 = {in_shapes[0][0], 1, 1};
       const auto scaled = g.op("Mul", {x, g.weight(n.gamma, c11)}, out + "/scaled");
       g.op("Add", {scaled, g.weight(n.beta, c11)}, out);
       break;
     }
-    case OpType::relu:
+    case OpType::kRelu:
       g.op("Relu", {x}, out);
       break;
-    case OpType::maxpool:  // ONNX's padded cells never win, as in the reference
+    case OpType::kMaxPool:  // ONNX's padded cells never win, as in the reference
       g.op("MaxPool", {x}, out, window_attrs(n));
       break;
-    case OpType::avgpool: {  // divides by kernel^2, padded cells included
+    case OpType::kAvgPool: {  // divides by kernel^2, padded cells included
       std::vector<Attr> a = window_attrs(n);
       a.push_back(attr_int("count_include_pad", 1));
       g.op("AveragePool", {x}, out, a);
       break;
     }
-    case OpType::l2pool: {
+    case OpType::kL2Pool: {
       // sqrt(sum over the window of x^2) = sqrt(k^2 * mean of x^2, padding counted as 0):
       // AveragePool is implemented everywhere, LpPool's padding is not.
       std::vector<Attr> a = window_attrs(n);
@@ -261,7 +261,7 @@ void lower(OnnxGraph& g, const Node& n, const std::vector<std::string>& in,
       g.op("Sqrt", {g.op("Mul", {mean, area}, out + "/sum_square")}, out);
       break;
     }
-    case OpType::lrn:
+    case OpType::kLrn:
       // ONNX sums over channels [c - (size-1)/2, c + size/2]: the reference's |j - c| <= size/2
       // only when size is odd.
       if (n.size % 2 == 0)
@@ -271,7 +271,7 @@ void lower(OnnxGraph& g, const Node& n, const std::vector<std::string>& in,
            {attr_int("size", n.size), attr_float("alpha", n.alpha), attr_float("beta", n.beta_pow),
             attr_float("bias", n.k)});
       break;
-    case OpType::concat: {  // smaller maps zero-padded, centred (floor of half the gap before)
+    case OpType::kConcat: {  // smaller maps zero-padded, centred (floor of half the gap before)
       std::vector<std::string> parts;
       for (size_t i = 0; i < in.size(); ++i) {
         const Shape to = {in_shapes[i][0], out_shape[1], out_shape[2]};
@@ -280,20 +280,20 @@ void lower(OnnxGraph& g, const Node& n, const std::vector<std::string>& in,
       g.op("Concat", parts, out, {attr_int("axis", 1)});
       break;
     }
-    case OpType::add: {  // dlib's add_prev: the smaller input is zero beyond its extent
+    case OpType::kAdd: {  // dlib's add_prev: the smaller input is zero beyond its extent
       const auto a = pad_to(g, in[0], out + "/pad0", in_shapes[0], out_shape, false);
       const auto b = pad_to(g, in[1], out + "/pad1", in_shapes[1], out_shape, false);
       g.op("Add", {a, b}, out);
       break;
     }
-    case OpType::dense: {  // CHW flattened; the result kept 4-D [N, out, 1, 1] like the graph's
+    case OpType::kDense: {  // CHW flattened; the result kept 4-D [N, out, 1, 1] like the graph's
       const auto flat = g.op("Flatten", {x}, out + "/flat", {attr_int("axis", 1)});
       const auto y = g.op("Gemm", {flat, g.weight(n.weight), g.weight(n.bias)}, out + "/gemm",
                           {attr_int("transB", 1)});
       g.op("Reshape", {y, g.constant(out + "/shape", {0, n.out, 1, 1})}, out);
       break;
     }
-    case OpType::l2norm: {  // x / sqrt(max(sum x^2, eps)) over each image's C x H x W
+    case OpType::kL2Norm: {  // x / sqrt(max(sum x^2, eps)) over each image's C x H x W
       const auto ss = g.op("ReduceSumSquare", {x}, out + "/sum_square",
                            {attr_ints("axes", {1, 2, 3}), attr_int("keepdims", 1)});
       const auto clamped = g.op("Max", {ss, g.constant(out + "/eps", n.eps)}, out + "/clamped");

@@ -15,9 +15,9 @@
 namespace facenet {
 
 FacePick parse_face_pick(const std::string& s) {
-  if (s == "largest") return FacePick::largest;
-  if (s == "all") return FacePick::all;
-  if (s == "centre" || s == "center") return FacePick::centre;
+  if (s == "largest") return FacePick::kLargest;
+  if (s == "all") return FacePick::kAll;
+  if (s == "centre" || s == "center") return FacePick::kCentre;
   fail("unknown face choice '", s, "' (expected largest, all or centre)");
 }
 
@@ -32,7 +32,7 @@ std::vector<EncodedFace> find_faces(const FaceAligner& aligner, const cv::Mat& i
   // centre_only: drops the boxes that miss the image centre, and remembers a try whose every
   // box missed it (the detector found only other people there).
   auto usable = [&](std::vector<Face> faces) {
-    if (opt.pick != FacePick::centre || !opt.centre_only) return faces;
+    if (opt.pick != FacePick::kCentre || !opt.centre_only) return faces;
     const size_t found = faces.size();
     faces.erase(std::remove_if(faces.begin(), faces.end(),
                                [&](const Face& f) {
@@ -56,9 +56,9 @@ std::vector<EncodedFace> find_faces(const FaceAligner& aligner, const cv::Mat& i
       out.push_back({aligner.landmarks(img, *opt.fallback), true, false, off_centre, {}});
     return out;
   }
-  if (opt.pick == FacePick::all) {
+  if (opt.pick == FacePick::kAll) {
     for (auto& f : faces) out.push_back({std::move(f), false, cnn, off_centre, {}});
-  } else if (opt.pick == FacePick::largest) {
+  } else if (opt.pick == FacePick::kLargest) {
     // detect*() sort largest first
     out.push_back({std::move(faces.front()), false, cnn, off_centre, {}});
   } else {
@@ -140,7 +140,7 @@ PhotoStats encode_photos(Backend& backend, const Model& model, const FaceAligner
     if (total) backend.forward(input.data(), total, output.data());
     k = 0;
     const int views = views_per_face(opt);
-    const bool normalised = model.graph.nodes.back().op == OpType::l2norm;
+    const bool normalised = model.graph.nodes.back().op == OpType::kL2Norm;
     for (auto& r : results) {
       for (auto& f : r.faces) {
         // The mean of the embeddings of the face's chips (one unless augmented).

@@ -14,14 +14,14 @@
 namespace facenet {
 
 enum class FacePick {
-  largest,  // the largest detected box (OpenFace's getLargestFaceBoundingBox)
-  all,      // every detected face
-  centre,   // the box whose centre is nearest the image centre (LFW: the labelled person)
+  kLargest,  // the largest detected box (OpenFace's getLargestFaceBoundingBox)
+  kAll,      // every detected face
+  kCentre,   // the box whose centre is nearest the image centre (LFW: the labelled person)
 };
 FacePick parse_face_pick(const std::string& s);  // "largest" | "all" | "centre"
 
 struct FaceOptions {
-  FacePick pick = FacePick::largest;
+  FacePick pick = FacePick::kLargest;
   // With pick centre: only a box containing the image centre counts (LFW's definition of the
   // labelled face: each image is centred on it); other detections are set aside as if no
   // face were found, so the retries below run.

@@ -799,7 +799,7 @@ void CpuFlatIndex::search_gemm(const float* queries, int64_t nq, int k, float* d
   const int64_t n = size();
   const int64_t tiles = (n + kGemmGalleryTile - 1) / kGemmGalleryTile;
   const bool split = storage_ == CpuStorage::kBFloat16;
-  const GemmInput input = split ? GemmInput::kBFloat16 : GemmInput::kFloat32;
+  const DType input = split ? DType::kBFloat16 : DType::kFloat32;
   std::vector<uint16_t> rounded;  // bf16: the block's queries
   for (int64_t q0 = 0; q0 < nq; q0 += kGemmQueryBlock) {
     const int64_t qb = std::min(kGemmQueryBlock, nq - q0);
@@ -1031,7 +1031,7 @@ void GpuFlatIndex::add(const float* vectors, int64_t n, int dim, const int64_t* 
   if (base + n > capacity_) grow_to(std::max(base + n, 2 * capacity_));
   slots_.append(ids, n, "GpuFlatIndex::add");
   const cudaStream_t stream = context_.stream();
-  const KnnDtype dtype = storage_;
+  const DType dtype = storage_;
   const size_t elem = storage_ == GpuStorage::kFloat16 ? sizeof(__half) : sizeof(float);
   DeviceBuffer<float> staging(static_cast<size_t>(std::min(n, kAddChunkRows) * dim_));
   for (int64_t r0 = 0; r0 < n; r0 += kAddChunkRows) {

@@ -167,7 +167,7 @@ KnnAgreement compare_knn(const float* dist_a, const int64_t* labels_a, const flo
 #ifdef FACENET_HAS_CUDA
 
 // Gallery element type on the device (math is fp32 either way).
-using GpuStorage = KnnDtype;
+using GpuStorage = DType;
 GpuStorage parse_gpu_storage(const std::string& name);  // "fp32" | "fp16"
 const char* to_string(GpuStorage storage);
 

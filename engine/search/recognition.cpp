@@ -8,13 +8,13 @@
 #include <unordered_map>
 
 #include "engine/backend/cpu/cpu_backend.h"
-#include "engine/pipeline/encode.h"
 #include "engine/core/error.h"
 #include "engine/core/gpu.h"
+#include "engine/pipeline/encode.h"
 #include "engine/search/knn.h"
 #ifdef FACENET_HAS_DLIB
-#include "engine/pipeline/encode_faces.h"
 #include "engine/face/face_align.h"
+#include "engine/pipeline/encode_faces.h"
 #endif
 
 namespace facenet {
@@ -155,7 +155,7 @@ Identifier::Identifier(GalleryMatrix gallery, Device device, std::optional<CpuSt
     : gallery_(std::move(gallery)), index_(std::make_unique<Index>()) {
   const int dim = gallery_.spec.dim;
   const int64_t n = static_cast<int64_t>(gallery_.rows());
-  if (device == Device::cuda) {
+  if (device == Device::kCuda) {
 #ifdef FACENET_HAS_CUDA
     index_->context = std::make_unique<GpuContext>(0);
     index_->gpu = std::make_unique<GpuFlatIndex>(*index_->context, dim, GpuStorage::kFloat32);

@@ -26,18 +26,18 @@ static_assert(sizeof(Triplet) == 3 * sizeof(int32_t), "Triplet is copied as int3
 
 std::string to_string(Mining mining) {
   switch (mining) {
-    case Mining::batch_all:
+    case Mining::kBatchAll:
       return "batch_all";
-    case Mining::batch_hard:
+    case Mining::kBatchHard:
       return "batch_hard";
-    case Mining::semi_hard:
+    case Mining::kSemiHard:
       return "semi_hard";
   }
   return "unknown";
 }
 
 Mining parse_mining(const std::string& name) {
-  for (Mining m : {Mining::batch_all, Mining::batch_hard, Mining::semi_hard})
+  for (Mining m : {Mining::kBatchAll, Mining::kBatchHard, Mining::kSemiHard})
     if (to_string(m) == name) return m;
   fail("mining mode '", name, "' is unknown (expected batch_all, batch_hard or semi_hard)");
 }
@@ -89,11 +89,11 @@ struct LabelStats {
 
   int64_t count(Mining m) const {
     switch (m) {
-      case Mining::batch_all:
+      case Mining::kBatchAll:
         return count_batch_all;
-      case Mining::batch_hard:
+      case Mining::kBatchHard:
         return count_batch_hard;
-      case Mining::semi_hard:
+      case Mining::kSemiHard:
         return count_semi_hard;
     }
     return 0;
@@ -430,10 +430,10 @@ TripletResultT<Real> mined_cpu(const Real* e, int64_t batch, int64_t dim,
   TripletResultT<Real> r;
   r.count = stats.count(mining);
   const std::vector<Real> d = gram_sq_l2(e, batch, dim);
-  if (mining == Mining::batch_all) {
+  if (mining == Mining::kBatchAll) {
     batch_all(e, dim, d, labels, margin, o, r);
   } else {
-    Selection<Real> s = mining == Mining::batch_hard ? mine_batch_hard(d, labels, margin)
+    Selection<Real> s = mining == Mining::kBatchHard ? mine_batch_hard(d, labels, margin)
                                                      : mine_semi_hard(d, labels, stats, margin);
     summarize_selection(s, r);
     if (o.want_grad) r.grad = sparse_gradient(e, batch, dim, s);
@@ -534,18 +534,18 @@ void sort_by_triplet(std::vector<Triplet>& triplets, std::vector<float>& losses)
 }  // namespace
 
 struct TripletLossCuda::Impl {
-  enum class Input { none, labels, triplets };
+  enum class Input { kNone, kLabels, kTriplets };
 
   explicit Impl(int device) : ctx(device) {}
 
   GpuContext ctx;
-  Input input = Input::none;
+  Input input = Input::kNone;
   int64_t batch = 0, dim = 0;
   LabelStats stats;
   std::vector<Triplet> given;
   // What the last run() enqueued, for fetch().
   bool ran = false;
-  Mining mining = Mining::batch_hard;
+  Mining mining = Mining::kBatchHard;
   TripletOptions options;
   int64_t slots = 0;  // entries of `triplets`/`losses` the run filled
 
@@ -664,7 +664,7 @@ void TripletLossCuda::set_batch(const float* embeddings, int64_t batch, int64_t 
   upload(m.labels, labels.data(), batch, m.ctx.stream());
   upload(m.pair_offset, m.stats.pair_offset.data(), batch + 1, m.ctx.stream());
   ensure(m.norms, batch);
-  m.input = Impl::Input::labels;
+  m.input = Impl::Input::kLabels;
 }
 
 void TripletLossCuda::set_batch(const float* embeddings, int64_t batch, int64_t dim,
@@ -675,25 +675,25 @@ void TripletLossCuda::set_batch(const float* embeddings, int64_t batch, int64_t 
   m.given = triplets;
   const int64_t count = static_cast<int64_t>(triplets.size());
   upload(m.triplets, reinterpret_cast<const int32_t*>(triplets.data()), 3 * count, m.ctx.stream());
-  m.input = Impl::Input::triplets;
+  m.input = Impl::Input::kTriplets;
 }
 
 void TripletLossCuda::run(Mining mining, const TripletOptions& o) {
   Impl& m = *impl_;
-  if (m.input != Impl::Input::labels)
+  if (m.input != Impl::Input::kLabels)
     fail("TripletLossCuda::run(", to_string(mining), "): call set_batch with labels first");
   validate_options(o);
   ensure(m.sum, 1);
   ensure(m.active, 1);
   launch_triplet_row_norms(m.e.data(), m.batch, m.dim, m.norms.data(), m.ctx.stream());
   switch (mining) {
-    case Mining::batch_hard:
+    case Mining::kBatchHard:
       m.run_batch_hard(o);
       break;
-    case Mining::semi_hard:
+    case Mining::kSemiHard:
       m.run_semi_hard(o);
       break;
-    case Mining::batch_all:
+    case Mining::kBatchAll:
       m.run_batch_all(o);
       break;
   }
@@ -704,7 +704,7 @@ void TripletLossCuda::run(Mining mining, const TripletOptions& o) {
 
 void TripletLossCuda::run(const TripletOptions& o) {
   Impl& m = *impl_;
-  if (m.input != Impl::Input::triplets)
+  if (m.input != Impl::Input::kTriplets)
     fail("TripletLossCuda::run: explicit triplets need set_batch with triplets first");
   validate_options(o);
   ensure(m.sum, 1);
@@ -723,7 +723,7 @@ TripletResult TripletLossCuda::fetch() {
   Impl& m = *impl_;
   if (!m.ran) fail("TripletLossCuda::fetch: nothing was run since the last set_batch");
   const cudaStream_t s = m.ctx.stream();
-  const bool mined = m.input == Impl::Input::labels;
+  const bool mined = m.input == Impl::Input::kLabels;
   TripletResult r;
   double sum = 0;
   m.sum.download(&sum, 1, s);
@@ -732,7 +732,7 @@ TripletResult TripletLossCuda::fetch() {
   if (!mined) {
     r.triplets = m.given;
     r.losses = download(m.losses, m.slots, s);
-  } else if (m.options.want_triplets && m.mining == Mining::batch_all) {
+  } else if (m.options.want_triplets && m.mining == Mining::kBatchAll) {
     m.emit_batch_all(r);
   } else if (m.options.want_triplets) {
     r.triplets.resize(m.slots);

@@ -35,7 +35,7 @@
 
 namespace facenet {
 
-enum class Mining { batch_all, batch_hard, semi_hard };
+enum class Mining { kBatchAll, kBatchHard, kSemiHard };
 
 // "batch_all" | "batch_hard" | "semi_hard"; parse_mining throws facenet::Error otherwise.
 std::string to_string(Mining mining);

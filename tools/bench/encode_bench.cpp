@@ -9,14 +9,14 @@
 #include <algorithm>
 #include <random>
 
-#include "tools/bench/bench_util.h"
-#include "engine/pipeline/encode.h"
 #include "engine/core/error.h"
 #include "engine/core/gpu.h"
+#include "engine/core/npy.h"
 #include "engine/image/image_io.h"
 #include "engine/model/model.h"
-#include "engine/core/npy.h"
 #include "engine/model/onnx_export.h"
+#include "engine/pipeline/encode.h"
+#include "tools/bench/bench_util.h"
 #ifdef FACENET_HAS_CUDA
 #include "engine/backend/cuda/cuda_backend.h"
 #include "engine/core/cuda_util.h"
@@ -182,7 +182,7 @@ nlohmann::json time_pipeline(Backend& backend, const InputSpec& spec, int64_t di
 // forward on device-resident input) and end-to-end (time_pipeline).
 nlohmann::json run_cuda_bench(const EncodeBenchOptions& o, const Model& model) {
   BackendOptions bo;
-  bo.device = Device::cuda;
+  bo.device = Device::kCuda;
   bo.precision = o.precision;
   bo.layout = o.layout;
   auto backend = make_cuda_backend(model, bo);
@@ -252,7 +252,7 @@ nlohmann::json run_encode_bench(const EncodeBenchOptions& o) {
   for (int b : o.batches)
     if (b < 1) fail("--batch sizes must be >= 1 (got ", b, ")");
   const Model model = load_model(o.model_path);
-  if (o.device == Device::cuda) {
+  if (o.device == Device::kCuda) {
     require_gpu("--device cuda");
 #ifdef FACENET_HAS_CUDA
     return run_cuda_bench(o, model);

@@ -18,7 +18,7 @@ namespace facenet {
 
 struct EncodeBenchOptions {
   std::filesystem::path model_path;
-  Device device = Device::cpu;
+  Device device = Device::kCpu;
   std::vector<int> batches = {1, 16, 64};
   int warmup = 2;
   int repeats = 10;

@@ -14,7 +14,7 @@ namespace facenet {
 struct TripletBenchOptions {
   std::vector<int64_t> batches{256, 1024, 2048, 4096, 8192};  // B values
   int64_t dim = 128;                                          // d
-  std::vector<Mining> modes{Mining::batch_all, Mining::batch_hard, Mining::semi_hard};
+  std::vector<Mining> modes{Mining::kBatchAll, Mining::kBatchHard, Mining::kSemiHard};
   std::string device = "cpu";  // "cpu" (triplet_loss) or "cuda" (TripletLossCuda)
   int warmup = 2;              // untimed runs before the timed ones
   int repeats = 10;            // timed runs; median and min are reported

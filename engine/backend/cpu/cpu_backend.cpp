@@ -63,26 +63,26 @@ class CpuBackend final : public Backend {
   CpuBackend(const Model& m, const BackendOptions& opt)
       : g_(lower(m, cpu_fusions(), kAlign)), eng_(dnnl::engine::kind::cpu, 0), stream_(eng_) {
     if (opt.precision == "fp32") {
-      act_ = ActType::f32;
+      act_ = DType::kFloat32;
     } else if (opt.precision == "bf16") {
       if (!cpu_has_bf16())
         fail("--precision bf16: this CPU has no bfloat16 instructions (oneDNN reports ISA ",
              onednn_isa_name(), "; needs avx512_core_bf16 or newer)");
-      act_ = ActType::bf16;
+      act_ = DType::kBFloat16;
     } else {
       fail("--precision ", opt.precision, ": the cpu backend runs fp32 or bf16");
     }
     require_supported(g_, "cpu", [&](const Step& s) { return why_not(s); });
     threads_ = opt.threads > 0 ? opt.threads : omp_get_num_procs();
     micro_batch_ = opt.micro_batch > 0 ? opt.micro_batch : kDefaultMicroBatch;
-    const int64_t es = act_size(act_);
+    const int64_t es = static_cast<int64_t>(dtype_size(act_));
     arena_.assign(static_cast<size_t>(g_.arena_per_image * micro_batch_ * es));
     input_.assign(static_cast<size_t>(element_count(g_.input_shape) * micro_batch_ * es));
     weights_.resize(g_.steps.size());
     size_winograd_buffers(micro_batch_);
   }
 
-  std::string name() const override { return act_ == ActType::f32 ? "cpu" : "cpu bf16"; }
+  std::string name() const override { return act_ == DType::kFloat32 ? "cpu" : "cpu bf16"; }
 
   void forward(const float* x, int64_t n, float* y) override {
     struct OmpThreadsGuard {  // oneDNN's OpenMP runtime uses the caller's thread count
@@ -112,13 +112,13 @@ class CpuBackend final : public Backend {
 
   std::string why_not(const Step& s) const {
     switch (s.op) {
-      case StepOp::lrn:
+      case StepOp::kLrn:
         if (s.lrn_size % 2 == 0) return "an LRN window of even size (oneDNN's is symmetric)";
         return "";
-      case StepOp::l2norm:
+      case StepOp::kL2Norm:
         if (s.output != g_.output) return "l2norm other than as the graph's output";
         return "";
-      case StepOp::dense:
+      case StepOp::kDense:
         if (s.l2norm && s.output != g_.output)
           return "an l2-normalised dense layer not at the output";
         return "";
@@ -127,12 +127,12 @@ class CpuBackend final : public Backend {
     }
   }
 
-  Dt dt() const { return act_ == ActType::f32 ? Dt::f32 : Dt::bf16; }
+  Dt dt() const { return act_ == DType::kFloat32 ? Dt::f32 : Dt::bf16; }
 
   // ---- values ------------------------------------------------------------------------------
   void* value_ptr(const std::string& v, int64_t n) {
     const Placement& p = g_.placement.at(v);
-    const int64_t es = act_size(act_);
+    const int64_t es = static_cast<int64_t>(dtype_size(act_));
     if (p.slot < 0) return input_.data();
     return arena_.data() + (g_.slots[p.slot].offset * n + p.c0) * es;
   }
@@ -210,19 +210,19 @@ class CpuBackend final : public Backend {
   std::vector<Exec> plan_step(size_t i, int64_t n) {
     const Step& s = g_.steps[i];
     switch (s.op) {
-      case StepOp::conv:
+      case StepOp::kConv:
         return plan_conv(i, n);
-      case StepOp::dense:
+      case StepOp::kDense:
         return {plan_dense(i, n)};
-      case StepOp::pool:
-        if (s.pool == PoolKind::l2) return {};
+      case StepOp::kPool:
+        if (s.pool == PoolKind::kL2) return {};
         return {plan_pool(s, n)};
-      case StepOp::lrn:
+      case StepOp::kLrn:
         return {plan_lrn(s, n)};
-      case StepOp::concat:
-      case StepOp::affine:
-      case StepOp::add:
-      case StepOp::l2norm:
+      case StepOp::kConcat:
+      case StepOp::kAffine:
+      case StepOp::kAdd:
+      case StepOp::kL2Norm:
         return {};  // nhwc_ops.h
     }
     return {};
@@ -238,7 +238,7 @@ class CpuBackend final : public Backend {
   bool use_winograd(const Step& s, int64_t n) const {
     const Shape& out = g_.shape(s.output);
     const int64_t min_map = n >= kWinogradMinImages ? kWinogradMinMap : kWinogradMinMapFew;
-    return act_ == ActType::f32 && s.kernel == 3 && s.stride == 1 && out[1] >= min_map &&
+    return act_ == DType::kFloat32 && s.kernel == 3 && s.stride == 1 && out[1] >= min_map &&
            out[2] >= min_map;
   }
 
@@ -318,7 +318,7 @@ class CpuBackend final : public Backend {
       return static_cast<size_t>(n * ((sh[0] + 15) / 16 * 16) * sh[1] * sh[2] * 4);
     };
     for (const Step& s : g_.steps)
-      if (s.op == StepOp::conv && use_winograd(s, n)) {
+      if (s.op == StepOp::kConv && use_winograd(s, n)) {
         src = std::max(src, blocked(g_.shape(s.inputs[0])));
         dst = std::max(dst, blocked(g_.shape(s.output)));
       }
@@ -356,8 +356,8 @@ class CpuBackend final : public Backend {
   // Floor mode: with right padding = left padding, oneDNN's (in + 2p - k) / s + 1 is ours.
   // Average pooling includes the padding and divides by kernel^2, as the reference does.
   Exec plan_pool(const Step& s, int64_t n) {
-    const auto alg = s.pool == PoolKind::max ? dnnl::algorithm::pooling_max
-                                             : dnnl::algorithm::pooling_avg_include_padding;
+    const auto alg = s.pool == PoolKind::kMax ? dnnl::algorithm::pooling_max
+                                              : dnnl::algorithm::pooling_avg_include_padding;
     dnnl::pooling_forward::desc d(dnnl::prop_kind::forward_inference, alg,
                                   value_desc(s.inputs[0], n), value_desc(s.output, n),
                                   {s.stride, s.stride}, {s.kernel, s.kernel}, {s.pad, s.pad},
@@ -404,46 +404,46 @@ class CpuBackend final : public Backend {
     for (size_t i = 0; i < g_.steps.size(); ++i) {
       const Step& s = g_.steps[i];
       switch (s.op) {
-        case StepOp::conv:
-        case StepOp::lrn:
+        case StepOp::kConv:
+        case StepOp::kLrn:
           execute_all(p.steps[i]);
           break;
-        case StepOp::pool:
-          if (s.pool == PoolKind::l2)
+        case StepOp::kPool:
+          if (s.pool == PoolKind::kL2)
             l2pool_nhwc(view(s.inputs[0], n), view(s.output, n), s.kernel, s.stride, s.pad,
                         threads_);
           else
             execute_all(p.steps[i]);
           break;
-        case StepOp::dense:
+        case StepOp::kDense:
           if (s.output == g_.output) p.steps[i].back().args.at(DNNL_ARG_DST).set_data_handle(y);
           execute_all(p.steps[i]);
           if (s.l2norm) {
-            const NhwcView out{y, ActType::f32, n, s.out, 1, 1, s.out};
+            const NhwcView out{y, DType::kFloat32, n, s.out, 1, 1, s.out};
             l2norm_rows(out, s.eps, y, threads_);
           }
           break;
-        case StepOp::concat: {
+        case StepOp::kConcat: {
           const NhwcView out = view(s.output, n);
           int64_t c0 = 0;
           for (const auto& in : s.inputs) {
             NhwcView slice = out;
-            slice.data = static_cast<char*>(out.data) + c0 * act_size(act_);
+            slice.data = static_cast<char*>(out.data) + c0 * static_cast<int64_t>(dtype_size(act_));
             slice.c = g_.shape(in)[0];
             copy_centred_nhwc(view(in, n), slice, threads_);
             c0 += slice.c;
           }
           break;
         }
-        case StepOp::affine:
+        case StepOp::kAffine:
           affine_nhwc(view(s.inputs[0], n), s.w.data(), s.b.data(), s.relu, view(s.output, n),
                       threads_);
           break;
-        case StepOp::add:
+        case StepOp::kAdd:
           add_padded_nhwc(view(s.inputs[0], n), view(s.inputs[1], n), s.relu, view(s.output, n),
                           threads_);
           break;
-        case StepOp::l2norm:
+        case StepOp::kL2Norm:
           l2norm_rows(view(s.inputs[0], n), s.eps, y, threads_);
           return;  // why_not: only as the output
       }
@@ -457,7 +457,7 @@ class CpuBackend final : public Backend {
   LoweredGraph g_;
   dnnl::engine eng_;
   dnnl::stream stream_;
-  ActType act_ = ActType::f32;
+  DType act_ = DType::kFloat32;
   int threads_ = 1;
   int64_t micro_batch_ = kDefaultMicroBatch;
   AlignedBytes arena_, input_, wino_src_, wino_dst_;

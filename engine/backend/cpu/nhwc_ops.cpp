@@ -37,8 +37,8 @@ inline int64_t pixel(const NhwcView& v, int64_t n, int64_t y, int64_t x) {
 
 // Calls fn<T>() with T the views' element type (all views of one op share it).
 template <typename Fn>
-void dispatch(ActType t, Fn&& fn) {
-  if (t == ActType::f32)
+void dispatch(DType t, Fn&& fn) {
+  if (t == DType::kFloat32)
     fn(float{});
   else
     fn(uint16_t{});
@@ -143,7 +143,8 @@ void l2pool_nhwc(const NhwcView& x, const NhwcView& y, int kernel, int stride, i
 }
 
 void copy_centred_nhwc(const NhwcView& x, const NhwcView& y, int threads) {
-  const int64_t top = (y.h - x.h) / 2, left = (y.w - x.w) / 2, es = act_size(x.type);
+  const int64_t top = (y.h - x.h) / 2, left = (y.w - x.w) / 2,
+                es = static_cast<int64_t>(dtype_size(x.type));
   char* out = static_cast<char*>(y.data);
   const char* in = static_cast<const char*>(x.data);
 #pragma omp parallel for collapse(2) num_threads(threads) schedule(static)

@@ -6,13 +6,9 @@
 #include <cstdint>
 #include <cstring>
 
+#include "engine/core/dtype.h"
+
 namespace facenet {
-
-enum class ActType { f32, bf16 };
-
-inline int64_t act_size(ActType t) {
-  return t == ActType::f32 ? 4 : 2;
-}
 
 // bfloat16 <-> float32: the top 16 bits, rounded to nearest even (NaN kept quiet).
 inline uint16_t float_to_bf16(float f) {
@@ -33,7 +29,7 @@ inline float bf16_to_float(uint16_t h) {
 // slice of a wider buffer starts at data). The views an op takes share one element type.
 struct NhwcView {
   void* data = nullptr;
-  ActType type = ActType::f32;
+  DType type = DType::kFloat32;
   int64_t n = 0, c = 0, h = 0, w = 0, cs = 0;
   int64_t pixels() const { return n * h * w; }
 };

@@ -23,8 +23,8 @@
 #include <map>
 #include <set>
 
-#include "engine/backend/lowering.h"
 #include "engine/backend/cuda/cudnn_util.h"
+#include "engine/backend/lowering.h"
 #include "engine/core/error.h"
 #include "engine/image/image_io.h"
 #include "kernels/inception_ops.h"
@@ -69,26 +69,26 @@ struct GraphExecDeleter {
 using UniqueGraphExec = std::unique_ptr<std::remove_pointer_t<cudaGraphExec_t>, GraphExecDeleter>;
 
 DType parse_precision(const std::string& p) {
-  if (p == "fp32") return DType::f32;
-  if (p == "fp16") return DType::f16;
-  if (p == "bf16") return DType::bf16;
+  if (p == "fp32") return DType::kFloat32;
+  if (p == "fp16") return DType::kFloat16;
+  if (p == "bf16") return DType::kBFloat16;
   fail("--precision '", p, "' is not one of fp32, fp16, bf16");
 }
 
 Layout parse_layout(const std::string& l, DType dtype) {
-  if (l == "nchw") return Layout::nchw;
-  if (l == "nhwc") return Layout::nhwc;
-  if (l == "auto" || l.empty()) return dtype == DType::f32 ? Layout::nchw : Layout::nhwc;
+  if (l == "nchw") return Layout::kNchw;
+  if (l == "nhwc") return Layout::kNhwc;
+  if (l == "auto" || l.empty()) return dtype == DType::kFloat32 ? Layout::kNchw : Layout::kNhwc;
   fail("layout '", l, "' is not one of auto, nchw, nhwc");
 }
 
 cudnnDataType_t cudnn_type(DType t) {
   switch (t) {
-    case DType::f32:
+    case DType::kFloat32:
       return CUDNN_DATA_FLOAT;
-    case DType::f16:
+    case DType::kFloat16:
       return CUDNN_DATA_HALF;
-    case DType::bf16:
+    case DType::kBFloat16:
       return CUDNN_DATA_BFLOAT16;
   }
   return CUDNN_DATA_FLOAT;
@@ -98,9 +98,9 @@ cudnnDataType_t cudnn_type(DType t) {
 std::vector<unsigned char> to_dtype(const std::vector<float>& v, DType dtype) {
   std::vector<unsigned char> out(v.size() * dtype_size(dtype));
   for (size_t i = 0; i < v.size(); ++i) {
-    if (dtype == DType::f32) {
+    if (dtype == DType::kFloat32) {
       std::memcpy(out.data() + 4 * i, &v[i], 4);
-    } else if (dtype == DType::f16) {
+    } else if (dtype == DType::kFloat16) {
       const __half h = __float2half_rn(v[i]);
       std::memcpy(out.data() + 2 * i, &h, 2);
     } else {
@@ -169,7 +169,7 @@ class CudaBackendImpl final : public CudaBackend {
 
   std::string name() const override {
     return std::string("cuda ") + dtype_name(dtype_) +
-           (layout_ == Layout::nchw ? " nchw" : " nhwc");
+           (layout_ == Layout::kNchw ? " nchw" : " nhwc");
   }
 
   void forward(const float* x, int64_t n, float* y) override {
@@ -253,7 +253,7 @@ class CudaBackendImpl final : public CudaBackend {
 
   std::string why_not(const Step& s) const {
     switch (s.op) {
-      case StepOp::dense: {
+      case StepOp::kDense: {
         if (s.output != graph_.output) return "a dense layer other than the output head";
         if (s.relu) return "ReLU after the dense head";
         const Shape& in = g_.shape(s.inputs[0]);
@@ -261,9 +261,9 @@ class CudaBackendImpl final : public CudaBackend {
           return "a dense layer whose input is not 1x1 (after a global average pool)";
         return "";
       }
-      case StepOp::l2norm:
+      case StepOp::kL2Norm:
         return "an l2norm not fused into the dense head";
-      case StepOp::conv:
+      case StepOp::kConv:
         if (!s.residual.empty()) return "a fused residual add (not asked for)";
         return "";
       default:
@@ -279,20 +279,20 @@ class CudaBackendImpl final : public CudaBackend {
       Step& s = g_.steps[i];
       DeviceStep& d = dev_[i];
       switch (s.op) {
-        case StepOp::conv: {
+        case StepOp::kConv: {
           const std::vector<float> w =
-              layout_ == Layout::nhwc ? kcrs_to_krsc(s.w, s.out, s.in, s.kernel) : s.w;
+              layout_ == Layout::kNhwc ? kcrs_to_krsc(s.w, s.out, s.in, s.kernel) : s.w;
           d.w = upload(to_dtype(w, dtype_), ctx_.stream());
           d.b = upload(to_dtype(s.b, dtype_), ctx_.stream());
           weight_bytes_ += d.w.bytes() + d.b.bytes();
           break;
         }
-        case StepOp::affine:
+        case StepOp::kAffine:
           d.gamma = upload(s.w, ctx_.stream());
           d.beta = upload(s.b, ctx_.stream());
           weight_bytes_ += d.gamma.bytes() + d.beta.bytes();
           break;
-        case StepOp::dense: {
+        case StepOp::kDense: {
           FN_ASSERT(static_cast<size_t>(s.in) * s.out == s.w.size());
           std::vector<float> wt(s.w.size());  // [out][in] -> [in][out]
           for (int o = 0; o < s.out; ++o)
@@ -307,7 +307,7 @@ class CudaBackendImpl final : public CudaBackend {
           break;
       }
       s.w = {};
-      if (s.op != StepOp::conv) s.b = {};
+      if (s.op != StepOp::kConv) s.b = {};
     }
   }
 
@@ -335,7 +335,7 @@ class CudaBackendImpl final : public CudaBackend {
   }
 
   TensorView4 f32_nchw(float* data, int64_t n, const Shape& s) {
-    return packed_view(data, DType::f32, Layout::nchw, n, s[0], s[1], s[2], s[0], 0);
+    return packed_view(data, DType::kFloat32, Layout::kNchw, n, s[0], s[1], s[2], s[0], 0);
   }
 
   // ---- per batch size: plan ------------------------------------------------------------------
@@ -365,7 +365,7 @@ class CudaBackendImpl final : public CudaBackend {
     auto plan = std::make_unique<Plan>();
     plan->n = n;
     for (size_t i = 0; i < g_.steps.size(); ++i)
-      if (g_.steps[i].op == StepOp::conv) plan->convs[i] = plan_conv(i, n);
+      if (g_.steps[i].op == StepOp::kConv) plan->convs[i] = plan_conv(i, n);
     ctx_.synchronize();
     return *(plans_[n] = std::move(plan));
   }
@@ -412,13 +412,13 @@ class CudaBackendImpl final : public CudaBackend {
                                             s.out, 1, 1));
     FN_GPU_CHECK(
         cudnnSetFilter4dDescriptor(c.w.get(), cudnn_type(dtype_),
-                                   layout_ == Layout::nchw ? CUDNN_TENSOR_NCHW : CUDNN_TENSOR_NHWC,
+                                   layout_ == Layout::kNchw ? CUDNN_TENSOR_NCHW : CUDNN_TENSOR_NHWC,
                                    s.out, s.in, s.kernel, s.kernel));
     FN_GPU_CHECK(cudnnSetConvolution2dDescriptor(c.conv.get(), s.pad, s.pad, s.stride, s.stride, 1,
                                                  1, CUDNN_CROSS_CORRELATION, CUDNN_DATA_FLOAT));
     // fp32 must not silently become TF32 (10-bit mantissa): FMA math only. Half types use
     // tensor cores with float accumulation.
-    const cudnnMathType_t math = dtype_ == DType::f32 ? CUDNN_FMA_MATH : CUDNN_TENSOR_OP_MATH;
+    const cudnnMathType_t math = dtype_ == DType::kFloat32 ? CUDNN_FMA_MATH : CUDNN_TENSOR_OP_MATH;
     FN_GPU_CHECK(cudnnSetConvolutionMathType(c.conv.get(), math));
     FN_GPU_CHECK(cudnnSetActivationDescriptor(
         c.act.get(), s.relu ? CUDNN_ACTIVATION_RELU : CUDNN_ACTIVATION_IDENTITY,
@@ -441,7 +441,7 @@ class CudaBackendImpl final : public CudaBackend {
     for (int k = 0; k < found && !chosen; ++k) {
       if (perf[k].status != CUDNN_STATUS_SUCCESS || perf[k].memory > kWorkspaceLimit) continue;
       if (first_ok < 0) first_ok = k;
-      if (dtype_ != DType::f32)
+      if (dtype_ != DType::kFloat32)
         FN_GPU_CHECK(cudnnSetConvolutionMathType(c.conv.get(), perf[k].mathType));
       c.algo = perf[k].algo;
       c.workspace = kWorkspaceLimit;  // reserved anyway; Find measured the plain convolution
@@ -451,7 +451,7 @@ class CudaBackendImpl final : public CudaBackend {
       if (first_ok < 0)
         fail("node '", s.output, "': cuDNN found no convolution algorithm for batch ", n, " (",
              dtype_name(dtype_), ")");
-      if (dtype_ != DType::f32)
+      if (dtype_ != DType::kFloat32)
         FN_GPU_CHECK(cudnnSetConvolutionMathType(c.conv.get(), perf[first_ok].mathType));
       c.algo = perf[first_ok].algo;
       c.workspace = perf[first_ok].memory;
@@ -501,34 +501,34 @@ class CudaBackendImpl final : public CudaBackend {
       const Step& s = g_.steps[i];
       const DeviceStep& d = dev_[i];
       switch (s.op) {
-        case StepOp::conv:
+        case StepOp::kConv:
           run_conv(p.convs.at(i), i, n);
           break;
-        case StepOp::pool:
+        case StepOp::kPool:
           launch_pool2d(view(s.inputs[0], n), view(s.output, n), s.pool, s.kernel, s.stride, s.pad,
                         st);
           break;
-        case StepOp::lrn:
+        case StepOp::kLrn:
           launch_lrn(view(s.inputs[0], n), view(s.output, n), s.lrn_size,
                      static_cast<float>(s.lrn_alpha), static_cast<float>(s.lrn_beta),
                      static_cast<float>(s.lrn_k), st);
           break;
-        case StepOp::concat:
+        case StepOp::kConcat:
           run_concat(s, n);
           break;
-        case StepOp::dense:  // why_not: the output head, over a whole map or a 1x1 one
+        case StepOp::kDense:  // why_not: the output head, over a whole map or a 1x1 one
           launch_pooled_dense_head(view(s.inputs[0], n), d.head_wt.data(), d.head_b.data(), s.out,
                                    s.l2norm, static_cast<float>(s.eps), output_.data(), st);
           break;
-        case StepOp::affine:
+        case StepOp::kAffine:
           launch_affine(view(s.inputs[0], n), d.gamma.data(), d.beta.data(), s.relu,
                         view(s.output, n), st);
           break;
-        case StepOp::add:
+        case StepOp::kAdd:
           launch_add_padded(view(s.inputs[0], n), view(s.inputs[1], n), s.relu, view(s.output, n),
                             st);
           break;
-        case StepOp::l2norm:
+        case StepOp::kL2Norm:
           FN_ASSERT(false);  // why_not rejects it at load
       }
     }
@@ -618,7 +618,7 @@ class CudaBackendImpl final : public CudaBackend {
 
   void upload_input(const float* x, int64_t n) {
     const int64_t count = in_per_image_ * n;
-    if (dtype_ == DType::f32 && layout_ == Layout::nchw) {
+    if (dtype_ == DType::kFloat32 && layout_ == Layout::kNchw) {
       FN_GPU_CHECK(cudaMemcpyAsync(input_.data(), x, count * sizeof(float), cudaMemcpyHostToDevice,
                                    ctx_.stream()));
       return;

@@ -6,6 +6,7 @@
 #include <limits>
 #include <map>
 
+#include "engine/backend/pool_kind.h"
 #include "engine/core/error.h"
 
 namespace facenet {
@@ -25,7 +26,6 @@ inline int64_t at(const Dims4& d, int64_t n, int64_t c, int64_t y, int64_t x) {
   return ((n * d.c + c) * d.h + y) * d.w + x;
 }
 
-enum class PoolKind { max, avg, l2 };
 
 HostTensor pool_direct(const HostTensor& x, int kernel, int stride, int pad, PoolKind kind) {
   const Dims4 d = dims(x);
@@ -37,20 +37,20 @@ HostTensor pool_direct(const HostTensor& x, int kernel, int stride, int pad, Poo
     for (int64_t c = 0; c < d.c; ++c)
       for (int64_t oy = 0; oy < ho; ++oy)
         for (int64_t ox = 0; ox < wo; ++ox) {
-          double acc = kind == PoolKind::max ? -std::numeric_limits<double>::infinity() : 0.0;
+          double acc = kind == PoolKind::kMax ? -std::numeric_limits<double>::infinity() : 0.0;
           for (int ky = 0; ky < kernel; ++ky)
             for (int kx = 0; kx < kernel; ++kx) {
               const int64_t iy = oy * stride - pad + ky, ix = ox * stride - pad + kx;
               if (iy < 0 || iy >= d.h || ix < 0 || ix >= d.w) continue;  // padding
               const double v = x.data[at(d, n, c, iy, ix)];
-              if (kind == PoolKind::max)
+              if (kind == PoolKind::kMax)
                 acc = std::max(acc, v);
               else
-                acc += kind == PoolKind::l2 ? v * v : v;
+                acc += kind == PoolKind::kL2 ? v * v : v;
             }
           double out = acc;
-          if (kind == PoolKind::avg) out = acc / (kernel * kernel);
-          if (kind == PoolKind::l2) out = std::sqrt(acc);
+          if (kind == PoolKind::kAvg) out = acc / (kernel * kernel);
+          if (kind == PoolKind::kL2) out = std::sqrt(acc);
           y.data[at(e, n, c, oy, ox)] = static_cast<float>(out);
         }
   return y;
@@ -138,13 +138,13 @@ HostTensor add_direct(const HostTensor& a, const HostTensor& b) {
 }
 
 HostTensor maxpool_direct(const HostTensor& x, int kernel, int stride, int pad) {
-  return pool_direct(x, kernel, stride, pad, PoolKind::max);
+  return pool_direct(x, kernel, stride, pad, PoolKind::kMax);
 }
 HostTensor avgpool_direct(const HostTensor& x, int kernel, int stride, int pad) {
-  return pool_direct(x, kernel, stride, pad, PoolKind::avg);
+  return pool_direct(x, kernel, stride, pad, PoolKind::kAvg);
 }
 HostTensor l2pool_direct(const HostTensor& x, int kernel, int stride, int pad) {
-  return pool_direct(x, kernel, stride, pad, PoolKind::l2);
+  return pool_direct(x, kernel, stride, pad, PoolKind::kL2);
 }
 
 HostTensor lrn_direct(const HostTensor& x, int size, double alpha, double beta, double k) {
@@ -236,44 +236,44 @@ class ReferenceBackend final : public Backend {
       const HostTensor& a = values.at(node.inputs[0]);
       HostTensor out;
       switch (node.op) {
-        case OpType::conv:
+        case OpType::kConv:
           out = conv2d_direct(a, t.at(node.weight), t.at(node.bias), node.stride, node.pad);
           break;
-        case OpType::batchnorm:
+        case OpType::kBatchNorm:
           out = batchnorm_direct(a, t.at(node.gamma), t.at(node.beta), t.at(node.mean),
                                  t.at(node.var), node.eps);
           break;
-        case OpType::relu:
+        case OpType::kRelu:
           out = relu_direct(a);
           break;
-        case OpType::affine:
+        case OpType::kAffine:
           out = affine_direct(a, t.at(node.gamma), t.at(node.beta));
           break;
-        case OpType::add:
+        case OpType::kAdd:
           out = add_direct(a, values.at(node.inputs[1]));
           break;
-        case OpType::maxpool:
+        case OpType::kMaxPool:
           out = maxpool_direct(a, node.kernel, node.stride, node.pad);
           break;
-        case OpType::avgpool:
+        case OpType::kAvgPool:
           out = avgpool_direct(a, node.kernel, node.stride, node.pad);
           break;
-        case OpType::l2pool:
+        case OpType::kL2Pool:
           out = l2pool_direct(a, node.kernel, node.stride, node.pad);
           break;
-        case OpType::lrn:
+        case OpType::kLrn:
           out = lrn_direct(a, node.size, node.alpha, node.beta_pow, node.k);
           break;
-        case OpType::concat: {
+        case OpType::kConcat: {
           std::vector<const HostTensor*> xs;
           for (const auto& i : node.inputs) xs.push_back(&values.at(i));
           out = concat_direct(xs);
           break;
         }
-        case OpType::dense:
+        case OpType::kDense:
           out = dense_direct(a, t.at(node.weight), t.at(node.bias));
           break;
-        case OpType::l2norm:
+        case OpType::kL2Norm:
           out = l2norm_direct(a, node.eps);
           break;
       }

@@ -45,7 +45,14 @@ class StagedEncoder {
   virtual void submit(int slot, int64_t n) = 0;
   // Blocks until the slot's last submit is done (returns at once for an idle slot).
   virtual void wait(int slot) = 0;
+  // The slot's embeddings in device memory (n x embedding_dim float32), valid once the slot's
+  // submit is queued and until its next one; work queued after submit on the backend's stream
+  // (Backend::gpu_context()) sees them without a wait, so a gallery search can read them
+  // where they are. Null for an encoder without device memory.
+  virtual const float* device_output(int /*slot*/) const { return nullptr; }
 };
+
+class GpuContext;
 
 class Backend {
  public:
@@ -61,6 +68,9 @@ class Backend {
   virtual std::unique_ptr<StagedEncoder> make_staged_encoder(int /*slots*/, int64_t /*capacity*/) {
     return nullptr;
   }
+  // The GPU context (device, stream, handles) the backend runs on; null on the CPU. A gallery
+  // index built on it shares the stream, so a search queued after an encode needs no sync.
+  virtual GpuContext* gpu_context() { return nullptr; }
 };
 
 // Throws facenet::Error when the device is unusable (e.g. cuda without a GPU).

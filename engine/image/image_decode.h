@@ -5,13 +5,9 @@
 #include <string>
 #include <vector>
 
-namespace facenet {
+#include "engine/image/image.h"
 
-// An 8-bit colour image: height x width x 3, rows packed, OpenCV's BGR channel order.
-struct Bgr8Image {
-  int height = 0, width = 0;
-  std::vector<unsigned char> pixels;
-};
+namespace facenet {
 
 // Decodes like cv::imdecode(bytes, IMREAD_COLOR): 8-bit BGR, alpha dropped, grey expanded,
 // JPEG EXIF orientation applied. Throws facenet::Error naming `what`.

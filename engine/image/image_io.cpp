@@ -101,6 +101,35 @@ std::vector<unsigned char> synthetic_jpeg(int height, int width, unsigned seed) 
   return encode_jpeg(img);
 }
 
+Bgr8Image to_bgr8(const PixelView& v, const std::string& what) {
+  if (!v.data) fail(what, ": no pixel data");
+  if (v.height < 1 || v.width < 1)
+    fail(what, ": pixel buffer of ", v.width, "x", v.height, " (width and height must be >= 1)");
+  const int64_t row = int64_t{3} * v.width;
+  const int64_t stride = v.stride ? v.stride : row;
+  if (stride < row)
+    fail(what, ": row stride ", stride, " bytes is shorter than a row of ", v.width,
+         " 3-byte pixels (", row, " bytes)");
+  Bgr8Image out;
+  out.height = v.height;
+  out.width = v.width;
+  out.pixels.resize(static_cast<size_t>(row) * v.height);
+  for (int y = 0; y < v.height; ++y) {
+    const uint8_t* src = v.data + y * stride;
+    unsigned char* dst = out.pixels.data() + y * row;
+    if (v.order == PixelOrder::kBgr) {
+      std::copy_n(src, row, dst);
+    } else {
+      for (int x = 0; x < v.width; ++x) {
+        dst[3 * x] = src[3 * x + 2];
+        dst[3 * x + 1] = src[3 * x + 1];
+        dst[3 * x + 2] = src[3 * x];
+      }
+    }
+  }
+  return out;
+}
+
 std::vector<unsigned char> read_file_bytes(const std::filesystem::path& path) {
   std::ifstream in(path, std::ios::binary);
   if (!in) fail(path.string(), ": cannot open (missing or unreadable)");

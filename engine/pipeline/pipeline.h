@@ -1,0 +1,161 @@
+// The front door: images (files, encoded bytes or pixel buffers) -> detect -> landmarks ->
+// align -> encode -> search a gallery, for any number of threads at once. Requests are
+// prepared (decoded, detected, aligned) on worker threads, their face chips grouped across
+// requests by a dynamic batcher (up to max_batch chips, waiting at most max_delay_ms for more)
+// and encoded by one backend on one thread. Results are plain values; a bad input is a result
+// with its status and a message naming it, never an exception that loses the others.
+#pragma once
+
+#include <cstdint>
+#include <filesystem>
+#include <functional>
+#include <future>
+#include <memory>
+#include <optional>
+#include <string>
+#include <vector>
+
+#include "engine/backend/backend.h"
+#include "engine/face/find_faces.h"
+#include "engine/image/image.h"
+#include "engine/model/model.h"
+#include "engine/search/recognition.h"
+
+namespace facenet {
+
+// One input image. Pixels are copied when the input is made, so the caller's buffer may be
+// reused at once; bytes are moved in; a file is read by a worker thread.
+class ImageInput {
+ public:
+  static ImageInput file(std::filesystem::path path);
+  // `name` names the input in results and errors (e.g. an upload's file name).
+  static ImageInput bytes(std::vector<uint8_t> data, std::string name);
+  static ImageInput pixels(const PixelView& view, std::string name);
+
+  const std::string& name() const { return name_; }
+  const std::filesystem::path& path() const { return path_; }  // empty unless a file
+
+ private:
+  friend class Pipeline;
+  enum class Kind { kFile, kBytes, kPixels };
+  Kind kind_ = Kind::kFile;
+  std::string name_;
+  std::filesystem::path path_;
+  std::vector<uint8_t> bytes_;
+  Bgr8Image pixels_;
+  std::string invalid_;  // why a pixel view could not be taken; reported as the result
+};
+
+enum class Task {
+  kDetect,    // decode + detect + landmarks
+  kAlign,     // ... + the aligned chips (FaceResult::chips)
+  kEncode,    // ... + the embedding of each face
+  kIdentify,  // ... + the nearest identities of the pipeline's gallery (set_gallery)
+};
+
+struct RequestOptions {
+  Task task = Task::kEncode;
+  // faces.detector kNone: the input is an aligned face crop, encoded whole (resized to the
+  // model input when needed); no detection, landmarks or alignment.
+  FaceOptions faces;
+  int k = 5;             // kIdentify: identities per face
+  double threshold = -1; // kIdentify: "unknown" above this L2 distance; < 0: the model's own
+};
+
+enum class InputStatus {
+  kOk,           // done (possibly with no face: see faces)
+  kUnreadable,   // the file cannot be opened or read
+  kUndecodable,  // not an image the decoder understands (or an invalid pixel buffer)
+  kBusy,         // the pipeline's queue was full; nothing was done, try again later
+  kFailed,       // the engine failed on this input (message says why)
+};
+const char* status_name(InputStatus s);
+
+struct FaceResult {
+  Face face;  // box (the whole image for a crop), detector score, landmarks
+  bool fallback = false;                 // the box is FaceOptions::fallback
+  bool cnn = false;                      // found by the CNN detector
+  std::vector<Bgr8Image> chips;          // kAlign: the chips the embedding is made from
+  std::vector<float> embedding;          // kEncode and kIdentify
+  std::optional<Identification> match;   // kIdentify
+};
+
+struct ImageResult {
+  std::string name;                      // ImageInput::name()
+  InputStatus status = InputStatus::kOk;
+  std::string error;                     // why, naming the input; empty when kOk
+  int width = 0, height = 0;             // the decoded image
+  bool off_centre_seen = false;          // FaceOptions::centre_only set a detection aside
+  std::vector<FaceResult> faces;         // empty and kOk: no face found
+  bool ok() const { return status == InputStatus::kOk; }
+};
+
+struct PipelineOptions {
+  BackendOptions backend;
+  std::filesystem::path dlib_models;  // empty: default_dlib_models_dir(); read when first needed
+  int max_batch = 64;                 // chips per forward pass
+  // A batch starts when it is full, when no request is being prepared (nothing more is coming
+  // soon), or when its first chip has waited this long.
+  double max_delay_ms = 2.0;
+  int max_queue = 1024;  // requests in flight (submitted, not completed); beyond: kBusy
+  int workers = 0;       // threads preparing requests; 0 = one per core
+  RequestOptions defaults;  // what submit() without options and run() without options use
+};
+
+struct PipelineStats {
+  int64_t requests = 0, busy = 0, batches = 0, chips = 0;
+  int in_flight = 0;                   // submitted, not completed
+  std::vector<int64_t> batch_sizes;    // batches run, by size (index = chips in the batch)
+};
+
+class Pipeline {
+ public:
+  // Loads the model and makes its backend; throws facenet::Error naming what is wrong.
+  explicit Pipeline(const std::filesystem::path& model_file, const PipelineOptions& options = {});
+  Pipeline(Model model, const PipelineOptions& options = {});
+  // Completes every request already submitted, then stops the threads.
+  ~Pipeline();
+  Pipeline(const Pipeline&) = delete;
+  Pipeline& operator=(const Pipeline&) = delete;
+
+  const Model& model() const;
+  const PipelineOptions& options() const;
+  EmbeddingSpec spec() const;
+  int64_t dim() const;
+  std::string backend_name() const;
+  // The model's own threshold (preprocess.threshold), else kDefaultThreshold.
+  double default_threshold() const;
+
+  // Asynchronous, from any thread. When max_queue requests are in flight the result is ready
+  // at once with status kBusy.
+  std::future<ImageResult> submit(ImageInput input);
+  std::future<ImageResult> submit(ImageInput input, const RequestOptions& options);
+  // The same with a callback, called once on a pipeline thread (keep it short; it must not
+  // wait for other requests of this pipeline).
+  void submit(ImageInput input, const RequestOptions& options,
+              std::function<void(ImageResult)> done);
+
+  // Every input, with backpressure instead of kBusy: `on_result` is called in input order
+  // (on the calling thread), `on_progress(done, total)` after each.
+  void run(std::vector<ImageInput> inputs, const RequestOptions& options,
+           const std::function<void(ImageResult&)>& on_result,
+           const std::function<void(size_t, size_t)>& on_progress = {});
+  std::vector<ImageResult> run(std::vector<ImageInput> inputs, const RequestOptions& options);
+
+  // The gallery Task::kIdentify searches (replacing any earlier one). On CUDA its index lives
+  // on the backend's GPU context and stream, and probes are searched where they were encoded.
+  void set_gallery(GalleryMatrix gallery, std::optional<CpuStorage> storage = std::nullopt);
+  int64_t gallery_rows() const;
+
+  PipelineStats stats() const;
+
+ private:
+  struct Impl;
+  std::unique_ptr<Impl> impl_;
+};
+
+// Inputs from command-line style arguments: files as given, directories expanded (recursive,
+// sorted, image extensions only).
+std::vector<ImageInput> file_inputs(const std::vector<std::string>& args);
+
+}  // namespace facenet

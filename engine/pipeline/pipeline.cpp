@@ -13,11 +13,14 @@
 
 #include <algorithm>
 #include <chrono>
+#include <cstdint>
 #include <cmath>
 #include <condition_variable>
 #include <cstring>
 #include <deque>
+#include <map>
 #include <mutex>
+#include <set>
 #include <thread>
 
 #include "engine/core/error.h"
@@ -99,6 +102,7 @@ struct Request {
   std::vector<uint8_t> in_u8;             // chips x H x W x 3 BGR (staged path)
   std::vector<float> out;                 // chips x dim, filled by the batcher
   int64_t pending = 0;                    // chips not yet encoded (batcher thread only)
+  uint64_t seq = 0;                       // submission order
 };
 using RequestPtr = std::shared_ptr<Request>;
 
@@ -124,11 +128,20 @@ struct Pipeline::Impl {
   mutable std::mutex mu;
   std::condition_variable work_cv, batch_cv, space_cv;
   std::deque<RequestPtr> prep;
-  std::deque<ChipRef> chips;
-  Clock::time_point first_chip;
-  int preparing = 0;  // requests queued for a worker or being prepared
+  // Prepared requests with chips not yet batched, in submission order: batches take chips in
+  // that order, so the same inputs make the same batches (and the same bits) run after run.
+  struct Queued {
+    RequestPtr req;
+    int64_t next = 0;        // its first chip not yet batched
+    Clock::time_point since; // when it was prepared
+  };
+  std::map<uint64_t, Queued> queued;
+  int64_t queued_chips = 0;
+  std::set<uint64_t> in_prep;  // requests queued for a worker or being prepared
+  uint64_t next_seq = 0;
   int in_flight = 0;
   int bulk_runs = 0;  // run() calls active: batches wait to be full rather than max_delay
+  int64_t announced = 0;  // inputs run() has yet to submit: more chips are coming
   bool stopping = false;
   std::shared_ptr<Identifier> gallery;
   PipelineStats stats;
@@ -175,9 +188,11 @@ struct Pipeline::Impl {
 
   // ---- submission ---------------------------------------------------------------------------
   // Queues `r`, or completes it as kBusy when `wait` is false and the queue is full.
-  void enqueue(RequestPtr r, bool wait) {
+  // `announced_by_run`: the request was counted in `announced` by run().
+  void enqueue(RequestPtr r, bool wait, bool announced_by_run = false) {
     {
       std::unique_lock<std::mutex> lock(mu);
+      if (announced_by_run) --announced;
       if (stopping) fail("pipeline: submit after shutdown began");
       ++stats.requests;
       if (in_flight >= opt.max_queue) {
@@ -194,7 +209,8 @@ struct Pipeline::Impl {
         space_cv.wait(lock, [&] { return in_flight < opt.max_queue; });
       }
       ++in_flight;
-      ++preparing;
+      r->seq = next_seq++;
+      in_prep.insert(r->seq);
       prep.push_back(std::move(r));
     }
     work_cv.notify_one();
@@ -238,10 +254,10 @@ struct Pipeline::Impl {
       bool encode = false;
       {
         std::lock_guard<std::mutex> lock(mu);
-        --preparing;
+        in_prep.erase(r->seq);
         if (r->chips > 0 && r->result.ok()) {
-          if (chips.empty()) first_chip = Clock::now();
-          for (int64_t i = 0; i < r->chips; ++i) chips.push_back({r, i});
+          queued_chips += r->chips;
+          queued.emplace(r->seq, Queued{r, 0, Clock::now()});
           encode = true;
         }
       }
@@ -360,28 +376,61 @@ struct Pipeline::Impl {
   // ---- batching (the batcher thread) ------------------------------------------------------
   // The next batch: blocks until one is ready unless `block` is false. Empty: nothing ready
   // (block false), or shutting down with nothing left.
+  //
+  // Ready: max_batch chips are queued; or some are and nothing more is coming (no request
+  // being prepared, none announced by run()); or the oldest has waited max_delay_ms. While a
+  // run() is active latency does not matter: only the chips of requests older than every
+  // request still being prepared count towards a full batch (so batches are the same whatever
+  // the workers' timing), and max_delay_ms does not apply; a full queue also makes a batch
+  // ready, so run()'s backpressure can never wait on the batcher.
   std::vector<ChipRef> take_batch(bool block) {
     std::unique_lock<std::mutex> lock(mu);
+    const auto delay = std::chrono::duration_cast<Clock::duration>(
+        std::chrono::duration<double, std::milli>(opt.max_delay_ms));
+    bool any_order = true;  // take from every queued request, not only the settled prefix
     for (;;) {
-      const bool full = static_cast<int64_t>(chips.size()) >= opt.max_batch;
-      const auto deadline =
-          first_chip + std::chrono::duration_cast<Clock::duration>(
-                           std::chrono::duration<double, std::milli>(opt.max_delay_ms));
-      const bool some = !chips.empty();
-      const bool ready = full || (some && (preparing == 0 || stopping ||
-                                           (bulk_runs == 0 && Clock::now() >= deadline)));
+      const uint64_t bound = in_prep.empty() ? UINT64_MAX : *in_prep.begin();
+      int64_t settled = 0;
+      Clock::time_point oldest = Clock::time_point::max();
+      for (const auto& [seq, q] : queued) {
+        if (seq < bound) settled += q.req->chips - q.next;
+        oldest = std::min(oldest, q.since);
+      }
+      const bool some = queued_chips > 0;
+      const bool coming = !in_prep.empty() || announced > 0;
+      const bool flush = some && (!coming || stopping);
+      bool ready;
+      if (bulk_runs > 0) {
+        const bool jammed = some && in_flight >= opt.max_queue;
+        ready = settled >= opt.max_batch || flush || jammed;
+        any_order = flush || (jammed && settled < opt.max_batch);
+      } else {
+        ready = queued_chips >= opt.max_batch || flush ||
+                (some && Clock::now() >= oldest + delay);
+        any_order = true;
+      }
       if (ready) break;
-      if (!block || (stopping && !some && preparing == 0)) return {};
+      if (!block || (stopping && !some && !coming)) return {};
       if (some && bulk_runs == 0)
-        batch_cv.wait_until(lock, deadline);
+        batch_cv.wait_until(lock, oldest + delay);
       else
         batch_cv.wait(lock);
     }
-    const int64_t n = std::min<int64_t>(opt.max_batch, chips.size());
-    std::vector<ChipRef> batch(std::make_move_iterator(chips.begin()),
-                               std::make_move_iterator(chips.begin() + n));
-    chips.erase(chips.begin(), chips.begin() + n);
-    if (!chips.empty()) first_chip = Clock::now();
+    const uint64_t bound = any_order || in_prep.empty() ? UINT64_MAX : *in_prep.begin();
+    std::vector<ChipRef> batch;
+    for (auto it = queued.begin();
+         it != queued.end() && it->first < bound &&
+         static_cast<int64_t>(batch.size()) < opt.max_batch;) {
+      Queued& q = it->second;
+      while (q.next < q.req->chips && static_cast<int64_t>(batch.size()) < opt.max_batch)
+        batch.push_back({q.req, q.next++});
+      if (q.next == q.req->chips)
+        it = queued.erase(it);
+      else
+        ++it;
+    }
+    const int64_t n = static_cast<int64_t>(batch.size());
+    queued_chips -= n;
     ++stats.batches;
     stats.chips += n;
     ++stats.batch_sizes[n];
@@ -580,20 +629,26 @@ void Pipeline::submit(ImageInput input, const RequestOptions& options,
 void Pipeline::run(std::vector<ImageInput> inputs, const RequestOptions& options,
                    const std::function<void(ImageResult&)>& on_result,
                    const std::function<void(size_t, size_t)>& on_progress) {
+  // While run() is active, batches wait to be full (or for nothing more to come), and the
+  // inputs not yet submitted count as coming, so a batch never closes early because the
+  // workers overtook this thread.
   struct BulkGuard {
     Impl& p;
-    explicit BulkGuard(Impl& i) : p(i) {
+    int64_t left;
+    BulkGuard(Impl& i, int64_t n) : p(i), left(n) {
       std::lock_guard<std::mutex> lock(p.mu);
       ++p.bulk_runs;
+      p.announced += n;
     }
     ~BulkGuard() {
       {
         std::lock_guard<std::mutex> lock(p.mu);
         --p.bulk_runs;
+        p.announced -= left;  // an exception stopped the submissions early
       }
       p.batch_cv.notify_all();
     }
-  } guard(*impl_);
+  } guard(*impl_, static_cast<int64_t>(inputs.size()));
   const size_t total = inputs.size();
   std::deque<std::future<ImageResult>> pending;
   size_t done = 0;
@@ -608,7 +663,8 @@ void Pipeline::run(std::vector<ImageInput> inputs, const RequestOptions& options
     r->input = std::move(in);
     r->opt = options;
     pending.push_back(r->promise.get_future());
-    impl_->enqueue(std::move(r), true);
+    --guard.left;
+    impl_->enqueue(std::move(r), true, true);
     // Hand over what is finished, in order, so results never pile up.
     while (!pending.empty() &&
            pending.front().wait_for(std::chrono::seconds(0)) == std::future_status::ready)

@@ -21,16 +21,6 @@ namespace facenet {
 
 namespace fs = std::filesystem;
 
-EmbeddingSpec embedding_spec(const Model& model) {
-  char hex[17];
-  std::snprintf(hex, sizeof(hex), "%016llx",
-                static_cast<unsigned long long>(model_fingerprint(model)));
-  EmbeddingSpec s;
-  s.model = model.graph.name + "/" + model.graph.variant + "#" + hex;
-  s.dim = static_cast<int>(model.embedding_dim());
-  return s;
-}
-
 std::string EncodedRows::source(size_t row) const {
   return faces[row].is_null() ? files[row].string()
                               : files[row].string() + "#" + faces[row]["face"].dump();

@@ -12,19 +12,16 @@
 #include <vector>
 
 #include "engine/backend/backend.h"
-#include "engine/search/gallery.h"
 #include "engine/image/image_io.h"
-#include "engine/search/knn.h"
+#include "engine/model/embedding_spec.h"
 #include "engine/model/model.h"
+#include "engine/search/gallery.h"
+#include "engine/search/knn.h"
 
 namespace facenet {
 
 // The tutorial's threshold on plain L2 distance.
 constexpr double kDefaultThreshold = 0.7;
-
-// Identifies the producing model in a gallery: graph name, variant and a fingerprint of the
-// weights, so embeddings of different weights under the same name never mix.
-EmbeddingSpec embedding_spec(const Model& model);
 
 // How the encoder's inputs are taken: as aligned face crops (none), or as raw photos whose
 // faces are detected and aligned the way the model file says (largest face / every face).

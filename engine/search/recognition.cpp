@@ -14,16 +14,6 @@
 
 namespace facenet {
 
-EmbeddingSpec embedding_spec(const Model& model) {
-  char hex[17];
-  std::snprintf(hex, sizeof(hex), "%016llx",
-                static_cast<unsigned long long>(model_fingerprint(model)));
-  EmbeddingSpec s;
-  s.model = model.graph.name + "/" + model.graph.variant + "#" + hex;
-  s.dim = static_cast<int>(model.embedding_dim());
-  return s;
-}
-
 nlohmann::json Verification::to_json() const {
   return {{"name", name},
           {"distance", distance},

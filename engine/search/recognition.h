@@ -10,18 +10,16 @@
 #include <vector>
 
 #include "engine/backend/backend.h"
+#include "engine/model/embedding_spec.h"
+#include "engine/model/model.h"
 #include "engine/search/gallery.h"
 #include "engine/search/knn.h"
-#include "engine/model/model.h"
 
 namespace facenet {
 
 // The tutorial's threshold on plain L2 distance.
 constexpr double kDefaultThreshold = 0.7;
 
-// Identifies the producing model in a gallery: graph name, variant and a fingerprint of the
-// weights, so embeddings of different weights under the same name never mix.
-EmbeddingSpec embedding_spec(const Model& model);
 
 struct Verification {
   std::string name;

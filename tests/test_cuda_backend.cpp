@@ -551,6 +551,25 @@ TEST(GpuPlans, TailsRunOnALargerPlanAndMatchCpu) {
   }
 }
 
+// A gallery index built on gpu_context() reserves its scratch in the context's workspace,
+// which the backend's convolutions use too. When that moves the workspace, the backend
+// re-captures its CUDA graph instead of replaying one that points at the freed buffer.
+TEST(GpuPlans, WorkspaceMovedThroughTheSharedContextIsFollowed) {
+  FN_REQUIRE_GPU();
+  const Model m = load_model(test::converted_model("openface"));
+  const int64_t n = 4;
+  const std::vector<float> x = random_tensor({n, 3, 96, 96}, 79, 0.0f, 1.0f).data;
+  BackendOptions opt;
+  opt.device = Device::kCuda;
+  auto gpu = make_cuda_backend(m, opt);
+  std::vector<float> want(n * 128), got(n * 128);
+  // Eager, capture, replay; then the workspace grows past the backend's 128 MiB and moves.
+  for (int run = 0; run < 3; ++run) gpu->forward(x.data(), n, want.data());
+  gpu->gpu_context()->reserve(std::size_t(512) << 20);
+  gpu->forward(x.data(), n, got.data());
+  EXPECT_LE(test::max_abs_diff(got.data(), want.data(), n * 128), 1e-6);
+}
+
 // encode_files through the CUDA pipeline gives the CPU path's callbacks and embeddings on the
 // happy-house photos, with unreadable files interleaved, batches that leave a partial last
 // one or exceed the file count, and twice per batch size (the second run replays graphs).

@@ -27,7 +27,18 @@ void ActivationArena::reserve_workspace(std::size_t bytes) {
   if (bytes <= workspace_bytes_) return;
   ctx_.reserve(bytes);
   workspace_bytes_ = bytes;
+  workspace_ = ctx_.workspace(bytes);
   ++generation_;
+}
+
+int ActivationArena::generation() {
+  // The context's workspace only grows, so workspace_bytes_ of it always exist.
+  const void* now = workspace_bytes_ > 0 ? ctx_.workspace(workspace_bytes_) : nullptr;
+  if (now != workspace_) {
+    workspace_ = now;
+    ++generation_;
+  }
+  return generation_;
 }
 
 TensorView4 ActivationArena::input(int64_t n) {

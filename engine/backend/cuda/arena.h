@@ -25,8 +25,10 @@ class ActivationArena {
   void ensure_capacity(int64_t n);
   // At least `bytes` of workspace in the context; growing it moves it (a new generation).
   void reserve_workspace(std::size_t bytes);
-  // Changes whenever a buffer a captured graph may have recorded moves (the growths above).
-  int generation() const { return generation_; }
+  // Changes whenever a buffer a captured graph may have recorded moves: the growths above,
+  // or the context's workspace moved by another user of the shared context (a gallery index
+  // built on Backend::gpu_context() reserves its own scratch there).
+  int generation();
 
   // The model input (compute dtype and layout), graph input shape.
   TensorView4 input(int64_t n);
@@ -54,6 +56,7 @@ class ActivationArena {
   int64_t capacity_ = 0;  // images the arena and I/O buffers hold
   int generation_ = 0;
   std::size_t workspace_bytes_ = 0;
+  const void* workspace_ = nullptr;  // where the context's workspace was last seen
   DeviceBuffer<unsigned char> arena_, input_;
   DeviceBuffer<float> output_;
 };

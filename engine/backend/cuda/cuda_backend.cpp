@@ -152,6 +152,8 @@ class CudaBackendImpl final : public CudaBackend, private StagingDevice {
     return staging_.lend(slots, capacity);
   }
 
+  GpuContext* gpu_context() override { return &ctx_; }
+
   void prepare(int64_t n, const float* x) override {
     Plan& p = plan_for(n);
     upload_input(x, n);

@@ -18,7 +18,7 @@ class StagingDevice {
  public:
   virtual int64_t bgr8_image_bytes() const = 0;  // H x W x 3
   virtual int64_t embedding_dim() const = 0;
-  // The stream the forward runs on.
+  // The stream the forward runs on (Backend::gpu_context()'s).
   virtual cudaStream_t compute_stream() const = 0;
   // The device half of a staged batch, on the compute stream: once `uploaded` has fired,
   // dev_bgr's n images -> model input, record `consumed` (dev_bgr may be refilled after it),

@@ -489,13 +489,59 @@ TEST(GpuStaged, SlotsInFlightTogetherKeepTheirOwnResults) {
   }
 }
 
+// device_output(s) is the slot's own device copy of its embeddings: work queued on the
+// backend's context stream after submit(s) reads them there, even after another slot's batch
+// (which overwrites the backend's output buffer) was submitted, and they are what output(s)
+// receives.
+TEST(GpuStaged, DeviceOutputIsEachSlotsOwnOnTheContextStream) {
+  FN_REQUIRE_GPU();
+  const Model m = load_model(test::converted_model("openface"));
+  const int64_t n = 3, bytes = 96 * 96 * 3, dim = 128;
+  std::mt19937 rng(73);
+  std::vector<uint8_t> bgr(2 * n * bytes);
+  for (auto& v : bgr) v = static_cast<uint8_t>(rng() & 0xff);
+  BackendOptions opt;
+  opt.device = Device::kCuda;
+  auto backend = make_cuda_backend(m, opt);
+  GpuContext* context = backend->gpu_context();
+  ASSERT_NE(context, nullptr);
+  EXPECT_EQ(context->stream(), backend->stream());
+  auto staged = backend->make_staged_encoder(2, n);
+  ASSERT_TRUE(staged);
+  ASSERT_NE(staged->device_output(0), nullptr);
+  ASSERT_NE(staged->device_output(1), nullptr);
+  EXPECT_NE(staged->device_output(0), staged->device_output(1));
+  for (int round = 0; round < 3; ++round) {  // eager, capture, replay of the CUDA graph
+    for (int s = 0; s < 2; ++s) {
+      std::memcpy(staged->input(s), bgr.data() + s * n * bytes, n * bytes);
+      staged->submit(s, n);
+    }
+    std::vector<float> seen(2 * n * dim);  // queued after both batches, no wait before
+    for (int s = 0; s < 2; ++s)
+      FN_GPU_CHECK(cudaMemcpyAsync(seen.data() + s * n * dim, staged->device_output(s),
+                                   n * dim * sizeof(float), cudaMemcpyDeviceToHost,
+                                   context->stream()));
+    context->synchronize();
+    bool slots_differ = false;
+    for (int s = 0; s < 2; ++s) {
+      staged->wait(s);
+      for (int64_t i = 0; i < n * dim; ++i)
+        ASSERT_EQ(seen[s * n * dim + i], staged->output(s)[i])
+            << "round " << round << ", slot " << s << ", value " << i;
+    }
+    for (int64_t i = 0; i < n * dim; ++i) slots_differ |= seen[i] != seen[n * dim + i];
+    EXPECT_TRUE(slots_differ) << "round " << round;
+  }
+}
+
 // Staging slots are allocated once and lent again: a later encoder that fits gets the same
 // pinned buffers, one that does not (or one asked for while the first is out) gets new ones,
 // and device_bytes() counts every set the backend holds.
 TEST(GpuStaged, SlotsAreReusedAndCounted) {
   FN_REQUIRE_GPU();
   const Model m = load_model(test::converted_model("openface"));
-  const std::size_t image = 96 * 96 * 3;
+  // Device bytes per image of a slot: its pixels and its embedding.
+  const std::size_t image = 96 * 96 * 3 + 128 * sizeof(float);
   BackendOptions opt;
   opt.device = Device::kCuda;
   auto backend = make_cuda_backend(m, opt);

@@ -186,14 +186,17 @@ class CudaBackendImpl final : public CudaBackend, private StagingDevice {
   cudaStream_t compute_stream() const override { return ctx_.stream(); }
 
   void enqueue_bgr8(const uint8_t* dev_bgr, int64_t n, cudaEvent_t uploaded, cudaEvent_t consumed,
-                    float* y, cudaEvent_t done) override {
+                    float* dev_y, float* y, cudaEvent_t done) override {
     Plan& p = plan_covering(n);
     cudaStream_t st = ctx_.stream();
     FN_GPU_CHECK(cudaStreamWaitEvent(st, uploaded, 0));
     convert_bgr8(dev_bgr, n);
     FN_GPU_CHECK(cudaEventRecord(consumed, st));
     execute(p);
-    arena_.copy_output(y, n, cudaMemcpyDeviceToHost, st);
+    // The slot keeps its own device copy: the next batch's forward overwrites the output.
+    arena_.copy_output(dev_y, n, cudaMemcpyDeviceToDevice, st);
+    FN_GPU_CHECK(cudaMemcpyAsync(y, dev_y, static_cast<size_t>(embedding_dim() * n) * sizeof(float),
+                                 cudaMemcpyDeviceToHost, st));
     FN_GPU_CHECK(cudaEventRecord(done, st));
   }
 

@@ -10,16 +10,19 @@
 
 namespace facenet {
 
-// One staging set. Per slot: pinned host input and output, a device copy of the input, three
-// events. Uploads run on the set's own stream so that one slot's upload overlaps the forward
-// of the batch before it; conversion, forward and download run on the backend's compute
-// stream, which serialises every use of its one input/arena/output set:
+// One staging set. Per slot: pinned host input and output, a device copy of the input, the
+// slot's device embeddings, three events. Uploads run on the set's own stream so that one
+// slot's upload overlaps the forward of the batch before it; conversion, forward and download
+// run on the backend's compute stream, which serialises every use of its one
+// input/arena/output set:
 //   copy stream:     wait consumed[s] -> H2D in[s] -> dev[s] -> record uploaded[s]
 //   compute stream:  wait uploaded[s] -> convert dev[s] -> record consumed[s] -> forward
-//                    -> D2H -> out[s] -> record done[s]
+//                    -> D2D -> dev_out[s] -> D2H -> out[s] -> record done[s]
 // wait(s) synchronises done[s], which follows the slot's upload and download: in[s] and
 // out[s] are then the host's again. An event not yet recorded is complete, so a fresh slot
-// neither waits nor blocks.
+// neither waits nor blocks. dev_out[s] is the slot's own (the backend's output buffer is
+// overwritten by the next batch), so work queued on the compute stream after submit(s) reads
+// the slot's embeddings there until its next submit.
 class CudaStaging final : public StagedEncoder {
  public:
   CudaStaging(StagingDevice& device, StagingCache& cache, int slots, int64_t capacity)
@@ -29,12 +32,14 @@ class CudaStaging final : public StagedEncoder {
         image_bytes_(device.bgr8_image_bytes()),
         copy_stream_(make_stream()) {
     const auto images = static_cast<std::size_t>(capacity);
+    const auto embeddings = images * static_cast<std::size_t>(device.embedding_dim());
     slots_.reserve(slots);
     for (int i = 0; i < slots; ++i) {
       Slot s;
       s.in = PinnedBuffer<uint8_t>(images * image_bytes_);
-      s.out = PinnedBuffer<float>(images * device.embedding_dim());
+      s.out = PinnedBuffer<float>(embeddings);
       s.dev.resize(images * image_bytes_);
+      s.dev_out.resize(embeddings);
       s.uploaded = make_event(cudaEventDisableTiming);
       s.consumed = make_event(cudaEventDisableTiming);
       s.done = make_event(cudaEventDisableTiming);
@@ -61,6 +66,7 @@ class CudaStaging final : public StagedEncoder {
   int64_t capacity() const override { return capacity_; }
   uint8_t* input(int slot) override { return slots_.at(slot).in.data(); }
   const float* output(int slot) const override { return slots_.at(slot).out.data(); }
+  const float* device_output(int slot) const override { return slots_.at(slot).dev_out.data(); }
 
   void submit(int slot, int64_t n) override {
     FN_ASSERT(n >= 1 && n <= capacity_);
@@ -70,8 +76,8 @@ class CudaStaging final : public StagedEncoder {
     FN_GPU_CHECK(
         cudaMemcpyAsync(s.dev.data(), s.in.data(), n * image_bytes_, cudaMemcpyHostToDevice, copy));
     FN_GPU_CHECK(cudaEventRecord(s.uploaded.get(), copy));
-    device_.enqueue_bgr8(s.dev.data(), n, s.uploaded.get(), s.consumed.get(), s.out.data(),
-                         s.done.get());
+    device_.enqueue_bgr8(s.dev.data(), n, s.uploaded.get(), s.consumed.get(), s.dev_out.data(),
+                         s.out.data(), s.done.get());
   }
 
   void wait(int slot) override { FN_GPU_CHECK(cudaEventSynchronize(slots_.at(slot).done.get())); }
@@ -81,12 +87,13 @@ class CudaStaging final : public StagedEncoder {
     PinnedBuffer<uint8_t> in;
     PinnedBuffer<float> out;
     DeviceBuffer<uint8_t> dev;
+    DeviceBuffer<float> dev_out;
     UniqueEvent uploaded, consumed, done;
   };
 
   std::size_t device_bytes() const {
     std::size_t bytes = 0;
-    for (const Slot& s : slots_) bytes += s.dev.bytes();
+    for (const Slot& s : slots_) bytes += s.dev.bytes() + s.dev_out.bytes();
     return bytes;
   }
 
@@ -111,6 +118,7 @@ class StagingLease final : public StagedEncoder {
   int64_t capacity() const override { return capacity_; }
   uint8_t* input(int slot) override { return staging_->input(slot); }
   const float* output(int slot) const override { return staging_->output(slot); }
+  const float* device_output(int slot) const override { return staging_->device_output(slot); }
   void submit(int slot, int64_t n) override {
     FN_ASSERT(n >= 1 && n <= capacity_);
     staging_->submit(slot, n);

@@ -22,9 +22,9 @@ class StagingDevice {
   virtual cudaStream_t compute_stream() const = 0;
   // The device half of a staged batch, on the compute stream: once `uploaded` has fired,
   // dev_bgr's n images -> model input, record `consumed` (dev_bgr may be refilled after it),
-  // forward, n x embedding_dim floats -> y (pinned host), record `done`.
+  // forward, n x embedding_dim floats -> dev_y (device) -> y (pinned host), record `done`.
   virtual void enqueue_bgr8(const uint8_t* dev_bgr, int64_t n, cudaEvent_t uploaded,
-                            cudaEvent_t consumed, float* y, cudaEvent_t done) = 0;
+                            cudaEvent_t consumed, float* dev_y, float* y, cudaEvent_t done) = 0;
 
  protected:
   ~StagingDevice() = default;

@@ -489,13 +489,59 @@ TEST(GpuStaged, SlotsInFlightTogetherKeepTheirOwnResults) {
   }
 }
 
+// device_output(s) is the slot's own device copy of its embeddings: work queued on the
+// backend's context stream after submit(s) reads them there, even after another slot's batch
+// (which overwrites the backend's output buffer) was submitted, and they are what output(s)
+// receives.
+TEST(GpuStaged, DeviceOutputIsEachSlotsOwnOnTheContextStream) {
+  FN_REQUIRE_GPU();
+  const Model m = load_model(test::converted_model("openface"));
+  const int64_t n = 3, bytes = 96 * 96 * 3, dim = 128;
+  std::mt19937 rng(73);
+  std::vector<uint8_t> bgr(2 * n * bytes);
+  for (auto& v : bgr) v = static_cast<uint8_t>(rng() & 0xff);
+  BackendOptions opt;
+  opt.device = Device::kCuda;
+  auto backend = make_cuda_backend(m, opt);
+  GpuContext* context = backend->gpu_context();
+  ASSERT_NE(context, nullptr);
+  EXPECT_EQ(context->stream(), backend->stream());
+  auto staged = backend->make_staged_encoder(2, n);
+  ASSERT_TRUE(staged);
+  ASSERT_NE(staged->device_output(0), nullptr);
+  ASSERT_NE(staged->device_output(1), nullptr);
+  EXPECT_NE(staged->device_output(0), staged->device_output(1));
+  for (int round = 0; round < 3; ++round) {  // eager, capture, replay of the CUDA graph
+    for (int s = 0; s < 2; ++s) {
+      std::memcpy(staged->input(s), bgr.data() + s * n * bytes, n * bytes);
+      staged->submit(s, n);
+    }
+    std::vector<float> seen(2 * n * dim);  // queued after both batches, no wait before
+    for (int s = 0; s < 2; ++s)
+      FN_GPU_CHECK(cudaMemcpyAsync(seen.data() + s * n * dim, staged->device_output(s),
+                                   n * dim * sizeof(float), cudaMemcpyDeviceToHost,
+                                   context->stream()));
+    context->synchronize();
+    bool slots_differ = false;
+    for (int s = 0; s < 2; ++s) {
+      staged->wait(s);
+      for (int64_t i = 0; i < n * dim; ++i)
+        ASSERT_EQ(seen[s * n * dim + i], staged->output(s)[i])
+            << "round " << round << ", slot " << s << ", value " << i;
+    }
+    for (int64_t i = 0; i < n * dim; ++i) slots_differ |= seen[i] != seen[n * dim + i];
+    EXPECT_TRUE(slots_differ) << "round " << round;
+  }
+}
+
 // Staging slots are allocated once and lent again: a later encoder that fits gets the same
 // pinned buffers, one that does not (or one asked for while the first is out) gets new ones,
 // and device_bytes() counts every set the backend holds.
 TEST(GpuStaged, SlotsAreReusedAndCounted) {
   FN_REQUIRE_GPU();
   const Model m = load_model(test::converted_model("openface"));
-  const std::size_t image = 96 * 96 * 3;
+  // Device bytes per image of a slot: its pixels and its embedding.
+  const std::size_t image = 96 * 96 * 3 + 128 * sizeof(float);
   BackendOptions opt;
   opt.device = Device::kCuda;
   auto backend = make_cuda_backend(m, opt);
@@ -549,6 +595,25 @@ TEST(GpuPlans, TailsRunOnALargerPlanAndMatchCpu) {
     EXPECT_EQ(gpu->planned_batches(), plans) << "after a batch of " << n;
     EXPECT_LE(test::max_abs_diff(got.data(), want.data(), n * 128), 1e-4) << "batch " << n;
   }
+}
+
+// A gallery index built on gpu_context() reserves its scratch in the context's workspace,
+// which the backend's convolutions use too. When that moves the workspace, the backend
+// re-captures its CUDA graph instead of replaying one that points at the freed buffer.
+TEST(GpuPlans, WorkspaceMovedThroughTheSharedContextIsFollowed) {
+  FN_REQUIRE_GPU();
+  const Model m = load_model(test::converted_model("openface"));
+  const int64_t n = 4;
+  const std::vector<float> x = random_tensor({n, 3, 96, 96}, 79, 0.0f, 1.0f).data;
+  BackendOptions opt;
+  opt.device = Device::kCuda;
+  auto gpu = make_cuda_backend(m, opt);
+  std::vector<float> want(n * 128), got(n * 128);
+  // Eager, capture, replay; then the workspace grows past the backend's 128 MiB and moves.
+  for (int run = 0; run < 3; ++run) gpu->forward(x.data(), n, want.data());
+  gpu->gpu_context()->reserve(std::size_t(512) << 20);
+  gpu->forward(x.data(), n, got.data());
+  EXPECT_LE(test::max_abs_diff(got.data(), want.data(), n * 128), 1e-6);
 }
 
 // encode_files through the CUDA pipeline gives the CPU path's callbacks and embeddings on the

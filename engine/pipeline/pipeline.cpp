@@ -103,6 +103,7 @@ struct Request {
   std::vector<float> out;                 // chips x dim, filled by the batcher
   int64_t pending = 0;                    // chips not yet encoded (batcher thread only)
   uint64_t seq = 0;                       // submission order
+  bool matched = false;                   // kIdentify done on the device (identify_on_device)
 };
 using RequestPtr = std::shared_ptr<Request>;
 
@@ -467,6 +468,7 @@ struct Pipeline::Impl {
       if (in_slot[s].empty()) return;
       try {
         staged->wait(s);
+        identify_on_device(in_slot[s], staged->device_output(s));
         scatter(in_slot[s], staged->output(s));
       } catch (const std::exception& e) {
         fail_batch(in_slot[s], e.what());
@@ -501,6 +503,36 @@ struct Pipeline::Impl {
     }
   }
 
+  // kIdentify requests whose every chip is in this batch, one chip per face, are searched on
+  // the GPU from the slot's device embeddings: no device -> host -> device hop. The others
+  // (mirror/jitter average on the host; a request split over two batches) search from the
+  // host in finish().
+  void identify_on_device(const std::vector<ChipRef>& batch, const float* device_rows) {
+    if (!device_rows) return;
+    std::shared_ptr<Identifier> g;
+    {
+      std::lock_guard<std::mutex> lock(mu);
+      g = gallery;
+    }
+    if (!g || !g->on_gpu()) return;
+    std::map<Request*, std::vector<int64_t>> rows;  // request -> its chips' batch rows
+    for (size_t i = 0; i < batch.size(); ++i) {
+      Request& r = *batch[i].req;
+      if (r.opt.task == Task::kIdentify && r.views == 1 && r.result.ok())
+        rows[&r].push_back(static_cast<int64_t>(i));
+    }
+    for (auto& [r, pick] : rows) {
+      if (static_cast<int64_t>(pick.size()) != r->chips) continue;  // split over batches
+      try {
+        auto found = g->identify_device(device_rows, pick, r->opt.k, threshold_of(r->opt));
+        for (size_t f = 0; f < found.size(); ++f) r->result.faces[f].match = std::move(found[f]);
+        r->matched = true;
+      } catch (const std::exception&) {
+        // finish() searches from the host and reports the failure against this request only
+      }
+    }
+  }
+
   void fail_batch(const std::vector<ChipRef>& batch, const std::string& why) {
     for (const ChipRef& c : batch) {
       Request& r = *c.req;
@@ -523,7 +555,7 @@ struct Pipeline::Impl {
     if (r.result.ok()) {
       try {
         embed(r);
-        if (r.opt.task == Task::kIdentify) identify(r);
+        if (r.opt.task == Task::kIdentify && !r.matched) identify(r);
       } catch (const std::exception& e) {
         fail_request(r, InputStatus::kFailed, r.result.name + ": " + e.what());
       }

@@ -11,11 +11,13 @@
 // previous one runs on the device.
 #include "engine/pipeline/pipeline.h"
 
+#include "engine/pipeline/request.h"
+
 #include <algorithm>
 #include <chrono>
-#include <cstdint>
 #include <cmath>
 #include <condition_variable>
+#include <cstdint>
 #include <cstring>
 #include <deque>
 #include <map>
@@ -31,88 +33,6 @@ namespace facenet {
 
 namespace fs = std::filesystem;
 using Clock = std::chrono::steady_clock;
-
-ImageInput ImageInput::file(fs::path path) {
-  ImageInput in;
-  in.kind_ = Kind::kFile;
-  in.name_ = path.string();
-  in.path_ = std::move(path);
-  return in;
-}
-
-ImageInput ImageInput::bytes(std::vector<uint8_t> data, std::string name) {
-  ImageInput in;
-  in.kind_ = Kind::kBytes;
-  in.name_ = std::move(name);
-  in.bytes_ = std::move(data);
-  return in;
-}
-
-ImageInput ImageInput::pixels(const PixelView& view, std::string name) {
-  ImageInput in;
-  in.kind_ = Kind::kPixels;
-  in.name_ = std::move(name);
-  try {
-    in.pixels_ = to_bgr8(view, in.name_);
-  } catch (const Error& e) {
-    in.invalid_ = e.what();
-  }
-  return in;
-}
-
-std::vector<ImageInput> file_inputs(const std::vector<std::string>& args) {
-  std::vector<ImageInput> out;
-  for (auto& p : expand_inputs(args)) out.push_back(ImageInput::file(std::move(p)));
-  return out;
-}
-
-const char* status_name(InputStatus s) {
-  switch (s) {
-    case InputStatus::kOk:
-      return "ok";
-    case InputStatus::kUnreadable:
-      return "unreadable";
-    case InputStatus::kUndecodable:
-      return "undecodable";
-    case InputStatus::kBusy:
-      return "busy";
-    case InputStatus::kFailed:
-      return "failed";
-  }
-  return "?";
-}
-
-namespace {
-
-// An input that could not be used: the status to report and the message.
-struct InputError {
-  InputStatus status;
-  std::string message;
-};
-
-struct Request {
-  ImageInput input;
-  RequestOptions opt;
-  std::promise<ImageResult> promise;
-  std::function<void(ImageResult)> done;  // set: called instead of the promise
-  ImageResult result;
-  int views = 1;                          // chips per face
-  int64_t chips = 0;                      // faces * views
-  std::vector<float> in_f32;              // chips x per_image floats (forward path)
-  std::vector<uint8_t> in_u8;             // chips x H x W x 3 BGR (staged path)
-  std::vector<float> out;                 // chips x dim, filled by the batcher
-  int64_t pending = 0;                    // chips not yet encoded (batcher thread only)
-  uint64_t seq = 0;                       // submission order
-  bool matched = false;                   // kIdentify done on the device (identify_on_device)
-};
-using RequestPtr = std::shared_ptr<Request>;
-
-struct ChipRef {
-  RequestPtr req;
-  int64_t index = 0;  // chip within the request
-};
-
-}  // namespace
 
 struct Pipeline::Impl {
   PipelineOptions opt;
@@ -133,15 +53,15 @@ struct Pipeline::Impl {
   // that order, so the same inputs make the same batches (and the same bits) run after run.
   struct Queued {
     RequestPtr req;
-    int64_t next = 0;        // its first chip not yet batched
-    Clock::time_point since; // when it was prepared
+    int64_t next = 0;         // its first chip not yet batched
+    Clock::time_point since;  // when it was prepared
   };
   std::map<uint64_t, Queued> queued;
   int64_t queued_chips = 0;
   std::set<uint64_t> in_prep;  // requests queued for a worker or being prepared
   uint64_t next_seq = 0;
   int in_flight = 0;
-  int bulk_runs = 0;  // run() calls active: batches wait to be full rather than max_delay
+  int bulk_runs = 0;      // run() calls active: batches wait to be full rather than max_delay
   int64_t announced = 0;  // inputs run() has yet to submit: more chips are coming
   bool stopping = false;
   std::shared_ptr<Identifier> gallery;
@@ -267,33 +187,6 @@ struct Pipeline::Impl {
     }
   }
 
-  static void fail_request(Request& r, InputStatus s, std::string message) {
-    r.result.status = s;
-    r.result.error = std::move(message);
-    r.result.faces.clear();
-    r.chips = 0;
-  }
-
-  Bgr8Image decode(ImageInput& in) const {
-    if (in.kind_ == ImageInput::Kind::kPixels) {
-      if (!in.invalid_.empty()) throw InputError{InputStatus::kUndecodable, in.invalid_};
-      return std::move(in.pixels_);
-    }
-    std::vector<uint8_t> bytes;
-    if (in.kind_ == ImageInput::Kind::kFile) {
-      try {
-        bytes = read_file_bytes(in.path_);
-      } catch (const Error& e) {
-        throw InputError{InputStatus::kUnreadable, e.what()};
-      }
-    }
-    try {
-      return decode_bgr8(in.kind_ == ImageInput::Kind::kFile ? bytes : in.bytes_, in.name_);
-    } catch (const Error& e) {
-      throw InputError{InputStatus::kUndecodable, e.what()};
-    }
-  }
-
 #ifdef FACENET_HAS_DLIB
   const FaceModels& face_models() {
     std::lock_guard<std::mutex> lock(faces_mu);
@@ -305,73 +198,15 @@ struct Pipeline::Impl {
 #endif
 
   void prepare(Request& r) {
-    ImageResult& res = r.result;
-    res.name = r.input.name();
     if (r.opt.task != Task::kDetect && !backend)
       throw InputError{InputStatus::kFailed,
-                       res.name + ": this pipeline has no model (detection only)"};
-    const Bgr8Image img = decode(r.input);
-    r.input = ImageInput();  // the encoded bytes are no longer needed
-    res.width = img.width;
-    res.height = img.height;
-    const FaceOptions& fo = r.opt.faces;
-    std::vector<std::vector<Bgr8Image>> chips;  // per face
-    if (fo.detector == DetectorKind::kNone) {
-      FaceResult f;
-      f.face.box = {0, 0, img.width - 1, img.height - 1};
-      res.faces.push_back(std::move(f));
-      if (r.opt.task != Task::kDetect) chips.push_back({img});
-    } else {
-#ifndef FACENET_HAS_DLIB
-      throw InputError{InputStatus::kFailed,
-                       res.name + ": this build has no face detection (built without dlib)"};
+                       r.input.name() + ": this pipeline has no model (detection only)"};
+    ChipLayout layout{&model.graph, spec, per_image, image_bytes, dim, staged != nullptr};
+#ifdef FACENET_HAS_DLIB
+    prepare_request(r, layout, [this]() -> const FaceModels& { return face_models(); });
 #else
-      FoundFaces found = find_faces(face_models(), img, fo);
-      res.off_centre_seen = found.off_centre_seen;
-      for (auto& f : found.faces) {
-        FaceResult fr;
-        fr.face = std::move(f.face);
-        fr.fallback = f.fallback;
-        fr.cnn = f.cnn;
-        res.faces.push_back(std::move(fr));
-      }
-      if (r.opt.task != Task::kDetect && !res.faces.empty()) {
-        const Alignment a = model_alignment(model.graph);
-        const std::string base = fs::path(res.name).filename().string();
-        for (size_t i = 0; i < res.faces.size(); ++i)
-          chips.push_back(
-              face_chips(img, res.faces[i].face, a, fo, base + "#" + std::to_string(i)));
-      }
+    prepare_request(r, layout, nullptr);
 #endif
-    }
-    if (r.opt.task == Task::kDetect) return;
-    if (r.opt.task == Task::kAlign) {
-      for (size_t i = 0; i < chips.size(); ++i) res.faces[i].chips = std::move(chips[i]);
-      return;
-    }
-    r.views = fo.detector == DetectorKind::kNone ? 1 : views_per_face(fo);
-    r.chips = static_cast<int64_t>(chips.size()) * r.views;
-    int64_t k = 0;
-    if (staged)
-      r.in_u8.resize(r.chips * image_bytes);
-    else
-      r.in_f32.resize(r.chips * per_image);
-    for (const auto& face_chips : chips) {
-      for (const Bgr8Image& c : face_chips) {
-        if (staged) {
-          const Bgr8Image sized = c.height == spec.height && c.width == spec.width
-                                      ? c
-                                      : resize_bilinear(c, spec.height, spec.width);
-          std::memcpy(r.in_u8.data() + k * image_bytes, sized.pixels.data(), image_bytes);
-        } else {
-          bgr8_to_input(c.pixels.data(), c.height, c.width, spec, r.in_f32.data() + k * per_image);
-        }
-        ++k;
-      }
-    }
-    FN_ASSERT(k == r.chips);
-    r.out.resize(r.chips * dim);
-    r.pending = r.chips;
   }
 
   // ---- batching (the batcher thread) ------------------------------------------------------
@@ -406,8 +241,7 @@ struct Pipeline::Impl {
         ready = settled >= opt.max_batch || flush || jammed;
         any_order = flush || (jammed && settled < opt.max_batch);
       } else {
-        ready = queued_chips >= opt.max_batch || flush ||
-                (some && Clock::now() >= oldest + delay);
+        ready = queued_chips >= opt.max_batch || flush || (some && Clock::now() >= oldest + delay);
         any_order = true;
       }
       if (ready) break;
@@ -419,9 +253,8 @@ struct Pipeline::Impl {
     }
     const uint64_t bound = any_order || in_prep.empty() ? UINT64_MAX : *in_prep.begin();
     std::vector<ChipRef> batch;
-    for (auto it = queued.begin();
-         it != queued.end() && it->first < bound &&
-         static_cast<int64_t>(batch.size()) < opt.max_batch;) {
+    for (auto it = queued.begin(); it != queued.end() && it->first < bound &&
+                                   static_cast<int64_t>(batch.size()) < opt.max_batch;) {
       Queued& q = it->second;
       while (q.next < q.req->chips && static_cast<int64_t>(batch.size()) < opt.max_batch)
         batch.push_back({q.req, q.next++});
@@ -490,8 +323,8 @@ struct Pipeline::Impl {
       deliver_slot(next);
       uint8_t* dst = staged->input(next);
       for (size_t i = 0; i < batch.size(); ++i)
-        std::memcpy(dst + i * image_bytes, batch[i].req->in_u8.data() + batch[i].index * image_bytes,
-                    image_bytes);
+        std::memcpy(dst + i * image_bytes,
+                    batch[i].req->in_u8.data() + batch[i].index * image_bytes, image_bytes);
       try {
         staged->submit(next, static_cast<int64_t>(batch.size()));
       } catch (const std::exception& e) {
@@ -554,7 +387,7 @@ struct Pipeline::Impl {
   void finish(Request& r) {
     if (r.result.ok()) {
       try {
-        embed(r);
+        embed_faces(r, dim, normalised);
         if (r.opt.task == Task::kIdentify && !r.matched) identify(r);
       } catch (const std::exception& e) {
         fail_request(r, InputStatus::kFailed, r.result.name + ": " + e.what());
@@ -564,26 +397,6 @@ struct Pipeline::Impl {
     r.in_u8 = {};
     r.out = {};
     complete(r);
-  }
-
-  // A face's embedding is the mean of its chips' (one unless mirrored or jittered), re-normalised
-  // when the model ends in an L2 normalisation.
-  void embed(Request& r) const {
-    const int views = r.views;
-    for (size_t f = 0; f < r.result.faces.size(); ++f) {
-      std::vector<float>& e = r.result.faces[f].embedding;
-      e.assign(dim, 0.f);
-      for (int v = 0; v < views; ++v) {
-        const float* row = r.out.data() + (f * views + v) * dim;
-        for (int64_t j = 0; j < dim; ++j) e[j] += row[j] / views;
-      }
-      if (views > 1 && normalised) {
-        double ss = 0;
-        for (float x : e) ss += static_cast<double>(x) * x;
-        if (ss > 0)
-          for (auto& x : e) x = static_cast<float>(x / std::sqrt(ss));
-      }
-    }
   }
 
   void identify(Request& r) {

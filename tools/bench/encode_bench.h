@@ -2,7 +2,7 @@
 // timed in the same run: PyTorch (tools/peer_torch.py) on the same model file and, on the CPU,
 // ONNX Runtime and OpenVINO (tools/peer_onnx.py) on our ONNX export of it; each result says
 // ours / the best peer. On cuda: model-only timed with CUDA events on device-resident input,
-// plus end-to-end from encoded JPEG bytes in memory through encode_files's pipeline (CPU
+// plus end-to-end from encoded JPEG bytes in memory through the front door (engine/pipeline) (CPU
 // decode overlapped with GPU conversion and forward) with the decode rate alone, and device
 // memory.
 #pragma once

@@ -14,7 +14,7 @@
 
 namespace facenet {
 
-// make_staged_encoder() gives the asynchronous form of forward_bgr8 that encode_files
+// make_staged_encoder() gives the asynchronous form of forward_bgr8 that the pipeline
 // pipelines: pinned host slots, uploads on their own stream overlapping the previous batch's
 // forward, one event per slot to wait on.
 class CudaBackend : public Backend {

@@ -33,7 +33,7 @@ class StagingDevice {
 class CudaStaging;
 
 // The staging sets of one backend. lend() hands out the cached set when it fits (same slot
-// count, capacity at least the one asked for), so repeated encode_files calls allocate no
+// count, capacity at least the one asked for), so repeated pipelines and runs allocate no
 // pinned memory; otherwise it allocates a new set. A set given back (drained) is kept unless
 // the cached one has as many slots and holds more images.
 class StagingCache {

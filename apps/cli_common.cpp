@@ -9,6 +9,7 @@ PipelineOptions PipelineArgs::options() const {
   o.backend.threads = threads;
   o.backend.precision = precision;
   o.max_batch = batch;
+  o.workers = threads;  // --threads bounds the preparing threads too (0: one per core)
   o.dlib_models = dlib_models;
   o.defaults = request();
   return o;

@@ -56,9 +56,9 @@ bool CapturedForward::capture(cudaStream_t stream, int generation,
   }
   if (!why.empty()) {
     cudaGetLastError();
-    failed_ = true;
-    std::fprintf(stderr, "facenet: CUDA graph capture failed for batch %lld, running eagerly: %s\n",
-                 static_cast<long long>(batch_), why.c_str());
+    failed_ = true;  // the library never prints: the reason is kept for failure()
+    failure_ = "CUDA graph capture failed for batch " + std::to_string(batch_) +
+               ", running eagerly: " + why;
     return false;
   }
   graph_.reset(exec);

@@ -6,6 +6,7 @@
 
 #include <cstdint>
 #include <functional>
+#include <string>
 #include <memory>
 #include <type_traits>
 
@@ -34,6 +35,8 @@ class CapturedForward {
   // `generation`, else captures or runs `steps` (which enqueues the forward eagerly on
   // `stream`; a capture records what it enqueues).
   void run(cudaStream_t stream, int generation, const std::function<void()>& steps);
+  // Why capture failed and the plan runs eagerly; empty while graphs work.
+  const std::string& failure() const { return failure_; }
 
  private:
   bool capture(cudaStream_t stream, int generation, const std::function<void()>& steps);
@@ -44,6 +47,7 @@ class CapturedForward {
   int generation_ = -1;  // buffer generation the graph was captured against
   int eager_runs_ = 0;
   bool failed_ = false;
+  std::string failure_;
 };
 
 }  // namespace facenet

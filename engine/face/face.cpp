@@ -1,9 +1,11 @@
-// Names of alignments and detectors, and where dlib's model files are looked for.
+// Names of alignments, detectors and face choices, and where dlib's model files are looked for
+// (built with or without dlib).
 #include "engine/face/face.h"
 
 #include <cstdlib>
 
 #include "engine/core/error.h"
+#include "engine/face/find_faces.h"
 
 namespace facenet {
 
@@ -24,6 +26,13 @@ Alignment model_alignment(const Graph& g) {
   const auto& a = g.preprocess.at("alignment");
   if (!a.is_string()) fail("model '", g.name, "': preprocess.alignment must be a string");
   return parse_alignment(a.get<std::string>());
+}
+
+FacePick parse_face_pick(const std::string& s) {
+  if (s == "largest") return FacePick::kLargest;
+  if (s == "all") return FacePick::kAll;
+  if (s == "centre" || s == "center") return FacePick::kCentre;
+  fail("unknown face choice '", s, "' (expected largest, all or centre)");
 }
 
 DetectorKind parse_detector(const std::string& s) {

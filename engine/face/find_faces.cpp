@@ -8,17 +8,6 @@
 
 namespace facenet {
 
-FacePick parse_face_pick(const std::string& s) {
-  if (s == "largest") return FacePick::kLargest;
-  if (s == "all") return FacePick::kAll;
-  if (s == "centre" || s == "center") return FacePick::kCentre;
-  fail("unknown face choice '", s, "' (expected largest, all or centre)");
-}
-
-int views_per_face(const FaceOptions& opt) {
-  return opt.jitter > 0 ? opt.jitter : opt.mirror ? 2 : 1;
-}
-
 FaceModels::FaceModels(const std::filesystem::path& dir)
     : dir_(dir),
       landmarks_(dir),

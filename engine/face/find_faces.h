@@ -35,7 +35,9 @@ struct FaceOptions {
 };
 
 // Chips a face is encoded from: 1, 2 with mirror, or `jitter`.
-int views_per_face(const FaceOptions& opt);
+inline int views_per_face(const FaceOptions& opt) {
+  return opt.jitter > 0 ? opt.jitter : opt.mirror ? 2 : 1;
+}
 
 struct FoundFace {
   Face face;

@@ -43,8 +43,10 @@ struct Pipeline::Impl {
   int64_t per_image = 0, image_bytes = 0, dim = 0;
   bool normalised = false;
 
+#ifdef FACENET_HAS_DLIB
   std::mutex faces_mu;
   std::unique_ptr<FaceModels> faces;  // loaded by the first request that detects
+#endif
 
   mutable std::mutex mu;
   std::condition_variable work_cv, batch_cv, space_cv;

@@ -135,7 +135,7 @@ nlohmann::json agreement_json(const TripletResult& ours, const nlohmann::json& p
 }
 
 // Our result against the CPU reference on the same inputs (--check on cuda).
-nlohmann::json check_json(const TripletResult& ours, const Inputs& in, int64_t batch, int64_t dim,
+[[maybe_unused]] nlohmann::json check_json(const TripletResult& ours, const Inputs& in, int64_t batch, int64_t dim,
                           Mining mode, const TripletOptions& o) {
   const TripletResult ref = triplet_loss(in.e.data(), batch, dim, in.labels, mode, o);
   double diff2 = 0, ref2 = 0;

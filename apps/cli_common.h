@@ -8,13 +8,12 @@
 #include <filesystem>
 #include <iostream>
 #include <string>
+#include <vector>
+
+#include "engine/pipeline/pipeline.h"
 
 namespace facenet::cli {
 
-inline constexpr const char* kCnnRetryHelp =
-    "With --align: where the HOG detector finds no face, retry with dlib's CNN detector "
-    "(finds profile, blurred and occluded faces; ~0.1 s for a 250x250 photo on 2 cores, growing "
-    "with the pixel count)";
 inline constexpr const char* kJitterHelp =
     "Encode N randomly jittered copies of each face (dlib's jitter_image: small "
     "rotation/zoom/shift, random mirror) and average them; N times the encoding work, "
@@ -43,9 +42,24 @@ class Progress {
   bool enabled_, shown_ = false;
 };
 
-// Names a skipped file on stderr without breaking the progress line's layout.
+// The options every command that reads images shares, and the pipeline they make.
+struct PipelineArgs {
+  std::string model, device = "cpu", precision = "fp32", align = "none", detector = "hog";
+  std::string dlib_models;
+  int batch = 64, threads = 0, upsample = 0, jitter = 0;
+  PipelineOptions options() const;  // the pipeline options and default request these say
+  RequestOptions request() const;
+};
+
+// --model (unless `with_model` is false), --device, --precision, --batch, --threads, --align
+// (with `default_align` named as the usual choice), --detector, --upsample, --jitter,
+// --dlib-models.
+void add_pipeline_options(CLI::App* c, PipelineArgs& a, const char* default_align,
+                          bool with_model = true);
+
+// Names a skipped input on stderr without breaking the progress line's layout.
 inline auto report_skipped(const char* command, Progress& progress) {
-  return [command, &progress](const std::filesystem::path&, const std::string& reason) {
+  return [command, &progress](const std::string&, const std::string& reason) {
     progress.break_line();
     std::cerr << "facenet " << command << ": skipped " << reason << "\n";
   };

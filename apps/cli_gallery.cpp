@@ -4,6 +4,7 @@
 #include "apps/cli_common.h"
 #include "engine/core/error.h"
 #include "engine/search/gallery.h"
+#include "engine/pipeline/enroll.h"
 #include "engine/search/recognition.h"
 
 namespace facenet::cli {
@@ -13,14 +14,13 @@ namespace fs = std::filesystem;
 namespace {
 
 struct Common {
-  std::string gallery, model, device = "cpu";
+  std::string gallery;
+  PipelineArgs p;
   double threshold = -1;  // < 0: the model's own (preprocess.threshold), else 0.7
-  AlignOptions align;
 };
 
-double threshold_for(const Common& o, const Encoder& e) {
-  return o.threshold >= 0 ? o.threshold
-                          : e.model().graph.preprocess.value("threshold", kDefaultThreshold);
+double threshold_for(const Common& o, const Pipeline& p) {
+  return o.threshold >= 0 ? o.threshold : p.default_threshold();
 }
 
 void add_gallery_option(CLI::App* c, Common& o) {
@@ -28,33 +28,16 @@ void add_gallery_option(CLI::App* c, Common& o) {
 }
 
 void add_model_options(CLI::App* c, Common& o, const char* default_pick) {
-  c->add_option("--model", o.model, "Model file (.safetensors)")->required();
-  c->add_option("--device", o.device, "cpu | cuda")
-      ->check(CLI::IsMember({"cpu", "cuda"}))
-      ->capture_default_str();
-  o.align.pick = "none";
-  c->add_option("--align", o.align.pick,
-                std::string("none: images are aligned face crops; largest | all: raw photos, "
-                            "faces detected and aligned as the model file says (") +
-                    default_pick + " is the usual choice here)")
-      ->check(CLI::IsMember({"none", "largest", "all"}))
-      ->capture_default_str();
-  c->add_option("--dlib-models", o.align.dlib_models, "With --align: folder of dlib's models");
-  c->add_option("--upsample", o.align.upsample, "With --align: detector upsampling (0-3)")
-      ->capture_default_str();
-  c->add_flag("--cnn-retry", o.align.retry_cnn, kCnnRetryHelp);
-  c->add_option("--jitter", o.align.jitter, kJitterHelp)->check(CLI::Range(0, 1000));
+  add_pipeline_options(c, o.p, "none");
+  c->get_option("--align")
+      ->description(std::string("none: images are aligned face crops; largest | all: raw photos, "
+                                "faces detected and aligned as the model file says (") +
+                    default_pick + " is the usual choice here)");
 }
 
 void add_threshold_option(CLI::App* c, Common& o, const char* what) {
   c->add_option("--threshold", o.threshold,
                 std::string(what) + " (plain L2; default: the model's own, else 0.7)");
-}
-
-BackendOptions backend_options(const Common& o) {
-  BackendOptions b;
-  b.device = parse_device(o.device);
-  return b;
 }
 
 void print_stats(const GalleryStats& s, const std::string& path) {
@@ -139,17 +122,18 @@ void add_enroll(CLI::App& app, int& exit_code) {
       fail("enroll needs either --name <name> <images...> or --from-dirs <root>");
     if (*create && !fs::exists(o->gallery)) Gallery::create(o->gallery);
     Gallery gal = Gallery::open(o->gallery, GalleryMode::kWrite);
-    Encoder encoder(o->model, backend_options(*o), o->align);
+    Pipeline pipeline(o->p.model, o->p.options());
     Progress progress("enrolling", true);
     auto on_error = report_skipped("enroll", progress);
     size_t failures = 0;
-    auto counting = [&](const fs::path& p, const std::string& why) {
+    auto counting = [&](const std::string& input, const std::string& why) {
       ++failures;
-      on_error(p, why);
+      on_error(input, why);
     };
     if (!from_dirs->empty()) {
-      const BulkReport r = enroll_from_dirs(gal, encoder, *from_dirs, on_error,
-                                            [&](size_t d, size_t t) { progress.update(d, t); });
+      const BulkReport r =
+          enroll_from_dirs(gal, pipeline, *from_dirs, o->p.request(), on_error,
+                           [&](size_t d, size_t t) { progress.update(d, t); });
       progress.break_line();
       std::cout << nlohmann::json({{"people", r.people},
                                    {"embeddings", r.embeddings},
@@ -160,7 +144,8 @@ void add_enroll(CLI::App& app, int& exit_code) {
       if (r.failed_files || r.skipped_people) exit_code = 1;
       return;
     }
-    const Identity id = enroll_images(gal, encoder, *name, expand_inputs(*images), counting);
+    const Identity id =
+        enroll_images(gal, pipeline, *name, file_inputs(*images), o->p.request(), counting);
     std::cout
         << nlohmann::json({{"name", id.name}, {"id", id.id}, {"embeddings", id.embeddings}}).dump()
         << "\n";
@@ -168,15 +153,22 @@ void add_enroll(CLI::App& app, int& exit_code) {
   });
 }
 
-// Encodes the probe images (skipped ones are named on stderr and counted).
-EncodedRows encode_probes(Encoder& encoder, const std::vector<std::string>& args,
-                          const char* command, size_t& skipped) {
+// Runs the probe images through the pipeline (skipped ones are named on stderr and counted).
+std::vector<ImageResult> run_probes(Pipeline& pipeline, const RequestOptions& request,
+                                    const std::vector<std::string>& args, const char* command,
+                                    size_t& skipped) {
   Progress progress(command, false);
   auto report = report_skipped(command, progress);
-  return encoder.encode(expand_inputs(args), [&](const fs::path& p, const std::string& why) {
-    ++skipped;
-    report(p, why);
+  std::vector<ImageResult> out;
+  pipeline.run(file_inputs(args), request, [&](ImageResult& r) {
+    if (!r.ok() || r.faces.empty()) {
+      ++skipped;
+      report(r.name, r.ok() ? "no face found in " + r.name : r.error);
+      return;
+    }
+    out.push_back(std::move(r));
   });
+  return out;
 }
 
 void add_verify(CLI::App& app, int& exit_code) {
@@ -194,13 +186,13 @@ void add_verify(CLI::App& app, int& exit_code) {
       "(not squared) distance to the person's nearest enrolled embedding.");
   v->callback([=, &exit_code] {
     Gallery gal = Gallery::open(o->gallery, GalleryMode::kRead);
-    Encoder encoder(o->model, backend_options(*o), o->align);
+    Pipeline pipeline(o->p.model, o->p.options());
     gal.find_identity(*name);  // unknown name: fail before encoding
     size_t skipped = 0;
-    const EncodedRows probe = encode_probes(encoder, {*image}, "verify", skipped);
-    if (probe.rows() == 0) fail("verify: no usable face in ", *image);
-    std::cout << verify(gal, encoder.spec(), *name, probe.embeddings.data(),
-                        threshold_for(*o, encoder))
+    const auto probe = run_probes(pipeline, o->p.request(), {*image}, "verify", skipped);
+    if (probe.empty()) fail("verify: no usable face in ", *image);
+    std::cout << verify(gal, pipeline.spec(), *name, probe[0].faces[0].embedding.data(),
+                        threshold_for(*o, pipeline))
                      .to_json()
                      .dump()
               << "\n";
@@ -225,18 +217,22 @@ void add_identify(CLI::App& app, int& exit_code) {
       "distance (plain L2), threshold and the top-k identities with their distances.");
   id->callback([=, &exit_code] {
     Gallery gal = Gallery::open(o->gallery, GalleryMode::kRead);
-    Encoder encoder(o->model, backend_options(*o), o->align);
-    Identifier identifier(gal.load_all(encoder.spec().model), parse_device(o->device));
+    Pipeline pipeline(o->p.model, o->p.options());
+    pipeline.set_gallery(gal.load_all(pipeline.spec().model));
+    RequestOptions request = o->p.request();
+    request.task = Task::kIdentify;
+    request.k = *k;
+    request.threshold = threshold_for(*o, pipeline);
+    const bool crops = request.faces.detector == DetectorKind::kNone;
     size_t skipped = 0;
-    const EncodedRows probes = encode_probes(encoder, *images, "identify", skipped);
-    const double threshold = threshold_for(*o, encoder);
-    const auto results = identifier.identify(probes.embeddings.data(),
-                                             static_cast<int64_t>(probes.rows()), *k, threshold);
-    for (size_t i = 0; i < results.size(); ++i) {
-      nlohmann::json line = {{"image", probes.files[i].string()}};
-      if (!probes.faces[i].is_null()) line.update(probes.faces[i]);
-      line.update(results[i].to_json(threshold));
-      std::cout << line.dump() << "\n";
+    for (const ImageResult& r : run_probes(pipeline, request, *images, "identify", skipped)) {
+      for (size_t i = 0; i < r.faces.size(); ++i) {
+        const FaceBox& b = r.faces[i].face.box;
+        nlohmann::json line = {{"image", r.name}};
+        if (!crops) line.update({{"face", i}, {"box", {b.left, b.top, b.right, b.bottom}}});
+        line.update(r.faces[i].match->to_json(request.threshold));
+        std::cout << line.dump() << "\n";
+      }
     }
     exit_code = skipped ? 1 : 0;
   });

@@ -8,8 +8,9 @@
 #include "apps/cli_faces.h"
 #endif
 #include "engine/backend/backend.h"
+#include "engine/face/face.h"
+#include "engine/pipeline/pipeline.h"
 #include "engine/model/convert_openface.h"
-#include "engine/pipeline/encode.h"
 #include "tools/bench/encode_bench.h"
 #include "engine/core/error.h"
 #include "engine/model/model.h"
@@ -108,102 +109,75 @@ void add_info(CLI::App& app) {
 
 // ---- encode --------------------------------------------------------------------------------
 struct EncodeArgs {
-  std::string model, device = "cpu", format = "jsonl", output, precision = "fp32";
-  std::string align = "none", dlib_models;
-  int batch = 64, threads = 0, upsample = 0, jitter = 0;
-  bool retry_cnn = false;
+  cli::PipelineArgs p;
+  std::string format = "jsonl", output;
   std::vector<std::string> inputs;
 };
 
 int run_encode(const EncodeArgs& a) {
-  if (a.align != "none") {
-#ifndef FACENET_HAS_DLIB
-    fail("--align ", a.align, ": this build has no face detection (built without dlib)");
-#else
-    cli::PhotoEncodeArgs p;
-    p.model = a.model;
-    p.align = a.align;
-    p.dlib_models = a.dlib_models;
-    p.format = a.format;
-    p.output = a.output;
-    p.backend.device = parse_device(a.device);
-    p.backend.threads = a.threads;
-    p.backend.precision = a.precision;
-    p.batch = a.batch;
-    p.upsample = a.upsample;
-    p.jitter = a.jitter;
-    p.retry_cnn = a.retry_cnn;
-    p.inputs = a.inputs;
-    return cli::run_encode_photos(p);
-#endif
-  }
   EmbeddingWriter writer(a.format, a.output);
-  const Model model = load_model(a.model);
-  BackendOptions bo;
-  bo.device = parse_device(a.device);
-  bo.threads = a.threads;
-  bo.precision = a.precision;
-  auto backend = make_backend(model, bo);
-  const auto files = expand_inputs(a.inputs);
-  if (files.empty()) fail("no images found in the given inputs");
-
-  const int64_t dim = model.embedding_dim();
-  cli::Progress progress("encoding", files.size() > static_cast<size_t>(a.batch));
-  EncodeCallbacks cb;
-  cb.on_batch = [&](const std::vector<fs::path>& paths, const std::vector<float>& emb) {
-    for (size_t i = 0; i < paths.size(); ++i)
-      writer.add({{"image", paths[i].string()}}, paths[i].string(), emb.data() + i * dim, dim);
-    writer.flush();  // what is done is kept even if a later batch fails hard
-  };
-  cb.on_error = cli::report_skipped("encode", progress);
-  cb.on_progress = [&](size_t done, size_t total) { progress.update(done, total); };
-  const EncodeStats stats =
-      encode_files(*backend, input_spec(model.graph), dim, files, a.batch, cb);
+  Pipeline pipeline(a.p.model, a.p.options());
+  const RequestOptions request = a.p.request();
+  const bool crops = request.faces.detector == DetectorKind::kNone;
+  if (!crops) model_alignment(pipeline.model().graph);  // fail early: the model names none
+  auto inputs = file_inputs(a.inputs);
+  if (inputs.empty()) fail("no images found in the given inputs");
+  const size_t total = inputs.size();
+  const int64_t dim = pipeline.dim();
+  cli::Progress progress(crops ? "encoding" : "encoding photos",
+                         total > static_cast<size_t>(a.p.batch));
+  size_t failed = 0, faces = 0, no_face = 0;
+  pipeline.run(
+      std::move(inputs), request,
+      [&](ImageResult& r) {
+        if (!r.ok()) {
+          ++failed;
+          progress.break_line();
+          std::cerr << "facenet encode: skipped " << r.error << "\n";
+          return;
+        }
+        if (r.faces.empty()) {
+          ++no_face;
+          progress.break_line();
+          std::cerr << "facenet encode: no face found in " << r.name << "\n";
+        }
+        for (size_t i = 0; i < r.faces.size(); ++i, ++faces) {
+          const FaceResult& f = r.faces[i];
+          if (crops) {
+            writer.add({{"image", r.name}}, r.name, f.embedding.data(), dim);
+          } else {
+            const FaceBox& b = f.face.box;
+            writer.add({{"image", r.name}, {"face", i}, {"box", {b.left, b.top, b.right, b.bottom}}},
+                       r.name + "#" + std::to_string(i), f.embedding.data(), dim);
+          }
+        }
+        writer.flush();  // what is done is kept even if a later input fails hard
+      },
+      [&](size_t done, size_t n) { progress.update(done, n); });
   progress.break_line();
   writer.finish(dim);
-  if (stats.failed) {
-    std::cerr << "facenet encode: " << stats.failed << " of " << files.size()
-              << " file(s) could not be encoded; " << stats.encoded << " encoded\n";
-    return 1;
+  if (crops) {
+    if (failed)
+      std::cerr << "facenet encode: " << failed << " of " << total
+                << " file(s) could not be encoded; " << faces << " encoded\n";
+  } else {
+    std::cerr << "facenet encode: " << total << " photo(s), " << faces << " face(s) encoded, "
+              << no_face << " without a face, " << failed << " unreadable\n";
   }
-  return 0;
+  return failed ? 1 : 0;
 }
 
 void add_encode(CLI::App& app, int& exit_code) {
   auto* enc = app.add_subcommand(
       "encode", "Encode faces (aligned crops, or raw photos with --align) into embeddings");
   auto a = std::make_shared<EncodeArgs>();
-  enc->add_option("--model", a->model, "Model file (.safetensors)")->required();
-  enc->add_option("--device", a->device, "cpu | cuda | cpu-reference (slow oracle)")
-      ->check(CLI::IsMember({"cpu", "cuda", "cpu-reference"}))
-      ->capture_default_str();
-  enc->add_option("--precision", a->precision,
-                  "fp32 | bf16 (cpu: where the CPU has bf16 instructions) | fp16 (cuda)")
-      ->check(CLI::IsMember({"fp32", "fp16", "bf16"}))
-      ->capture_default_str();
-  enc->add_option("--batch", a->batch, "Images per forward pass")
-      ->check(CLI::PositiveNumber)
-      ->capture_default_str();
-  enc->add_option("--threads", a->threads, "CPU threads (0 = all cores)")->capture_default_str();
+  cli::add_pipeline_options(enc, a->p, "none");
   enc->add_option("--format", a->format,
                   "jsonl: one {\"image\", \"embedding\"} line per image; npy: N x D float32 .npy "
                   "plus <out>.paths.txt listing the rows")
       ->check(CLI::IsMember({"jsonl", "npy"}))
       ->capture_default_str();
   enc->add_option("-o,--output", a->output, "Output file (default: jsonl on stdout)");
-  enc->add_option("--align", a->align,
-                  "none: inputs are aligned crops; largest | all: inputs are raw photos, faces "
-                  "are detected (dlib HOG) and aligned as the model file says")
-      ->check(CLI::IsMember({"none", "largest", "all"}))
-      ->capture_default_str();
-  enc->add_option("--dlib-models", a->dlib_models,
-                  "With --align: folder of dlib's landmark models (default: $FACENET_DLIB_MODELS "
-                  "or weights/cache/dlib)");
-  enc->add_option("--upsample", a->upsample, "With --align: detector upsampling (0-3)")
-      ->check(CLI::Range(0, 3))
-      ->capture_default_str();
-  enc->add_flag("--cnn-retry", a->retry_cnn, cli::kCnnRetryHelp);
-  enc->add_option("--jitter", a->jitter, cli::kJitterHelp)->check(CLI::Range(0, 1000));
   enc->add_option("inputs", a->inputs, "Image files and/or directories (searched recursively)")
       ->required();
   enc->footer(

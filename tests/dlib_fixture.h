@@ -1,5 +1,5 @@
 // dlib ResNet test material: the converted model file and dlib-aligned 150x150 LFW chips.
-// With dlib in the build both are made here (converted from weights/cache/dlib, aligned from
+// With dlib in the build both are made here (converted from dlib's fetched .dat, aligned from
 // the shared LFW copy); a machine without dlib (the GPU device) takes them ready-made from
 // $FACENET_DLIB_MODEL and $FACENET_DLIB_CHIPS, which tools/device_prepare.sh writes.
 #pragma once
@@ -18,8 +18,10 @@
 #include "tests/test_util.h"
 
 #if FACENET_HAS_DLIB
-#include "engine/face/face_align.h"
-#include "engine/image/image_cv.h"
+#include <opencv2/core.hpp>
+
+#include "engine/face/align.h"
+#include "engine/face/find_faces.h"
 #include "engine/model/dlib_resnet.h"
 #endif
 
@@ -55,17 +57,18 @@ inline std::vector<cv::Mat> lfw_chips(size_t n) {
   std::vector<std::filesystem::path> people;
   for (const auto& e : std::filesystem::directory_iterator(root)) people.push_back(e.path());
   std::sort(people.begin(), people.end());
-  FaceAligner aligner;
+  const FaceModels models;
   std::vector<cv::Mat> chips;
   for (const auto& dir : people) {
     if (chips.size() == n) break;
     std::vector<std::filesystem::path> files;
     for (const auto& e : std::filesystem::directory_iterator(dir)) files.push_back(e.path());
     std::sort(files.begin(), files.end());
-    const cv::Mat img = read_image(files.front());
-    const auto faces = aligner.detect(img);
-    if (faces.empty()) continue;
-    chips.push_back(FaceAligner::align(img, faces.front(), Alignment::kDlibChip150));
+    const Bgr8Image img = read_bgr8_image(files.front());
+    const FoundFaces found = find_faces(models, img, FaceOptions{});
+    if (found.faces.empty()) continue;
+    Bgr8Image chip = align_face(img, found.faces.front().face, Alignment::kDlibChip150);
+    chips.push_back(cv::Mat(chip.height, chip.width, CV_8UC3, chip.pixels.data()).clone());
   }
   EXPECT_EQ(chips.size(), n);
   return chips;

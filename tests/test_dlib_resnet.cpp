@@ -6,7 +6,7 @@
 #include <cstdlib>
 
 #include "engine/backend/backend.h"
-#include "engine/image/image_cv.h"
+#include "engine/image/image_io.h"
 #include "engine/model/dlib_resnet.h"
 #include "tests/dlib_fixture.h"
 
@@ -27,7 +27,7 @@ std::vector<float> to_inputs(const Model& m, const std::vector<cv::Mat>& chips) 
   const int64_t per = element_count(m.graph.input_shape);
   std::vector<float> x(per * chips.size());
   for (size_t i = 0; i < chips.size(); ++i)
-    image_to_input(chips[i], "chip", spec, x.data() + i * per);
+    bgr8_to_input(chips[i].data, chips[i].rows, chips[i].cols, spec, x.data() + i * per);
   return x;
 }
 

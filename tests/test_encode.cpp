@@ -1,6 +1,7 @@
-// The encode pipelines: the staged (double-buffered) one against the float one on real files
-// with failures interleaved, through a fake device that defers its work to wait(), so that a
-// pipeline that reads a slot early or refills it while in flight gets wrong answers.
+// The front door's two encode paths: the staged (double-buffered, CUDA's) one and the float
+// one (CPU backends), on real files with failures interleaved, through fake backends; the
+// staged fake defers its work to wait(), so a pipeline that reads a slot early or refills it
+// while in flight gets wrong answers.
 #include <unistd.h>
 
 #include <algorithm>
@@ -10,7 +11,7 @@
 #include <string>
 #include <vector>
 
-#include "engine/pipeline/encode.h"
+#include "engine/pipeline/pipeline.h"
 #include "engine/image/image_io.h"
 #include "tests/test_util.h"
 
@@ -107,32 +108,41 @@ class FakeFloatBackend final : public Backend {
   InputSpec spec_;
 };
 
-// Everything the callbacks saw, in order.
-struct Log {
-  std::vector<std::string> events;
-  std::vector<std::string> encoded;  // paths of on_batch, flattened
-  std::vector<float> embeddings;
-  EncodeCallbacks callbacks() {
-    EncodeCallbacks cb;
-    cb.on_batch = [this](const std::vector<fs::path>& paths, const std::vector<float>& emb) {
-      EXPECT_EQ(emb.size(), paths.size() * kDim);
-      std::string e = "batch";
-      for (const auto& p : paths) e += " " + p.filename().string(), encoded.push_back(p.string());
-      events.push_back(e);
-      embeddings.insert(embeddings.end(), emb.begin(), emb.end());
-    };
-    cb.on_error = [this](const fs::path& p, const std::string& why) {
-      EXPECT_NE(why.find(p.string()), std::string::npos) << why;
-      events.push_back("error " + p.filename().string());
-    };
-    cb.on_progress = [this](size_t done, size_t total) {
-      events.push_back("progress " + std::to_string(done) + "/" + std::to_string(total));
-    };
-    return cb;
+// A backend whose staged path is DeferredStaged (what the CUDA backend offers), and whose
+// forward() must not be called.
+class FakeStagedBackend final : public Backend {
+ public:
+  explicit FakeStagedBackend(const InputSpec& spec, DeferredStaged** made)
+      : spec_(spec), made_(made) {}
+  std::string name() const override { return "fake staged"; }
+  void forward(const float*, int64_t, float*) override {
+    ADD_FAILURE() << "the pipeline must use the staged path when there is one";
   }
+  std::unique_ptr<StagedEncoder> make_staged_encoder(int slots, int64_t capacity) override {
+    auto s = std::make_unique<DeferredStaged>(spec_, slots, capacity);
+    *made_ = s.get();
+    return s;
+  }
+
+ private:
+  InputSpec spec_;
+  DeferredStaged** made_;
 };
 
-class StagedPipeline : public ::testing::Test {
+// A model whose input rule is spec's and whose embeddings have kDim values (the fakes above
+// compute them; the graph itself never runs).
+Model fake_model() {
+  Model m;
+  m.graph.name = "fake";
+  m.graph.input = "x";
+  m.graph.input_shape = {3, 96, 96};
+  m.graph.nodes.push_back(make_dense("fc", "x", static_cast<int>(kDim)));
+  m.graph.output = "fc";
+  m.shapes = {Shape{kDim}};  // what validate_model would infer
+  return m;
+}
+
+class PipelineEncodePaths : public ::testing::Test {
  protected:
   void SetUp() override {
     dir_ = fs::temp_directory_path() / ("facenet-encode-" + std::to_string(getpid()));
@@ -149,15 +159,50 @@ class StagedPipeline : public ::testing::Test {
   }
   void TearDown() override { fs::remove_all(dir_); }
 
-  // The expected embedding of every file that decodes, one by one.
-  std::vector<float> expected(const std::vector<std::string>& paths) const {
+  std::vector<ImageInput> inputs() const {
+    std::vector<ImageInput> in;
+    for (const auto& f : files_) in.push_back(ImageInput::file(f));
+    return in;
+  }
+
+  static RequestOptions crops() {
+    RequestOptions r;
+    r.faces.detector = DetectorKind::kNone;
+    return r;
+  }
+
+  // The expected embedding of one file, decoded on its own.
+  std::vector<float> expected(const fs::path& path) const {
     std::vector<uint8_t> bgr(3 * spec_.height * spec_.width);
-    std::vector<float> out(paths.size() * kDim);
-    for (size_t i = 0; i < paths.size(); ++i) {
-      load_image_bgr8(paths[i], spec_, bgr.data());
-      fake_embedding(bgr.data(), spec_, out.data() + i * kDim);
-    }
+    std::vector<float> out(kDim);
+    load_image_bgr8(path, spec_, bgr.data());
+    fake_embedding(bgr.data(), spec_, out.data());
     return out;
+  }
+
+  // Every file's result, in input order, against what it must be.
+  void check(const std::vector<ImageResult>& got) const {
+    ASSERT_EQ(got.size(), files_.size());
+    size_t encoded = 0;
+    for (size_t i = 0; i < files_.size(); ++i) {
+      const ImageResult& r = got[i];
+      EXPECT_EQ(r.name, files_[i].string());
+      const std::string f = files_[i].filename().string();
+      if (f.rfind("missing", 0) == 0) {
+        EXPECT_EQ(r.status, InputStatus::kUnreadable) << f;
+      } else if (f == "empty.jpg" || f == "text.jpg") {
+        EXPECT_EQ(r.status, InputStatus::kUndecodable) << f;
+      } else {
+        ASSERT_TRUE(r.ok()) << r.error;
+        ASSERT_EQ(r.faces.size(), 1u);
+        EXPECT_EQ(r.faces[0].embedding, expected(files_[i])) << f;
+        ++encoded;
+        continue;
+      }
+      EXPECT_NE(r.error.find(files_[i].string()), std::string::npos) << r.error;
+      EXPECT_TRUE(r.faces.empty());
+    }
+    EXPECT_EQ(encoded, 7u);
   }
 
   InputSpec spec_;  // 3 x 96 x 96, scale 1/255, RGB
@@ -165,71 +210,69 @@ class StagedPipeline : public ::testing::Test {
   std::vector<fs::path> files_;
 };
 
-// Same callbacks in the same order, same stats, same embeddings as the float path, for
-// batches that divide the files or not, one image, and more than there are files.
-TEST_F(StagedPipeline, MatchesFloatPathCallbackForCallback) {
-  for (int slots : {1, 2, 3})
-    for (int batch : {1, 2, 3, 4, 11, 64}) {
-      SCOPED_TRACE("slots " + std::to_string(slots) + ", batch " + std::to_string(batch));
-      FakeFloatBackend backend(spec_);
-      Log want, got;
-      const EncodeStats a = encode_files(backend, spec_, kDim, files_, batch, want.callbacks());
-      DeferredStaged staged(spec_, slots, std::min<int64_t>(batch, files_.size()));
-      const EncodeStats b = encode_staged(staged, spec_, kDim, files_, batch, got.callbacks());
-      EXPECT_EQ(a.encoded, 7u);
-      EXPECT_EQ(a.failed, 4u);
-      EXPECT_EQ(b.encoded, a.encoded);
-      EXPECT_EQ(b.failed, a.failed);
-      EXPECT_EQ(got.events, want.events);
-      ASSERT_EQ(got.embeddings.size(), got.encoded.size() * kDim);
-      EXPECT_EQ(got.embeddings, expected(got.encoded));
-      EXPECT_EQ(want.embeddings, got.embeddings);
-      // Every batch keeps its size (failures are padded, not compacted): only the full size
-      // and the last remainder reach the device, each its own plan.
-      for (size_t k = 0; k < staged.sizes.size(); ++k)
-        EXPECT_TRUE(staged.sizes[k] == std::min<int64_t>(batch, files_.size()) ||
-                    staged.sizes[k] == static_cast<int64_t>(files_.size() % batch))
-            << staged.sizes[k];
+// The float path (CPU backends) and the staged 8-bit path (CUDA) give every file its own
+// result, bad files their status, in order, for batches that divide the files or not, one
+// chip, and more chips than there are files; and the staged path never refills a slot in
+// flight (DeferredStaged checks) nor submits an empty or oversized batch.
+TEST_F(PipelineEncodePaths, FloatAndStagedPathsGiveEveryFileItsResult) {
+  for (int batch : {1, 2, 3, 4, 11, 64})
+    for (int workers : {1, 3}) {
+      SCOPED_TRACE("batch " + std::to_string(batch) + ", workers " + std::to_string(workers));
+      PipelineOptions po;
+      po.max_batch = batch;
+      po.workers = workers;
+      Pipeline flt(fake_model(), std::make_unique<FakeFloatBackend>(spec_), po);
+      check(flt.run(inputs(), crops()));
+      DeferredStaged* staged = nullptr;
+      {
+        Pipeline stg(fake_model(), std::make_unique<FakeStagedBackend>(spec_, &staged), po);
+        ASSERT_NE(staged, nullptr);
+        EXPECT_EQ(staged->slots(), 2);
+        check(stg.run(inputs(), crops()));
+        int64_t chips = 0;
+        for (int64_t n : staged->sizes) {
+          EXPECT_TRUE(n >= 1 && n <= batch) << n;
+          chips += n;
+        }
+        EXPECT_EQ(chips, 7);  // only decoded files reach the device
+        const PipelineStats st = stg.stats();
+        EXPECT_EQ(st.chips, 7);
+        EXPECT_EQ(st.in_flight, 0);
+      }
     }
 }
 
-// A batch where every file fails is reported but never submitted; the others go on.
-TEST_F(StagedPipeline, AllFailedBatchIsReportedNotSubmitted) {
-  const std::vector<fs::path> files = {files_[0], dir_ / "empty.jpg", dir_ / "text.jpg", files_[2]};
-  DeferredStaged staged(spec_, 2, 1);
-  Log got;
-  const EncodeStats s = encode_staged(staged, spec_, kDim, files, 1, got.callbacks());
-  EXPECT_EQ(s.encoded, 2u);
-  EXPECT_EQ(s.failed, 2u);
-  EXPECT_EQ(staged.sizes, (std::vector<int64_t>{1, 1}));
-  const std::vector<std::string> events = {
-      "batch andrew.jpg", "progress 1/4", "error empty.jpg",    "progress 2/4",
-      "error text.jpg",   "progress 3/4", "batch danielle.png", "progress 4/4"};
-  EXPECT_EQ(got.events, events);
-}
-
-// The benchmark's route: items decoded by a caller's function instead of from disk.
-TEST_F(StagedPipeline, CallerDecoderReplacesFiles) {
-  const std::vector<fs::path> names(5, "item");
-  DeferredStaged staged(spec_, 2, 2);
-  Log got;
-  const EncodeStats s = encode_staged(
-      staged, spec_, kDim, names, 2, got.callbacks(), [&](size_t i, unsigned char* out) {
-        if (i == 3) fail("item: number ", i, " is bad");
-        std::fill_n(out, 3 * spec_.height * spec_.width, static_cast<unsigned char>(i));
-      });
-  EXPECT_EQ(s.encoded, 4u);
-  EXPECT_EQ(s.failed, 1u);
-  ASSERT_EQ(got.embeddings.size(), 4 * kDim);
-  const float per_channel = 96.0f * 96.0f;
-  const float items[] = {0, 1, 2, 4};
-  for (int k = 0; k < 4; ++k) EXPECT_EQ(got.embeddings[k * kDim], items[k] * per_channel) << k;
-}
-
-TEST_F(StagedPipeline, RejectsSlotsSmallerThanTheBatch) {
-  DeferredStaged staged(spec_, 2, 2);
-  test::expect_error([&] { encode_staged(staged, spec_, kDim, files_, 4, EncodeCallbacks{}); },
-                     {"2 images", "--batch 4"});
+// Encoded bytes and pixel buffers (BGR, and RGB with padded rows) give the file's embedding.
+TEST_F(PipelineEncodePaths, BytesAndPixelsEqualTheFile) {
+  Pipeline p(fake_model(), std::make_unique<FakeFloatBackend>(spec_));
+  const fs::path file = files_[3];  // adams.jpg: resized to the input
+  const std::vector<uint8_t> bytes = read_file_bytes(file);
+  const Bgr8Image img = read_bgr8_image(file);
+  const int64_t stride = 3 * img.width + 5;
+  std::vector<uint8_t> rgb(stride * img.height, 0);
+  for (int y = 0; y < img.height; ++y)
+    for (int x = 0; x < img.width; ++x)
+      for (int c = 0; c < 3; ++c)
+        rgb[y * stride + 3 * x + c] = img.pixels[(y * img.width + x) * 3 + 2 - c];
+  std::vector<ImageInput> in;
+  in.push_back(ImageInput::file(file));
+  in.push_back(ImageInput::bytes(bytes, "upload.jpg"));
+  in.push_back(ImageInput::pixels({img.pixels.data(), img.height, img.width, 0, PixelOrder::kBgr},
+                                  "bgr"));
+  in.push_back(ImageInput::pixels({rgb.data(), img.height, img.width, stride, PixelOrder::kRgb},
+                                  "rgb"));
+  in.push_back(ImageInput::pixels({rgb.data(), img.height, img.width, 3, PixelOrder::kRgb},
+                                  "short-stride"));
+  const auto got = p.run(std::move(in), crops());
+  ASSERT_EQ(got.size(), 5u);
+  for (int i = 0; i < 4; ++i) {
+    ASSERT_TRUE(got[i].ok()) << got[i].error;
+    EXPECT_EQ(got[i].faces.at(0).embedding, expected(file)) << got[i].name;
+  }
+  EXPECT_EQ(got[1].name, "upload.jpg");
+  EXPECT_EQ(got[4].status, InputStatus::kUndecodable);
+  EXPECT_NE(got[4].error.find("short-stride"), std::string::npos) << got[4].error;
+  EXPECT_NE(got[4].error.find("stride"), std::string::npos) << got[4].error;
 }
 
 // The 8-bit route's input is load_image's, byte for byte once converted by the input rule:

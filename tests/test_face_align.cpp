@@ -3,9 +3,10 @@
 #include <opencv2/imgproc.hpp>
 
 #include "engine/core/error.h"
-#include "engine/face/face_align.h"
-#include "engine/image/image_cv.h"
-#include "engine/pipeline/encode_faces.h"
+#include "engine/face/align.h"
+#include "engine/face/find_faces.h"
+#include "engine/image/image_io.h"
+#include "engine/pipeline/pipeline.h"
 #include "tests/model_fixture.h"
 #include "tests/test_util.h"
 
@@ -14,6 +15,41 @@ namespace {
 
 std::filesystem::path example(const std::string& name) {
   return test::shared_path("data/openface-examples/images/examples") / name;
+}
+
+Bgr8Image read_image(const std::filesystem::path& p) {
+  return read_bgr8_image(p);
+}
+
+Bgr8Image from_mat(const cv::Mat& m) {
+  Bgr8Image out;
+  out.height = m.rows;
+  out.width = m.cols;
+  const cv::Mat packed = m.isContinuous() ? m : m.clone();
+  out.pixels.assign(packed.data, packed.data + packed.total() * 3);
+  return out;
+}
+
+cv::Mat as_mat(const Bgr8Image& img) {
+  return cv::Mat(img.height, img.width, CV_8UC3, const_cast<unsigned char*>(img.pixels.data()))
+      .clone();
+}
+
+const FaceModels& models() {
+  static const FaceModels m;
+  return m;
+}
+
+// Every face one detector finds at `upsample`, largest first, with landmarks.
+std::vector<Face> detect(const Bgr8Image& img, int upsample = 0,
+                         DetectorKind detector = DetectorKind::kHog) {
+  FaceOptions o;
+  o.detector = detector;
+  o.pick = FacePick::kAll;
+  o.upsample = upsample;
+  std::vector<Face> out;
+  for (auto& f : find_faces(models(), img, o).faces) out.push_back(std::move(f.face));
+  return out;
 }
 
 #define FN_REQUIRE_LANDMARK_MODELS()                                         \
@@ -31,8 +67,7 @@ std::filesystem::path example(const std::string& name) {
 // corners within 15 px.
 TEST(FaceAlign, LennonBoxMatchesOpenFaceReference) {
   FN_REQUIRE_LANDMARK_MODELS();
-  const FaceAligner aligner;
-  const auto faces = aligner.detect(read_image(example("lennon-1.jpg")), 1);
+  const auto faces = detect(read_image(example("lennon-1.jpg")), 1);
   ASSERT_EQ(faces.size(), 1u);
   const FaceBox& b = faces[0].box;
   EXPECT_EQ(b.width(), 1006 - 341 + 1);
@@ -51,8 +86,7 @@ TEST(FaceAlign, LennonBoxMatchesOpenFaceReference) {
 
 TEST(FaceAlign, TwoFacePhotoGivesTwoFacesLargestFirst) {
   FN_REQUIRE_LANDMARK_MODELS();
-  const FaceAligner aligner;
-  const auto faces = aligner.detect(read_image(example("longoria-cooper.jpg")));
+  const auto faces = detect(read_image(example("longoria-cooper.jpg")));
   ASSERT_EQ(faces.size(), 2u);
   EXPECT_GE(faces[0].box.area(), faces[1].box.area());
   // Longoria is on the left, Cooper on the right (SOURCE.md).
@@ -62,31 +96,28 @@ TEST(FaceAlign, TwoFacePhotoGivesTwoFacesLargestFirst) {
 
 TEST(FaceAlign, NoFaceImageGivesNoFaces) {
   FN_REQUIRE_LANDMARK_MODELS();
-  const FaceAligner aligner;
-  cv::Mat blank(300, 400, CV_8UC3, cv::Scalar(90, 140, 200));
-  cv::circle(blank, {200, 150}, 60, cv::Scalar(20, 20, 20), 5);  // shapes, not a face
-  EXPECT_TRUE(aligner.detect(blank).empty());
-  EXPECT_TRUE(aligner.detect(blank, 1).empty());
+  cv::Mat mat(300, 400, CV_8UC3, cv::Scalar(90, 140, 200));
+  cv::circle(mat, {200, 150}, 60, cv::Scalar(20, 20, 20), 5);  // shapes, not a face
+  const Bgr8Image blank = from_mat(mat);
+  EXPECT_TRUE(detect(blank).empty());
+  EXPECT_TRUE(detect(blank, 1).empty());
 }
 
 // The 150x150 dlib chip of a photo's only face (empty when it holds none or several).
-cv::Mat dlib_chip(const std::filesystem::path& photo) {
-  const FaceAligner aligner;
-  const cv::Mat img = read_image(photo);
-  const auto faces = aligner.detect(img);
-  return faces.size() == 1 ? FaceAligner::align(img, faces[0], Alignment::kDlibChip150) : cv::Mat();
+Bgr8Image dlib_chip(const std::filesystem::path& photo) {
+  const Bgr8Image img = read_image(photo);
+  const auto faces = detect(img);
+  return faces.size() == 1 ? align_face(img, faces[0], Alignment::kDlibChip150) : Bgr8Image();
 }
 
 TEST(FaceAlign, ChipsHaveTheModelSizesAndHoldContent) {
   FN_REQUIRE_LANDMARK_MODELS();
-  const FaceAligner aligner;
-  const cv::Mat img = read_image(example("clapton-2.jpg"));
-  const auto faces = aligner.detect(img);
+  const Bgr8Image img = read_image(example("clapton-2.jpg"));
+  const auto faces = detect(img);
   ASSERT_EQ(faces.size(), 1u);
-  const cv::Mat chip = FaceAligner::align(img, faces[0], Alignment::kDlibChip150);
+  const cv::Mat chip = as_mat(align_face(img, faces[0], Alignment::kDlibChip150));
   EXPECT_EQ(chip.size(), cv::Size(150, 150));
-  EXPECT_EQ(chip.type(), CV_8UC3);
-  const cv::Mat of = FaceAligner::align(img, faces[0], Alignment::kOpenFace96);
+  const cv::Mat of = as_mat(align_face(img, faces[0], Alignment::kOpenFace96));
   EXPECT_EQ(of.size(), cv::Size(96, 96));
   // OpenFace's examples-aligned/clapton-2.png came from an older AlignDlib (a tighter crop),
   // so it is no pixel target (SOURCE.md); both crops must simply hold image content.
@@ -103,12 +134,11 @@ TEST(FaceAlign, ChipsHaveTheModelSizesAndHoldContent) {
 // the face, centred as LFW's faces are, with a box of the HOG boxes' size (~100 px).
 TEST(FaceAlign, CnnDetectorFindsTheFaceHogMisses) {
   FN_REQUIRE_LANDMARK_MODELS();
-  const FaceAligner aligner;
-  const cv::Mat img =
+  const Bgr8Image img =
       read_image(test::shared_path("data/lfw/lfw-deepfunneled/Jelena_Dokic/Jelena_Dokic_0004.jpg"));
-  EXPECT_TRUE(aligner.detect(img, 0).empty());
-  EXPECT_TRUE(aligner.detect(img, 1).empty());
-  const auto faces = aligner.detect_cnn(img, 1);
+  EXPECT_TRUE(detect(img, 0).empty());
+  EXPECT_TRUE(detect(img, 1).empty());
+  const auto faces = detect(img, 1, DetectorKind::kCnn);
   ASSERT_GE(faces.size(), 1u);
   const FaceBox& b = faces[0].box;
   EXPECT_NEAR((b.left + b.right) / 2.0, 125, 30);
@@ -118,8 +148,8 @@ TEST(FaceAlign, CnnDetectorFindsTheFaceHogMisses) {
   EXPECT_EQ(faces[0].landmarks5.size(), 5u);
   EXPECT_EQ(faces[0].landmarks.size(), 68u);
 
-  cv::Mat blank(300, 400, CV_8UC3, cv::Scalar(90, 140, 200));
-  EXPECT_TRUE(aligner.detect_cnn(blank).empty());
+  const Bgr8Image blank = from_mat(cv::Mat(300, 400, CV_8UC3, cv::Scalar(90, 140, 200)));
+  EXPECT_TRUE(detect(blank, 0, DetectorKind::kCnn).empty());
 }
 
 // LFW's Tung_Chee-hwa_0001: HOG finds only the man at the left edge, not the labelled
@@ -127,34 +157,32 @@ TEST(FaceAlign, CnnDetectorFindsTheFaceHogMisses) {
 // retries run (HOG upsampled finds nothing more; the CNN detector finds the centred face).
 TEST(FacePhotos, CentreOnlyTakesTheCentredFaceNotAnotherPerson) {
   FN_REQUIRE_LANDMARK_MODELS();
-  const Model m = load_model(test::converted_model("openface"));
-  auto backend = make_backend(m, {});
-  const FaceAligner aligner;
-  const std::vector<std::filesystem::path> files = {
-      test::shared_path("data/lfw/lfw-deepfunneled/Tung_Chee-hwa/Tung_Chee-hwa_0001.jpg")};
+  Pipeline pipeline(test::converted_model("openface"));
+  const auto file =
+      test::shared_path("data/lfw/lfw-deepfunneled/Tung_Chee-hwa/Tung_Chee-hwa_0001.jpg");
   auto encode = [&](bool centre_only) {
-    FaceOptions fo;
-    fo.pick = FacePick::kCentre;
-    fo.retry_upsampled = true;
-    fo.retry_cnn = true;
-    fo.centre_only = centre_only;
-    std::vector<EncodedFace> faces;
-    PhotoCallbacks cb;
-    cb.on_photo = [&](const PhotoResult& r) { faces = r.faces; };
-    encode_photos(*backend, m, aligner, files, fo, 4, cb);
-    EXPECT_EQ(faces.size(), 1u);
-    return faces.empty() ? EncodedFace{} : faces.front();
+    RequestOptions ro;
+    ro.faces.detector = DetectorKind::kHogCnnRetry;
+    ro.faces.pick = FacePick::kCentre;
+    ro.faces.retry_upsampled = true;
+    ro.faces.centre_only = centre_only;
+    ImageResult r = pipeline.submit(ImageInput::file(file), ro).get();
+    EXPECT_TRUE(r.ok()) << r.error;
+    EXPECT_EQ(r.faces.size(), 1u);
+    EXPECT_EQ(r.faces.empty() ? 0u : r.faces[0].embedding.size(), 128u);
+    return r;
   };
-  auto holds_centre = [](const FaceBox& b) {
-    return b.left <= 125 && 125 <= b.right && b.top <= 125 && 125 <= b.bottom;
-  };
-  const EncodedFace nearest = encode(false);
-  EXPECT_FALSE(holds_centre(nearest.face.box)) << "the left-edge face was expected here";
+  auto holds_centre = [](const FaceBox& b) { return b.contains(125, 125); };
+  const ImageResult nearest = encode(false);
+  ASSERT_EQ(nearest.faces.size(), 1u);
+  EXPECT_FALSE(holds_centre(nearest.faces[0].face.box)) << "the left-edge face was expected here";
   EXPECT_FALSE(nearest.off_centre_seen);
-  const EncodedFace centred = encode(true);
-  EXPECT_TRUE(holds_centre(centred.face.box));
+  const ImageResult centred = encode(true);
+  ASSERT_EQ(centred.faces.size(), 1u);
+  EXPECT_TRUE(holds_centre(centred.faces[0].face.box));
   EXPECT_TRUE(centred.off_centre_seen);
-  EXPECT_FALSE(centred.fallback);
+  EXPECT_TRUE(centred.faces[0].cnn);
+  EXPECT_FALSE(centred.faces[0].fallback);
 }
 
 TEST(FaceAlign, MissingCnnModelIsNamed) {
@@ -165,8 +193,8 @@ TEST(FaceAlign, MissingCnnModelIsNamed) {
        {"shape_predictor_68_face_landmarks.dat", "shape_predictor_5_face_landmarks.dat"})
     if (!std::filesystem::exists(dir / f))
       std::filesystem::create_symlink(default_dlib_models_dir() / f, dir / f);
-  const FaceAligner aligner(dir);
-  test::expect_error([&] { aligner.detect_cnn(cv::Mat::zeros(100, 100, CV_8UC3)); },
+  const FaceModels m(dir);
+  test::expect_error([&] { m.cnn().detect(from_mat(cv::Mat::zeros(100, 100, CV_8UC3)), 0); },
                      {"mmod_human_face_detector.dat", "fetch_dlib_models.sh"});
   std::filesystem::remove_all(dir);
 }
@@ -175,13 +203,17 @@ TEST(FaceAlign, MissingCnnModelIsNamed) {
 // rotation/zoom/shift of the chip (or of its mirror image), reproducible from the seed.
 TEST(FaceAlign, JitterMakesSeededNearbyCopies) {
   FN_REQUIRE_LANDMARK_MODELS();
-  const cv::Mat chip = dlib_chip(example("clapton-2.jpg"));
-  ASSERT_FALSE(chip.empty());
-  cv::Mat flipped;
-  cv::flip(chip, flipped, 1);
-  const auto a = FaceAligner::jitter(chip, 6, "x.jpg#0");
-  const auto again = FaceAligner::jitter(chip, 6, "x.jpg#0");
-  const auto other = FaceAligner::jitter(chip, 6, "y.jpg#0");
+  const Bgr8Image c = dlib_chip(example("clapton-2.jpg"));
+  ASSERT_FALSE(c.empty());
+  const cv::Mat chip = as_mat(c), flipped = as_mat(mirror_chip(c));
+  auto mats = [](const std::vector<Bgr8Image>& v) {
+    std::vector<cv::Mat> out;
+    for (const auto& x : v) out.push_back(as_mat(x));
+    return out;
+  };
+  const auto a = mats(jitter_chip(c, 6, "x.jpg#0"));
+  const auto again = mats(jitter_chip(c, 6, "x.jpg#0"));
+  const auto other = mats(jitter_chip(c, 6, "y.jpg#0"));
   ASSERT_EQ(a.size(), 6u);
   auto mean_abs = [](const cv::Mat& x, const cv::Mat& y) {
     return cv::norm(x, y, cv::NORM_L1) / x.total() / 3;
@@ -195,8 +227,8 @@ TEST(FaceAlign, JitterMakesSeededNearbyCopies) {
     EXPECT_GT(d, 0.0) << i;   // changed ...
     EXPECT_LT(d, 40.0) << i;  // ... but still the same face, roughly in place
   }
-  EXPECT_EQ(FaceAligner::jitter(chip, 0, "x").size(), 0u);
-  EXPECT_THROW(FaceAligner::jitter(cv::Mat(150, 120, CV_8UC3), 2, "x"), Error);  // not square
+  EXPECT_EQ(jitter_chip(c, 0, "x").size(), 0u);
+  EXPECT_THROW(jitter_chip(from_mat(cv::Mat(150, 120, CV_8UC3)), 2, "x"), Error);  // not square
 }
 
 }  // namespace

@@ -129,7 +129,7 @@ TEST(OnnxExport, Nn4Small2Coursera) {
 TEST(OnnxExport, DlibResnet) {
   const Model* m = test::dlib_model();
   if (!m)
-    GTEST_SKIP() << "dlib_face_recognition_resnet_model_v1.dat not in weights/cache/dlib: run "
+    GTEST_SKIP() << "dlib_face_recognition_resnet_model_v1.dat not in the dlib models folder: run "
                     "weights/fetch_dlib_models.sh to check the dlib ResNet export";
   const fs::path dir = scratch_dir();
   expect_runtimes_match(*m, dir / "dlib-resnet.onnx", 2);

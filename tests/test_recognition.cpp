@@ -13,7 +13,7 @@
 #ifdef FACENET_HAS_DLIB
 #include <opencv2/imgcodecs.hpp>
 
-#include "engine/face/face_align.h"
+#include "engine/face/face.h"
 #endif
 #include "tests/cli_fixture.h"
 
@@ -223,14 +223,14 @@ TEST_F(Recognition, RawPhotosWithTheDlibResNetNameTheRightPeople) {
   EXPECT_EQ(rows[3]["box"].size(), 4u);
 
   // A face the HOG detector misses (deep-funneled LFW): reported as no face, found with
-  // --cnn-retry.
+  // --detector hog+cnn-retry.
   const std::string hard =
       test::shared_path("data/lfw/lfw-deepfunneled/Jelena_Dokic/Jelena_Dokic_0004.jpg").string();
   const auto hog = run("encode --align largest --model " + model + " " + hard);
   EXPECT_EQ(hog.status, 0) << hog.err;
   EXPECT_NE(hog.err.find("no face found"), std::string::npos) << hog.err;
   EXPECT_TRUE(json_lines(hog.out).empty()) << hog.out;
-  const auto cnn = run("encode --align largest --cnn-retry --model " + model + " " + hard);
+  const auto cnn = run("encode --align largest --detector hog+cnn-retry --model " + model + " " + hard);
   EXPECT_EQ(cnn.status, 0) << cnn.err;
   ASSERT_EQ(json_lines(cnn.out).size(), 1u) << cnn.out << cnn.err;
   EXPECT_EQ(json_lines(cnn.out)[0]["embedding"].size(), 128u);

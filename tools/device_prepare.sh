@@ -80,7 +80,7 @@ for variant in openface coursera; do
     --variant "$variant" -o "$dest/models/nn4-$variant.safetensors"
 done
 # dlib ResNet: round every F32 to the nearest bf16 value (ties to even) so that xz halves it.
-dat="$repo/weights/cache/dlib/dlib_face_recognition_resnet_model_v1.dat"
+dat="$("$repo/weights/fetch_dlib_models.sh")/dlib_face_recognition_resnet_model_v1.dat"
 if [ -f "$dat" ] && grep -q '^FACENET_DLIB:BOOL=ON' "$build/CMakeCache.txt"; then
   mkdir -p "$dest/dlib"
   cmake --build "$build" --target test_dlib_resnet >/dev/null

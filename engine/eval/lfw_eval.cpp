@@ -14,7 +14,7 @@
 #include <sstream>
 
 #include "engine/core/error.h"
-#include "engine/pipeline/encode_faces.h"
+#include "engine/face/face.h"
 
 namespace facenet {
 
@@ -254,48 +254,51 @@ nlohmann::json roc_json(const Roc& r) {
 
 }  // namespace
 
-nlohmann::json evaluate_lfw(Backend& backend, const Model& model, const FaceAligner& aligner,
-                            const std::filesystem::path& pairs_file,
+nlohmann::json evaluate_lfw(Pipeline& pipeline, const std::filesystem::path& pairs_file,
                             const std::filesystem::path& images_dir, const LfwOptions& opt) {
   const auto t0 = std::chrono::steady_clock::now();
+  const Model& model = pipeline.model();
   const std::vector<LfwPair> pairs = read_lfw_pairs(pairs_file);
   std::map<std::filesystem::path, size_t> index;
-  std::vector<std::filesystem::path> files;
+  std::vector<ImageInput> inputs;
   for (const auto& p : pairs)
     for (const auto& path :
          {lfw_image(images_dir, p.name_a, p.num_a), lfw_image(images_dir, p.name_b, p.num_b)})
-      if (index.emplace(path, files.size()).second) files.push_back(path);
+      if (index.emplace(path, inputs.size()).second) inputs.push_back(ImageInput::file(path));
+  const size_t total = inputs.size();
 
-  FaceOptions fo;
+  RequestOptions ro;
+  FaceOptions& fo = ro.faces;
+  fo.detector = opt.detector;
   fo.pick = FacePick::kCentre;
   fo.upsample = opt.upsample;
   fo.retry_upsampled = true;
   fo.centre_only = opt.centre_only;
   fo.fallback = opt.fallback;
-  fo.retry_cnn = opt.retry_cnn;
   fo.mirror = opt.mirror;
   fo.jitter = opt.jitter;
   const int64_t dim = model.embedding_dim();
-  std::vector<float> emb(files.size() * dim, 0.f);
-  std::vector<bool> ok(files.size(), false);
-  size_t next = 0;
+  std::vector<float> emb(total * dim, 0.f);
+  std::vector<bool> ok(total, false);
+  size_t next = 0, faces_encoded = 0;
   std::vector<std::string> fallback_images, failed_images, cnn_images, off_centre_images;
-  PhotoCallbacks cb;
-  cb.on_photo = [&](const PhotoResult& r) {
-    const size_t i = next++;
-    if (r.faces.empty()) {
-      failed_images.push_back(r.path.string() + ": " + (r.error.empty() ? "no face" : r.error));
-      return;
-    }
-    const EncodedFace& f = r.faces.front();
-    if (f.fallback) fallback_images.push_back(r.path.string());
-    if (f.cnn) cnn_images.push_back(r.path.string());
-    if (f.off_centre_seen) off_centre_images.push_back(r.path.string());
-    std::copy(f.embedding.begin(), f.embedding.end(), emb.begin() + i * dim);
-    ok[i] = true;
-  };
-  cb.on_progress = opt.on_progress;
-  const PhotoStats stats = encode_photos(backend, model, aligner, files, fo, opt.batch, cb);
+  pipeline.run(
+      std::move(inputs), ro,
+      [&](ImageResult& r) {
+        const size_t i = next++;
+        if (r.off_centre_seen) off_centre_images.push_back(r.name);
+        if (r.faces.empty()) {
+          failed_images.push_back(r.name + ": " + (r.error.empty() ? "no face" : r.error));
+          return;
+        }
+        faces_encoded += r.faces.size();
+        const FaceResult& f = r.faces.front();
+        if (f.fallback) fallback_images.push_back(r.name);
+        if (f.cnn) cnn_images.push_back(r.name);
+        std::copy(f.embedding.begin(), f.embedding.end(), emb.begin() + i * dim);
+        ok[i] = true;
+      },
+      opt.on_progress);
   const double encode_s =
       std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
 
@@ -355,13 +358,13 @@ nlohmann::json evaluate_lfw(Backend& backend, const Model& model, const FaceAlig
        "on the other 9 folds; mean and population std over the 10 test folds"},
       {"model",
        {{"name", model.graph.name}, {"alignment", alignment_name(model_alignment(model.graph))}}},
-      {"backend", backend.name()},
+      {"backend", pipeline.backend_name()},
       {"mirror_averaged", opt.jitter == 0 && opt.mirror},
       {"jitter", opt.jitter},
       {"pairs", pairs.size()},
       {"images",
-       {{"total", files.size()},
-        {"detected", files.size() - fallback_images.size() - failed_images.size()},
+       {{"total", total},
+        {"detected", total - fallback_images.size() - failed_images.size()},
         {"by_cnn_detector", cnn_images.size()},
         {"only_off_centre_detections", off_centre_images.size()},
         {"fallback_box", fallback_images.size()},
@@ -373,7 +376,7 @@ nlohmann::json evaluate_lfw(Backend& backend, const Model& model, const FaceAlig
       {"failure_handling",
        "HOG detector with upsample " + std::to_string(opt.upsample) + ", then " +
            std::to_string(opt.upsample + 1) +
-           (opt.retry_cnn ? ", then dlib's CNN detector with upsample " +
+           (opt.detector == DetectorKind::kHogCnnRetry ? ", then dlib's CNN detector with upsample " +
                                 std::to_string(opt.upsample + 1) + " (images.by_cnn_detector)"
                           : std::string()) +
            (opt.centre_only
@@ -399,7 +402,7 @@ nlohmann::json evaluate_lfw(Backend& backend, const Model& model, const FaceAlig
         {"accuracy", fold_json(learned)},
         {"roc", roc_json(learned_roc)}}},
       {"seconds", {{"encode", encode_s}, {"total", total_s}}},
-      {"faces_encoded", stats.faces}};
+      {"faces_encoded", faces_encoded}};
 }
 
 void write_roc_png(const std::filesystem::path& file, const nlohmann::json& report) {

@@ -9,8 +9,8 @@
 #include <string>
 #include <vector>
 
-#include "engine/backend/backend.h"
-#include "engine/face/face_align.h"
+#include "engine/face/face.h"
+#include "engine/pipeline/pipeline.h"
 
 namespace facenet {
 
@@ -65,14 +65,13 @@ FoldAccuracy logistic_folds(const std::vector<float>& x, int64_t dim, const std:
 
 // ---- end to end ----------------------------------------------------------------------------
 struct LfwOptions {
-  int batch = 64;
   int upsample = 0;  // dlib pyramid_up count for the first HOG try
-  // Detection: HOG at `upsample`, then one level more, then (retry_cnn) dlib's CNN detector at
+  // Detection: HOG at `upsample`, then one level more, then (detector kHogCnnRetry) dlib's CNN detector at
   // that level; the face nearest the image centre is the labelled person. Still nothing: the
   // fixed box below (LFW images are centred on the face), with landmarks predicted inside it.
   // Counted as "fallback" in the report.
   FaceBox fallback{77, 89, 181, 189};  // median HOG box on deep-funneled LFW (250x250)
-  bool retry_cnn = true;
+  DetectorKind detector = DetectorKind::kHogCnnRetry;
   // Only a box containing the image centre may be the labelled person; a try that finds only
   // boxes elsewhere (other people) counts as finding none, and the next one runs.
   bool centre_only = true;
@@ -82,8 +81,8 @@ struct LfwOptions {
 };
 
 // Encodes every image the pairs use, runs both protocols, and returns the JSON report.
-nlohmann::json evaluate_lfw(Backend& backend, const Model& model, const FaceAligner& aligner,
-                            const std::filesystem::path& pairs_file,
+// The pipeline's model and backend encode; its default request options are not used.
+nlohmann::json evaluate_lfw(Pipeline& pipeline, const std::filesystem::path& pairs_file,
                             const std::filesystem::path& images_dir, const LfwOptions& opt);
 
 // ROC curves (distance and learned similarity) as a PNG a person can read: log-FAR axis,

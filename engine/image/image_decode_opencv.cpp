@@ -3,7 +3,6 @@
 #include <opencv2/imgproc.hpp>
 
 #include "engine/core/error.h"
-#include "engine/image/image_cv.h"
 #include "engine/image/image_decode.h"
 
 namespace facenet {
@@ -50,10 +49,6 @@ Bgr8Image resize_bilinear(const Bgr8Image& img, int height, int width) {
   cv::Mat out;
   cv::resize(as_mat(img), out, cv::Size(width, height), 0, 0, cv::INTER_LINEAR);
   return from_mat(out);
-}
-
-cv::Mat read_image(const std::filesystem::path& path) {
-  return decode_mat(read_file_bytes(path), path.string());
 }
 
 std::vector<unsigned char> encode_jpeg(const Bgr8Image& img) {

@@ -112,7 +112,10 @@ class Pipeline {
  public:
   // Loads the model and makes its backend; throws facenet::Error naming what is wrong.
   explicit Pipeline(const std::filesystem::path& model_file, const PipelineOptions& options = {});
+  // A Model{} without nodes makes a detection-only pipeline (Task::kDetect; others fail).
   Pipeline(Model model, const PipelineOptions& options = {});
+  // With a backend made by the caller (e.g. a test double); options.backend is not used.
+  Pipeline(Model model, std::unique_ptr<Backend> backend, const PipelineOptions& options = {});
   // Completes every request already submitted, then stops the threads.
   ~Pipeline();
   Pipeline(const Pipeline&) = delete;

@@ -10,16 +10,9 @@
 #include "engine/backend/cpu/cpu_backend.h"
 #include "engine/core/error.h"
 #include "engine/core/gpu.h"
-#include "engine/pipeline/encode.h"
 #include "engine/search/knn.h"
-#ifdef FACENET_HAS_DLIB
-#include "engine/face/face_align.h"
-#include "engine/pipeline/encode_faces.h"
-#endif
 
 namespace facenet {
-
-namespace fs = std::filesystem;
 
 EmbeddingSpec embedding_spec(const Model& model) {
   char hex[17];
@@ -29,74 +22,6 @@ EmbeddingSpec embedding_spec(const Model& model) {
   s.model = model.graph.name + "/" + model.graph.variant + "#" + hex;
   s.dim = static_cast<int>(model.embedding_dim());
   return s;
-}
-
-std::string EncodedRows::source(size_t row) const {
-  return faces[row].is_null() ? files[row].string()
-                              : files[row].string() + "#" + faces[row]["face"].dump();
-}
-
-#ifdef FACENET_HAS_DLIB
-struct Encoder::Faces {
-  FaceAligner aligner;
-  FaceOptions options;
-  Faces(const AlignOptions& a)
-      : aligner(a.dlib_models.empty() ? default_dlib_models_dir() : fs::path(a.dlib_models)) {
-    options.pick = parse_face_pick(a.pick);
-    options.upsample = a.upsample;
-    options.jitter = a.jitter;
-    options.retry_cnn = a.retry_cnn;
-  }
-};
-#else
-struct Encoder::Faces {};
-#endif
-
-Encoder::Encoder(const fs::path& model_path, const BackendOptions& options,
-                 const AlignOptions& align)
-    : model_(load_model(model_path)), backend_(make_backend(model_, options)) {
-  if (align.pick == "none") return;
-#ifdef FACENET_HAS_DLIB
-  model_alignment(model_.graph);  // the model must say how its faces are aligned
-  faces_ = std::make_unique<Faces>(align);
-#else
-  fail("--align ", align.pick, ": this build has no face detection (built without dlib)");
-#endif
-}
-
-Encoder::~Encoder() = default;
-
-EncodedRows Encoder::encode(const std::vector<fs::path>& files, const SkipReporter& on_skip,
-                            int batch) {
-  EncodedRows out;
-  const int64_t d = dim();
-  if (!faces_) {
-    EncodeCallbacks cb;
-    cb.on_batch = [&](const std::vector<fs::path>& paths, const std::vector<float>& emb) {
-      out.files.insert(out.files.end(), paths.begin(), paths.end());
-      out.faces.resize(out.files.size());
-      out.embeddings.insert(out.embeddings.end(), emb.begin(), emb.begin() + paths.size() * d);
-    };
-    cb.on_error = on_skip;
-    encode_files(*backend_, input_spec(model_.graph), d, files, batch, cb);
-    return out;
-  }
-#ifdef FACENET_HAS_DLIB
-  PhotoCallbacks cb;
-  cb.on_photo = [&](const PhotoResult& r) {
-    if (!r.error.empty()) return on_skip(r.path, r.error);
-    if (r.faces.empty()) return on_skip(r.path, "no face found in " + r.path.string());
-    for (size_t i = 0; i < r.faces.size(); ++i) {
-      const FaceBox& b = r.faces[i].face.box;
-      out.files.push_back(r.path);
-      out.faces.push_back({{"face", i}, {"box", {b.left, b.top, b.right, b.bottom}}});
-      out.embeddings.insert(out.embeddings.end(), r.faces[i].embedding.begin(),
-                            r.faces[i].embedding.end());
-    }
-  };
-  encode_photos(*backend_, model_, faces_->aligner, files, faces_->options, batch, cb);
-#endif
-  return out;
 }
 
 nlohmann::json Verification::to_json() const {
@@ -140,7 +65,7 @@ nlohmann::json Identification::to_json(double threshold) const {
 struct Identifier::Index {
   std::unique_ptr<CpuFlatIndex> cpu;
 #ifdef FACENET_HAS_CUDA
-  std::unique_ptr<GpuContext> context;
+  std::unique_ptr<GpuContext> own_context;  // when no context was given
   std::unique_ptr<GpuFlatIndex> gpu;
 #endif
   void search(const float* q, int64_t nq, int dim, int k, float* d, int64_t* l) {
@@ -151,14 +76,15 @@ struct Identifier::Index {
   }
 };
 
-Identifier::Identifier(GalleryMatrix gallery, Device device, std::optional<CpuStorage> storage)
+Identifier::Identifier(GalleryMatrix gallery, Device device, std::optional<CpuStorage> storage,
+                       [[maybe_unused]] GpuContext* context)
     : gallery_(std::move(gallery)), index_(std::make_unique<Index>()) {
   const int dim = gallery_.spec.dim;
   const int64_t n = static_cast<int64_t>(gallery_.rows());
   if (device == Device::kCuda) {
 #ifdef FACENET_HAS_CUDA
-    index_->context = std::make_unique<GpuContext>(0);
-    index_->gpu = std::make_unique<GpuFlatIndex>(*index_->context, dim, GpuStorage::kFloat32);
+    if (!context) context = (index_->own_context = std::make_unique<GpuContext>(0)).get();
+    index_->gpu = std::make_unique<GpuFlatIndex>(*context, dim, GpuStorage::kFloat32);
     index_->gpu->add(gallery_.vectors.data(), n, dim);
 #else
     require_gpu("identify --device cuda");
@@ -169,6 +95,7 @@ Identifier::Identifier(GalleryMatrix gallery, Device device, std::optional<CpuSt
     index_->cpu = std::make_unique<CpuFlatIndex>(dim, *storage);
     index_->cpu->add(gallery_.vectors.data(), n, dim);
   }
+  gallery_.vectors = {};  // the index holds them now: one copy of the gallery, not two
   std::unordered_map<int64_t, int64_t> per;
   for (int64_t id : gallery_.identity_ids)
     max_per_identity_ = std::max(max_per_identity_, ++per[id]);
@@ -208,56 +135,6 @@ std::vector<Identification> Identifier::identify(const float* probes, int64_t n,
     r.best = r.distance <= threshold ? r.top[0].name : "unknown";
   }
   return out;
-}
-
-namespace {
-std::vector<std::string> sources_of(const EncodedRows& rows) {
-  std::vector<std::string> out;
-  for (size_t r = 0; r < rows.rows(); ++r) out.push_back(rows.source(r));
-  return out;
-}
-}  // namespace
-
-Identity enroll_images(Gallery& gallery, Encoder& encoder, const std::string& name,
-                       const std::vector<fs::path>& files, const SkipReporter& on_skip) {
-  const EncodedRows rows = encoder.encode(files, on_skip);
-  if (rows.rows() == 0) fail("no usable image to enrol '", name, "'");
-  return gallery.enroll(name, encoder.spec(), rows.embeddings.data(), rows.rows(),
-                        sources_of(rows));
-}
-
-BulkReport enroll_from_dirs(Gallery& gallery, Encoder& encoder, const fs::path& root,
-                            const SkipReporter& on_skip,
-                            const std::function<void(size_t, size_t)>& on_progress) {
-  if (!fs::is_directory(root)) fail("--from-dirs: ", root.string(), " is not a directory");
-  std::vector<fs::path> people;
-  for (const auto& e : fs::directory_iterator(root))
-    if (e.is_directory()) people.push_back(e.path());
-  std::sort(people.begin(), people.end());
-  if (people.empty())
-    fail("--from-dirs: ", root.string(), " has no sub-directory (one per person)");
-  BulkReport report;
-  BulkEnroller bulk = gallery.bulk_enroller(encoder.spec());
-  auto counting_skip = [&](const fs::path& p, const std::string& why) {
-    ++report.failed_files;
-    if (on_skip) on_skip(p, why);
-  };
-  for (size_t i = 0; i < people.size(); ++i) {
-    const EncodedRows rows = encoder.encode(expand_inputs({people[i].string()}), counting_skip);
-    if (rows.rows() == 0) {
-      ++report.skipped_people;
-      if (on_skip)
-        on_skip(people[i], people[i].string() + ": no usable image; person not enrolled");
-    } else {
-      bulk.add(people[i].filename().string(), rows.embeddings.data(), rows.rows(),
-               sources_of(rows));
-    }
-    if (on_progress) on_progress(i + 1, people.size());
-  }
-  const BulkProgress done = bulk.finish();
-  report.people = done.identities;
-  report.embeddings = done.embeddings;
-  return report;
 }
 
 }  // namespace facenet

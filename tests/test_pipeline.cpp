@@ -143,7 +143,8 @@ void expect_same_embedding(const std::vector<float>& got, const std::vector<floa
   EXPECT_LE(test::max_abs_diff(got.data(), want.data(), got.size()), tol) << what;
 }
 
-void expect_same_face(const FaceResult& got, const FaceResult& want, const std::string& what) {
+void expect_same_box_and_landmarks(const FaceResult& got, const FaceResult& want,
+                                   const std::string& what) {
   EXPECT_EQ(got.face.box.left, want.face.box.left) << what;
   EXPECT_EQ(got.face.box.top, want.face.box.top) << what;
   EXPECT_EQ(got.face.box.right, want.face.box.right) << what;
@@ -153,6 +154,10 @@ void expect_same_face(const FaceResult& got, const FaceResult& want, const std::
     EXPECT_EQ(got.face.landmarks[i].x, want.face.landmarks[i].x) << what << " landmark " << i;
     EXPECT_EQ(got.face.landmarks[i].y, want.face.landmarks[i].y) << what << " landmark " << i;
   }
+}
+
+void expect_same_face(const FaceResult& got, const FaceResult& want, const std::string& what) {
+  expect_same_box_and_landmarks(got, want, what);
   ASSERT_EQ(got.chips.size(), want.chips.size()) << what;
   for (size_t i = 0; i < got.chips.size(); ++i)
     EXPECT_TRUE(got.chips[i].pixels == want.chips[i].pixels) << what << " chip " << i;
@@ -356,7 +361,6 @@ TEST_F(PipelineTest, SixteenThreadsGetTheSingleThreadedResults) {
   const PipelineStats s = pipe.stats();
   EXPECT_EQ(s.requests, static_cast<int64_t>(n * (kThreads + 1)));
   EXPECT_EQ(s.busy, 0);
-  EXPECT_EQ(s.in_flight, 0);
   EXPECT_EQ(s.chips, chips * (kThreads + 1));
   EXPECT_EQ(chips_in_batches(s), s.chips);
   EXPECT_LE(largest_batch(s), 8);
@@ -407,7 +411,6 @@ TEST_F(PipelineTest, BatchesFillToMaxBatchWhileARequestIsBeingPrepared) {
   EXPECT_EQ(s.chips, 19);
   EXPECT_EQ(chips_in_batches(s), 19);
   EXPECT_LE(largest_batch(s), 4);
-  EXPECT_EQ(s.in_flight, 0);
   EXPECT_EQ(s.requests, 19);
 }
 
@@ -454,6 +457,29 @@ TEST_F(PipelineTest, PartialBatchStartsAfterMaxDelay) {
   EXPECT_EQ(batches_of(pipe.stats(), 1), 2);
 }
 
+// max_delay_ms bounds a submit()'s wait even while a run() is going on elsewhere: a bulk job
+// whose next photo is slow to prepare must not hold an interactive request back.
+// KNOWN BUG (reported; main 9a2c5db): take_batch() ignores max_delay_ms while any run() is
+// active (bulk_runs > 0), so the crop below waits until the held photo of the run() is prepared
+// (here: for ever, until the test gives up and releases it).
+TEST_F(PipelineTest, MaxDelayHoldsForSubmitWhileARunIsActive) {
+  Pipeline pipe = make_pipeline(options(64, 1.0));
+  HeldFile held(dir_ / "held.png", file_bytes(aligned_crop("adams")));
+  std::vector<ImageResult> bulk;
+  std::thread runner([&] { bulk = pipe.run({ImageInput::file(held.path())}, crop_options()); });
+  held.wait_for_reader();
+  std::future<ImageResult> f =
+      pipe.submit(ImageInput::file(aligned_crop("carell")), crop_options());
+  const bool done = f.wait_for(10s) == std::future_status::ready;
+  EXPECT_TRUE(done) << "BUG: a submit() waited past max_delay_ms (1 ms) for 10 s, because a "
+                       "run() with a request still being prepared was active";
+  held.release();
+  runner.join();
+  expect_unit_embedding(get(f, "carell"), pipe.dim(), "carell");
+  ASSERT_EQ(bulk.size(), 1u);
+  expect_unit_embedding(bulk[0], pipe.dim(), "held");
+}
+
 // ---- kBusy and backpressure ----------------------------------------------------------------
 
 bool says_busy(const ImageResult& r) {
@@ -479,22 +505,65 @@ TEST_F(PipelineTest, FullQueueAnswersBusyAtOnce) {
     EXPECT_TRUE(says_busy(r)) << "unclear busy message: " << r.error;
     EXPECT_TRUE(r.faces.empty());
   }
-  int callback_busy = 0;
+  std::promise<ImageResult> called;
+  std::future<ImageResult> by_callback = called.get_future();
   pipe.submit(ImageInput::file(aligned_crop("carell")), crop_options(),
-              [&](ImageResult r) { callback_busy += r.status == InputStatus::kBusy; });
-  EXPECT_EQ(callback_busy, 1) << "the busy callback is called before submit returns";
-  PipelineStats s = pipe.stats();
+              [&](ImageResult r) { called.set_value(std::move(r)); });
+  EXPECT_EQ(get(by_callback, "carell by callback").status, InputStatus::kBusy);
+  const PipelineStats s = pipe.stats();
   EXPECT_EQ(s.busy, 5);
   EXPECT_EQ(s.in_flight, 1);
 
   held.release();
   expect_unit_embedding(get(held_result, "held"), pipe.dim(), "held");
-  std::future<ImageResult> again =
-      pipe.submit(ImageInput::file(aligned_crop("carell")), crop_options());
-  expect_unit_embedding(get(again, "carell after"), pipe.dim(), "carell after");
-  s = pipe.stats();
-  EXPECT_EQ(s.busy, 5);
-  EXPECT_EQ(s.in_flight, 0);
+  EXPECT_EQ(pipe.stats().busy, 5);
+}
+
+// KNOWN BUG (reported; main 9a2c5db): a kBusy callback runs inside submit(), on the caller's
+// thread, though pipeline.h promises "a pipeline thread": a caller that holds a lock around
+// submit() which its callback also takes deadlocks exactly when the queue is full.
+TEST_F(PipelineTest, BusyCallbackRunsOnAPipelineThread) {
+  Pipeline pipe = make_pipeline(options(64, 2.0, 1));
+  HeldFile held(dir_ / "held.png", file_bytes(aligned_crop("adams")));
+  std::future<ImageResult> held_result = pipe.submit(ImageInput::file(held.path()), crop_options());
+  held.wait_for_reader();
+  std::promise<std::thread::id> called_on;
+  std::future<std::thread::id> thread = called_on.get_future();
+  pipe.submit(ImageInput::file(aligned_crop("carell")), crop_options(), [&](ImageResult r) {
+    EXPECT_EQ(r.status, InputStatus::kBusy);
+    called_on.set_value(std::this_thread::get_id());
+  });
+  ASSERT_EQ(thread.wait_for(kPatience), std::future_status::ready);
+  EXPECT_NE(thread.get(), std::this_thread::get_id())
+      << "BUG: the kBusy callback ran on the submitting thread, inside submit()";
+  held.release();
+  expect_unit_embedding(get(held_result, "held"), pipe.dim(), "held");
+}
+
+// A request is completed when its result is handed over: by then its place in the queue is
+// free. A caller that waits for each result before the next submission (max_queue 1) is never
+// told kBusy, and stats() right after the result counts nothing in flight. (The other tests
+// leave in_flight after completion to this one.)
+// KNOWN BUG (reported; main 9a2c5db): Impl::complete() delivers the result (promise or
+// callback) before it decrements in_flight, so the waiter usually runs first: 48 of 50
+// sequential submissions answered kBusy on a 2-core machine.
+TEST_F(PipelineTest, AResultFreesItsQueuePlaceBeforeItIsHandedOver) {
+  Pipeline pipe = make_pipeline(options(64, 2.0, 1));
+  const HeldPixels adams = pixels_of(aligned_crop("adams"), PixelOrder::kBgr, 0);
+  constexpr int kRounds = 50;
+  int busy = 0, still_in_flight = 0;
+  for (int i = 0; i < kRounds; ++i) {
+    std::future<ImageResult> f =
+        pipe.submit(ImageInput::pixels(adams.view, "adams"), crop_options());
+    busy += get(f, "adams").status == InputStatus::kBusy;
+    still_in_flight += pipe.stats().in_flight != 0;
+  }
+  EXPECT_EQ(busy, 0) << "of " << kRounds
+                     << " sequential submissions, each after the previous "
+                        "result, were answered kBusy by a queue of one";
+  EXPECT_EQ(still_in_flight, 0) << "of " << kRounds
+                                << " results, stats() just after counted "
+                                   "the completed request in flight";
 }
 
 // A slow pipeline (the reference backend) with max_queue 1 and eight threads submitting at
@@ -528,7 +597,6 @@ TEST_F(PipelineTest, ConcurrentSubmissionsToAFullQueueAreDoneOrBusy) {
   EXPECT_EQ(ok + busy, kThreads);
   const PipelineStats s = pipe.stats();
   EXPECT_EQ(s.busy, busy);
-  EXPECT_EQ(s.in_flight, 0);
   EXPECT_EQ(s.chips, ok);
 }
 
@@ -560,7 +628,6 @@ TEST_F(PipelineTest, RunAppliesBackpressureInsteadOfBusy) {
   const PipelineStats s = pipe.stats();
   EXPECT_EQ(s.busy, 0);
   EXPECT_EQ(s.requests, 24);
-  EXPECT_EQ(s.in_flight, 0);
   // The slow backend: run() over a queue of one still never gives kBusy.
   Pipeline slow = make_pipeline(options(64, 2.0, 1, Device::kCpuReference));
   const std::vector<ImageResult> r = slow.run(crop_inputs(4), crop_options());
@@ -662,7 +729,7 @@ TEST_F(PipelineTest, AlignGivesTheChipTheEmbeddingIsMadeFrom) {
   const ImageResult as_crop = one(pipe, ImageInput::pixels(view, "chip"), crop_options());
   ASSERT_EQ(encoded.faces.size(), 1u);
   ASSERT_EQ(as_crop.faces.size(), 1u);
-  expect_same_face(encoded.faces[0], aligned.faces[0], "encode vs align");
+  expect_same_box_and_landmarks(encoded.faces[0], aligned.faces[0], "encode vs align");
   expect_same_embedding(as_crop.faces[0].embedding, encoded.faces[0].embedding, 0.0,
                         "chip as a crop vs the photo");
   const FaceBox& whole = as_crop.faces[0].face.box;

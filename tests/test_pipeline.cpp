@@ -13,11 +13,11 @@
 #include <chrono>
 #include <cmath>
 #include <condition_variable>
+#include <cstdio>
 #include <cstring>
 #include <fstream>
 #include <future>
 #include <mutex>
-#include <numeric>
 #include <string>
 #include <thread>
 #include <vector>
@@ -37,13 +37,6 @@ using namespace std::chrono_literals;
 // A safety net only: a correct pipeline answers in well under a second; a broken one must fail
 // the test instead of hanging it.
 constexpr auto kPatience = 60s;
-
-#define FN_REQUIRE_DLIB_MODELS()                                                          \
-  do {                                                                                    \
-    if (!fs::exists(default_dlib_models_dir() / "shape_predictor_68_face_landmarks.dat")) \
-      GTEST_SKIP() << "dlib models missing in " << default_dlib_models_dir()              \
-                   << ": run weights/fetch_dlib_models.sh first";                         \
-  } while (0)
 
 fs::path aligned_crop(const std::string& name) {
   return test::shared_path("data/openface-examples/images/examples-aligned") / (name + ".png");
@@ -265,7 +258,7 @@ struct Case {
 };
 
 TEST_F(PipelineTest, SixteenThreadsGetTheSingleThreadedResults) {
-  FN_REQUIRE_DLIB_MODELS();
+  FN_REQUIRE_LANDMARK_MODELS();
   std::ofstream(dir_ / "notes.jpg") << "not an image, whatever the extension says";
   std::vector<uint8_t> truncated = file_bytes(aligned_crop("carell"));
   truncated.resize(truncated.size() / 2);
@@ -667,7 +660,7 @@ TEST_F(PipelineTest, CropAsFileBytesOrPixelsGivesOneEmbedding) {
 }
 
 TEST_F(PipelineTest, PhotoAsFileBytesOrPixelsGivesOneEmbedding) {
-  FN_REQUIRE_DLIB_MODELS();
+  FN_REQUIRE_LANDMARK_MODELS();
   Pipeline pipe = make_pipeline();
   expect_same_every_way(pipe, lfw_photo("Aaron_Eckhart"), photo_options());
 }
@@ -683,7 +676,7 @@ ImageResult one(Pipeline& pipe, ImageInput in, const RequestOptions& opt) {
 }
 
 TEST_F(PipelineTest, DetectGivesBoxesAndLandmarksWithoutEmbeddings) {
-  FN_REQUIRE_DLIB_MODELS();
+  FN_REQUIRE_LANDMARK_MODELS();
   Pipeline pipe = make_pipeline();
   const ImageResult r =
       one(pipe, ImageInput::file(lfw_photo("Aaron_Sorkin")), photo_options(Task::kDetect));
@@ -712,7 +705,7 @@ TEST_F(PipelineTest, DetectGivesBoxesAndLandmarksWithoutEmbeddings) {
 
 // kAlign's chip, given back as a crop, encodes to the photo's own embedding.
 TEST_F(PipelineTest, AlignGivesTheChipTheEmbeddingIsMadeFrom) {
-  FN_REQUIRE_DLIB_MODELS();
+  FN_REQUIRE_LANDMARK_MODELS();
   Pipeline pipe = make_pipeline();
   const fs::path photo = lfw_photo("Aaron_Peirsol");
   const ImageResult aligned = one(pipe, ImageInput::file(photo), photo_options(Task::kAlign));
@@ -760,7 +753,7 @@ GalleryMatrix gallery_of(const Pipeline& pipe, const std::vector<std::string>& n
 
 // Enrolled people are found as themselves; a stranger is "unknown" under a tight threshold.
 TEST_F(PipelineTest, IdentifyFindsTheEnrolledAndNotAStranger) {
-  FN_REQUIRE_DLIB_MODELS();
+  FN_REQUIRE_LANDMARK_MODELS();
   Pipeline pipe = make_pipeline();
   const std::vector<std::string> people = {"Aaron_Eckhart", "Aaron_Peirsol", "Aaron_Sorkin"};
   std::vector<ImageInput> photos;

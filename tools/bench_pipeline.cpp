@@ -14,6 +14,7 @@
 #include <cmath>
 #include <condition_variable>
 #include <cstdint>
+#include <cstdlib>
 #include <filesystem>
 #include <fstream>
 #include <iostream>
@@ -220,6 +221,21 @@ json open_loop(Pipeline& pipe, const std::vector<ImageInput>& photos, double rat
   return j;
 }
 
+// /proc/loadavg's 1-, 5- and 15-minute figures: other work on the machine skews every number
+// here (a forward's OpenMP barriers spin while a core is taken), so the JSON says how busy it
+// was.
+json load_average() {
+  std::ifstream in("/proc/loadavg");
+  double one = 0, five = 0, fifteen = 0;
+  if (!(in >> one >> five >> fifteen)) return nullptr;
+  return {one, five, fifteen};
+}
+
+std::string env_or(const char* name, const char* fallback) {
+  const char* v = std::getenv(name);
+  return v ? v : fallback;
+}
+
 Model bench_model(const Options& o) {
   if (!o.model.empty()) return load_model(o.model);
   return convert_openface_csv(fs::path(o.shared) / "weights/openface-nn4.small2.v1-csv-5-standins",
@@ -267,8 +283,10 @@ int run(int argc, char** argv) {
   Pipeline pipe(bench_model(o), po);
 
   // Warm-up: the dlib models load on first use, the page cache fills, the backend settles.
+  const json load_before = load_average();
   Tally warm(pipe);
   pipe.run(photos, po.defaults, [&](ImageResult& r) { warm.add(r); });
+  const json warmup = warm.to_json();
 
   const json batch = batch_path(pipe, photos, o.repeats);
   const double batch_rate = batch["photos_per_s"];
@@ -300,7 +318,9 @@ int run(int argc, char** argv) {
               {"max_delay_ms", o.max_delay_ms},
               {"images", images.string()},
               {"photos", photos.size()},
-              {"warmup", warm.to_json()},
+              {"omp_wait_policy", env_or("OMP_WAIT_POLICY", "unset")},
+              {"load_average", {{"before", load_before}, {"after", load_average()}}},
+              {"warmup", warmup},
               {"batch_path", batch},
               {"concurrent", concurrent},
               {"latency_idle", idle},

@@ -8,6 +8,7 @@
 #include "engine/core/cuda_util.h"
 #include "kernels/dtype_convert.cuh"
 #include "kernels/inception_ops.h"
+#include "kernels/launch.cuh"
 
 namespace facenet {
 
@@ -62,27 +63,6 @@ __device__ __forceinline__ Index4 decompose(int64_t i, const View& v) {
 __device__ __forceinline__ int64_t offset(const View& v, int64_t n, int64_t c, int64_t h,
                                           int64_t w) {
   return n * v.sn + c * v.sc + h * v.sh + w * v.sw;
-}
-
-int blocks_for(int64_t count) {
-  return static_cast<int>((count + kThreads - 1) / kThreads);
-}
-
-// Calls fn(T{}) with T the C++ type of `t`.
-template <typename Fn>
-void dispatch(DType t, Fn&& fn) {
-  switch (t) {
-    case DType::kFloat32:
-      return fn(float{});
-    case DType::kFloat16:
-      return fn(__half{});
-    case DType::kBFloat16:
-      return fn(__nv_bfloat16{});
-  }
-}
-
-void require(bool ok, const char* what) {
-  if (!ok) fail("inception_ops: ", what);
 }
 
 // Floor-mode output size of a k/s/p window (as graph.cpp's pooled_size; kernels/ does not
@@ -259,53 +239,62 @@ __global__ void pooled_dense_head_kernel(const T* __restrict__ x, View xv,
 
 }  // namespace
 
+// ---- launchers: validate -> sizes -> grid -> launch -> check -----------------------------
+
 void launch_pool2d(const TensorView4& x, const TensorView4& y, PoolKind kind, int kernel,
                    int stride, int pad, cudaStream_t stream) {
-  require(x.dtype == y.dtype, "pool2d: x and y must share a dtype");
-  require(x.n == y.n && x.c == y.c, "pool2d: x and y must agree in n and c");
-  require(kernel >= 1 && stride >= 1 && pad >= 0 && pad < kernel, "pool2d: bad window");
-  require(y.h == window_output(x.h, kernel, stride, pad) &&
-              y.w == window_output(x.w, kernel, stride, pad),
-          "pool2d: y's size is not the pooled size of x");
+  const char* what = "launch_pool2d";
+  check_arg(x.dtype == y.dtype, what, "x and y must share a dtype");
+  check_arg(x.n == y.n && x.c == y.c, what, "x and y must agree in n and c");
+  check_arg(kernel >= 1 && stride >= 1 && pad >= 0 && pad < kernel, what, "bad window (kernel ",
+            kernel, ", stride ", stride, ", pad ", pad, ")");
+  check_arg(y.h == window_output(x.h, kernel, stride, pad) &&
+                y.w == window_output(x.w, kernel, stride, pad),
+            what, "y's size is not the pooled size of x");
   const int64_t count = y.count();
   if (count == 0) return;
-  dispatch(x.dtype, [&](auto t) {
+  const unsigned grid = blocks_for(count, kThreads);
+  dispatch_dtype(x.dtype, what, [&](auto t) {
     using T = decltype(t);
-    pool2d_kernel<T><<<blocks_for(count), kThreads, 0, stream>>>(
-        static_cast<const T*>(x.data), device_view(x), static_cast<T*>(y.data), device_view(y),
-        kind, kernel, stride, pad);
+    pool2d_kernel<T><<<grid, kThreads, 0, stream>>>(static_cast<const T*>(x.data), device_view(x),
+                                                    static_cast<T*>(y.data), device_view(y), kind,
+                                                    kernel, stride, pad);
   });
   FN_LAUNCH_CHECK("pool2d_kernel");
 }
 
 void launch_lrn(const TensorView4& x, const TensorView4& y, int size, float alpha, float beta,
                 float k, cudaStream_t stream) {
-  require(x.dtype == y.dtype, "lrn: x and y must share a dtype");
-  require(x.n == y.n && x.c == y.c && x.h == y.h && x.w == y.w, "lrn: x and y shapes differ");
-  require(size >= 1, "lrn: size must be >= 1");
+  const char* what = "launch_lrn";
+  check_arg(x.dtype == y.dtype, what, "x and y must share a dtype");
+  check_arg(x.n == y.n && x.c == y.c && x.h == y.h && x.w == y.w, what, "x and y shapes differ");
+  check_arg(size >= 1, what, "size = ", size, " must be >= 1");
   const int64_t count = y.count();
   if (count == 0) return;
-  dispatch(x.dtype, [&](auto t) {
+  const unsigned grid = blocks_for(count, kThreads);
+  dispatch_dtype(x.dtype, what, [&](auto t) {
     using T = decltype(t);
-    lrn_kernel<T><<<blocks_for(count), kThreads, 0, stream>>>(
-        static_cast<const T*>(x.data), device_view(x), static_cast<T*>(y.data), device_view(y),
-        size, alpha / static_cast<float>(size), beta, k);
+    lrn_kernel<T><<<grid, kThreads, 0, stream>>>(static_cast<const T*>(x.data), device_view(x),
+                                                 static_cast<T*>(y.data), device_view(y), size,
+                                                 alpha / static_cast<float>(size), beta, k);
   });
   FN_LAUNCH_CHECK("lrn_kernel");
 }
 
 void launch_copy_centred(const TensorView4& x, const TensorView4& y, cudaStream_t stream) {
-  require(x.n == y.n && x.c == y.c, "copy_centred: x and y must agree in n and c");
-  require(y.h >= x.h && y.w >= x.w, "copy_centred: y is smaller than x");
+  const char* what = "launch_copy_centred";
+  check_arg(x.n == y.n && x.c == y.c, what, "x and y must agree in n and c");
+  check_arg(y.h >= x.h && y.w >= x.w, what, "y is smaller than x");
   const int64_t count = y.count();
   if (count == 0) return;
-  dispatch(x.dtype, [&](auto tin) {
-    dispatch(y.dtype, [&](auto tout) {
+  const unsigned grid = blocks_for(count, kThreads);
+  dispatch_dtype(x.dtype, what, [&](auto tin) {
+    dispatch_dtype(y.dtype, what, [&](auto tout) {
       using Tin = decltype(tin);
       using Tout = decltype(tout);
-      copy_centred_kernel<Tin, Tout><<<blocks_for(count), kThreads, 0, stream>>>(
-          static_cast<const Tin*>(x.data), device_view(x), static_cast<Tout*>(y.data),
-          device_view(y));
+      copy_centred_kernel<Tin, Tout>
+          <<<grid, kThreads, 0, stream>>>(static_cast<const Tin*>(x.data), device_view(x),
+                                          static_cast<Tout*>(y.data), device_view(y));
     });
   });
   FN_LAUNCH_CHECK("copy_centred_kernel");
@@ -313,46 +302,54 @@ void launch_copy_centred(const TensorView4& x, const TensorView4& y, cudaStream_
 
 void launch_bgr8_to_input(const uint8_t* bgr, const TensorView4& y, const float mean[3],
                           float scale, bool rgb, cudaStream_t stream) {
-  require(bgr != nullptr && mean != nullptr, "bgr8_to_input: null input");
-  require(y.c == 3, "bgr8_to_input: y must have 3 channels");
+  const char* what = "launch_bgr8_to_input";
+  check_not_null(bgr, what, "bgr");
+  check_not_null(mean, what, "mean");
+  check_arg(y.c == 3, what, "y has ", y.c, " channels, expected 3");
   const int64_t count = y.count();
   if (count == 0) return;
   const Normalise norm{{mean[0], mean[1], mean[2]}, scale, rgb};
-  dispatch(y.dtype, [&](auto t) {
+  const unsigned grid = blocks_for(count, kThreads);
+  dispatch_dtype(y.dtype, what, [&](auto t) {
     using T = decltype(t);
-    bgr8_to_input_kernel<T><<<blocks_for(count), kThreads, 0, stream>>>(
-        bgr, static_cast<T*>(y.data), device_view(y), norm);
+    bgr8_to_input_kernel<T>
+        <<<grid, kThreads, 0, stream>>>(bgr, static_cast<T*>(y.data), device_view(y), norm);
   });
   FN_LAUNCH_CHECK("bgr8_to_input_kernel");
 }
 
 void launch_affine(const TensorView4& x, const float* gamma, const float* beta, bool relu,
                    const TensorView4& y, cudaStream_t stream) {
-  require(gamma != nullptr && beta != nullptr, "affine: null gamma/beta");
-  require(x.dtype == y.dtype, "affine: x and y must share a dtype");
-  require(x.n == y.n && x.c == y.c && x.h == y.h && x.w == y.w, "affine: x and y shapes differ");
+  const char* what = "launch_affine";
+  check_not_null(gamma, what, "gamma");
+  check_not_null(beta, what, "beta");
+  check_arg(x.dtype == y.dtype, what, "x and y must share a dtype");
+  check_arg(x.n == y.n && x.c == y.c && x.h == y.h && x.w == y.w, what, "x and y shapes differ");
   const int64_t count = y.count();
   if (count == 0) return;
-  dispatch(x.dtype, [&](auto t) {
+  const unsigned grid = blocks_for(count, kThreads);
+  dispatch_dtype(x.dtype, what, [&](auto t) {
     using T = decltype(t);
-    affine_kernel<T><<<blocks_for(count), kThreads, 0, stream>>>(
-        static_cast<const T*>(x.data), device_view(x), gamma, beta, relu, static_cast<T*>(y.data),
-        device_view(y));
+    affine_kernel<T><<<grid, kThreads, 0, stream>>>(static_cast<const T*>(x.data), device_view(x),
+                                                    gamma, beta, relu, static_cast<T*>(y.data),
+                                                    device_view(y));
   });
   FN_LAUNCH_CHECK("affine_kernel");
 }
 
 void launch_add_padded(const TensorView4& a, const TensorView4& b, bool relu, const TensorView4& y,
                        cudaStream_t stream) {
-  require(a.dtype == y.dtype && b.dtype == y.dtype, "add_padded: a, b and y must share a dtype");
-  require(a.n == y.n && b.n == y.n, "add_padded: a, b and y must agree in n");
-  require(y.c == std::max(a.c, b.c) && y.h == std::max(a.h, b.h) && y.w == std::max(a.w, b.w),
-          "add_padded: y's extent must be the larger of a's and b's on every axis");
+  const char* what = "launch_add_padded";
+  check_arg(a.dtype == y.dtype && b.dtype == y.dtype, what, "a, b and y must share a dtype");
+  check_arg(a.n == y.n && b.n == y.n, what, "a, b and y must agree in n");
+  check_arg(y.c == std::max(a.c, b.c) && y.h == std::max(a.h, b.h) && y.w == std::max(a.w, b.w),
+            what, "y's extent must be the larger of a's and b's on every axis");
   const int64_t count = y.count();
   if (count == 0) return;
-  dispatch(y.dtype, [&](auto t) {
+  const unsigned grid = blocks_for(count, kThreads);
+  dispatch_dtype(y.dtype, what, [&](auto t) {
     using T = decltype(t);
-    add_padded_kernel<T><<<blocks_for(count), kThreads, 0, stream>>>(
+    add_padded_kernel<T><<<grid, kThreads, 0, stream>>>(
         static_cast<const T*>(a.data), device_view(a), static_cast<const T*>(b.data),
         device_view(b), relu, static_cast<T*>(y.data), device_view(y));
   });
@@ -361,16 +358,21 @@ void launch_add_padded(const TensorView4& a, const TensorView4& b, bool relu, co
 
 void launch_pooled_dense_head(const TensorView4& x, const float* wt, const float* b, int out,
                               bool l2norm, float eps, float* y, cudaStream_t stream) {
-  require(wt != nullptr && b != nullptr && y != nullptr, "pooled_dense_head: null pointer");
-  require(out >= 1, "pooled_dense_head: out must be >= 1");
+  const char* what = "launch_pooled_dense_head";
+  check_not_null(wt, what, "wt");
+  check_not_null(b, what, "b");
+  check_not_null(y, what, "y");
+  check_arg(out >= 1, what, "out = ", out, " must be >= 1");
+  // Pooled channels and outputs of kHeadImages images.
   const std::size_t smem = sizeof(float) * kHeadImages * static_cast<std::size_t>(x.c + out);
-  require(smem <= 48 * 1024, "pooled_dense_head: channels + outputs exceed shared memory");
   if (x.n == 0) return;
-  const int blocks = static_cast<int>((x.n + kHeadImages - 1) / kHeadImages);
-  dispatch(x.dtype, [&](auto t) {
+  const unsigned grid = blocks_for(x.n, kHeadImages);
+  dispatch_dtype(x.dtype, what, [&](auto t) {
     using T = decltype(t);
-    pooled_dense_head_kernel<T><<<blocks, kHeadThreads, smem, stream>>>(
-        static_cast<const T*>(x.data), device_view(x), wt, b, out, l2norm, eps, y);
+    const auto kernel = pooled_dense_head_kernel<T>;
+    allow_dynamic_smem(kernel, smem, what, "pooled_dense_head_kernel", "channels + outputs");
+    kernel<<<grid, kHeadThreads, smem, stream>>>(static_cast<const T*>(x.data), device_view(x), wt,
+                                                 b, out, l2norm, eps, y);
   });
   FN_LAUNCH_CHECK("pooled_dense_head_kernel");
 }

@@ -7,6 +7,7 @@
 
 #include "engine/core/cuda_util.h"
 #include "kernels/dtype_convert.cuh"
+#include "kernels/launch.cuh"
 
 namespace facenet {
 namespace {
@@ -301,24 +302,15 @@ __global__ void knn_move_rows_kernel(const int64_t* __restrict__ moves, int64_t 
   }
 }
 
-void check_k(int k, const char* launcher) {
-  if (k < 1 || k > kKnnMaxK) fail(launcher, ": k = ", k, " must be in [1, ", kKnnMaxK, "]");
-}
-
 void check_dim(int dim, const char* launcher) {
-  if (dim < 8 || dim % 8 != 0) fail(launcher, ": dim = ", dim, " must be a multiple of 8");
+  check_arg(dim >= 8 && dim % 8 == 0, launcher, "dim = ", dim, " must be a multiple of 8");
 }
 
-unsigned int blocks_for(int64_t work, int per_block) {
-  return static_cast<unsigned int>((work + per_block - 1) / per_block);
-}
-
-// Opts the kernel in to more than 48 KiB of dynamic shared memory when the shape needs it.
-template <typename Kernel>
-void allow_shared(Kernel kernel, size_t bytes) {
-  if (bytes > 48 * 1024)
-    FN_GPU_CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize,
-                                      static_cast<int>(bytes)));
+// Gallery rows are fp16, or fp32 for every other dtype (as GpuFlatIndex stores them).
+template <typename Fn>
+void dispatch_storage(DType dtype, const char* launcher, Fn&& fn) {
+  const DType storage = dtype == DType::kFloat16 ? DType::kFloat16 : DType::kFloat32;
+  dispatch_dtype_among<float, __half>(storage, launcher, std::forward<Fn>(fn));
 }
 
 template <typename T, int QT>
@@ -328,18 +320,18 @@ void launch_fused(const float* queries, int64_t nq, const T* gallery, const floa
   const size_t smem = BlockTopK<QT>::bytes(k2) + sizeof(float) * QT * (dim + 1);
   const int64_t split_rows = (n + splits - 1) / splits;
   const dim3 grid(splits, blocks_for(nq, QT));
-  auto kernel = knn_fused_kernel<T, QT>;
-  allow_shared(kernel, smem);
+  const auto kernel = knn_fused_kernel<T, QT>;
+  allow_dynamic_smem(kernel, smem, "knn_fused_partial", "knn_fused_kernel");
   kernel<<<grid, kThreads, smem, stream>>>(queries, nq, gallery, norms, n, dim, k, k2, split_rows,
                                            partial);
   FN_LAUNCH_CHECK("knn_fused_kernel");
 }
 
+// The fused launch for qt queries per block (knn_fused_queries_per_block: 1, 2, 4 or 8).
 template <typename T>
-void launch_fused_for(int qt, const float* queries, int64_t nq, const void* gallery,
-                      const float* norms, int64_t n, int dim, int k, int splits, uint64_t* partial,
+void launch_fused_for(int qt, const float* queries, int64_t nq, const T* g, const float* norms,
+                      int64_t n, int dim, int k, int splits, uint64_t* partial,
                       cudaStream_t stream) {
-  const T* g = static_cast<const T*>(gallery);
   switch (qt) {
     case 1:
       return launch_fused<T, 1>(queries, nq, g, norms, n, dim, k, splits, partial, stream);
@@ -356,31 +348,30 @@ void launch_fused_for(int qt, const float* queries, int64_t nq, const void* gall
 
 void knn_store_rows(const float* src, int64_t n, int dim, DType dtype, void* dst, float* norms,
                     cudaStream_t stream) {
-  check_dim(dim, "knn_store_rows");
+  const char* what = "knn_store_rows";
+  check_dim(dim, what);
   if (n <= 0) return;
   constexpr int kBlock = 256;
-  const unsigned int grid = blocks_for(n * 32, kBlock);
-  if (dtype == DType::kFloat16)
-    knn_store_rows_kernel<__half>
-        <<<grid, kBlock, 0, stream>>>(src, n, dim, static_cast<__half*>(dst), norms);
-  else
-    knn_store_rows_kernel<float>
-        <<<grid, kBlock, 0, stream>>>(src, n, dim, static_cast<float*>(dst), norms);
+  const unsigned grid = blocks_for(n * 32, kBlock);  // one warp per row
+  dispatch_storage(dtype, what, [&](auto t) {
+    using T = decltype(t);
+    knn_store_rows_kernel<T><<<grid, kBlock, 0, stream>>>(src, n, dim, static_cast<T*>(dst), norms);
+  });
   FN_LAUNCH_CHECK("knn_store_rows_kernel");
 }
 
 void knn_move_rows(const int64_t* moves, int64_t m, int dim, DType dtype, void* vectors,
                    float* norms, int64_t* ids, cudaStream_t stream) {
-  check_dim(dim, "knn_move_rows");
+  const char* what = "knn_move_rows";
+  check_dim(dim, what);
   if (m <= 0) return;
   constexpr int kBlock = 128;
-  const unsigned int grid = static_cast<unsigned int>(m);
-  if (dtype == DType::kFloat16)
-    knn_move_rows_kernel<__half>
-        <<<grid, kBlock, 0, stream>>>(moves, m, dim, static_cast<__half*>(vectors), norms, ids);
-  else
-    knn_move_rows_kernel<float>
-        <<<grid, kBlock, 0, stream>>>(moves, m, dim, static_cast<float*>(vectors), norms, ids);
+  const unsigned grid = static_cast<unsigned>(m);  // one block per move
+  dispatch_storage(dtype, what, [&](auto t) {
+    using T = decltype(t);
+    knn_move_rows_kernel<T>
+        <<<grid, kBlock, 0, stream>>>(moves, m, dim, static_cast<T*>(vectors), norms, ids);
+  });
   FN_LAUNCH_CHECK("knn_move_rows_kernel");
 }
 
@@ -395,45 +386,49 @@ int knn_fused_queries_per_block(int64_t nq, int k) {
 void knn_fused_partial(const float* queries, int64_t nq, const void* gallery, DType dtype,
                        const float* norms, int64_t n, int dim, int k, int splits, uint64_t* partial,
                        cudaStream_t stream) {
-  check_k(k, "knn_fused_partial");
-  check_dim(dim, "knn_fused_partial");
-  if (n < 1 || n > 0xffffffffll) fail("knn_fused_partial: gallery size ", n, " out of range");
-  if (splits < 1 || splits > 65535) fail("knn_fused_partial: splits = ", splits);
+  const char* what = "knn_fused_partial";
+  check_range(k, 1, kKnnMaxK, what, "k");
+  check_dim(dim, what);
+  check_range(n, 1, 0xffffffffll, what, "gallery size");
+  check_range(splits, 1, 65535, what, "splits");
   if (nq <= 0) return;
   const int qt = knn_fused_queries_per_block(nq, k);
-  if ((nq + qt - 1) / qt > 65535)
-    fail("knn_fused_partial: ", nq, " queries in one launch (at most ", int64_t{65535} * qt,
-         " for k = ", k, ")");
-  if (dtype == DType::kFloat16)
-    launch_fused_for<__half>(qt, queries, nq, gallery, norms, n, dim, k, splits, partial, stream);
-  else
-    launch_fused_for<float>(qt, queries, nq, gallery, norms, n, dim, k, splits, partial, stream);
+  check_arg((nq + qt - 1) / qt <= 65535, what, nq, " queries in one launch (at most ",
+            int64_t{65535} * qt, " for k = ", k, ")");
+  dispatch_storage(dtype, what, [&](auto t) {
+    using T = decltype(t);
+    launch_fused_for<T>(qt, queries, nq, static_cast<const T*>(gallery), norms, n, dim, k, splits,
+                        partial, stream);
+  });
 }
 
 void knn_select_tile(const float* ip, const float* query_norms, const float* gallery_norms,
                      int64_t nq, int64_t rows, int64_t row0, int k, uint64_t* running,
                      cudaStream_t stream) {
-  check_k(k, "knn_select_tile");
-  if (row0 + rows > 0xffffffffll) fail("knn_select_tile: slot ", row0 + rows, " out of range");
+  const char* what = "knn_select_tile";
+  check_range(k, 1, kKnnMaxK, what, "k");
+  check_arg(row0 + rows <= 0xffffffffll, what, "slot ", row0 + rows, " out of range");
   if (nq <= 0 || rows <= 0) return;
   const int k2 = pow2_at_least(k);
   const size_t smem = BlockTopK<1>::bytes(k2);
-  allow_shared(knn_select_tile_kernel, smem);
-  knn_select_tile_kernel<<<static_cast<unsigned int>(nq), kThreads, smem, stream>>>(
-      ip, query_norms, gallery_norms, rows, row0, k, k2, running);
+  const unsigned grid = static_cast<unsigned>(nq);  // one block per query
+  allow_dynamic_smem(knn_select_tile_kernel, smem, what, "knn_select_tile_kernel");
+  knn_select_tile_kernel<<<grid, kThreads, smem, stream>>>(ip, query_norms, gallery_norms, rows,
+                                                           row0, k, k2, running);
   FN_LAUNCH_CHECK("knn_select_tile_kernel");
 }
 
 void knn_merge_partial(const uint64_t* partial, int lists, int64_t nq, int k, uint64_t* out,
                        cudaStream_t stream) {
-  check_k(k, "knn_merge_partial");
-  if (lists < 1) fail("knn_merge_partial: lists = ", lists);
+  const char* what = "knn_merge_partial";
+  check_range(k, 1, kKnnMaxK, what, "k");
+  check_arg(lists >= 1, what, "lists = ", lists, " must be >= 1");
   if (nq <= 0) return;
   const int k2 = pow2_at_least(k);
   const size_t smem = BlockTopK<1>::bytes(k2);
-  allow_shared(knn_merge_kernel, smem);
-  knn_merge_kernel<<<static_cast<unsigned int>(nq), kThreads, smem, stream>>>(partial, lists, nq, k,
-                                                                              k2, out);
+  const unsigned grid = static_cast<unsigned>(nq);  // one block per query
+  allow_dynamic_smem(knn_merge_kernel, smem, what, "knn_merge_kernel");
+  knn_merge_kernel<<<grid, kThreads, smem, stream>>>(partial, lists, nq, k, k2, out);
   FN_LAUNCH_CHECK("knn_merge_kernel");
 }
 
@@ -441,8 +436,8 @@ void knn_keys_to_results(const uint64_t* keys, int64_t count, const int64_t* ids
                          int64_t* labels, cudaStream_t stream) {
   if (count <= 0) return;
   constexpr int kBlock = 256;
-  knn_keys_to_results_kernel<<<blocks_for(count, kBlock), kBlock, 0, stream>>>(keys, count, ids,
-                                                                               distances, labels);
+  const unsigned grid = blocks_for(count, kBlock);
+  knn_keys_to_results_kernel<<<grid, kBlock, 0, stream>>>(keys, count, ids, distances, labels);
   FN_LAUNCH_CHECK("knn_keys_to_results_kernel");
 }
 

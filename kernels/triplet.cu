@@ -1,6 +1,8 @@
 // CUDA kernels of the triplet loss: register-tiled Gram distances (upper tile triangle,
 // mirrored) with batch-hard mining fused into the epilogue, per-anchor batch-all and semi-hard
 // mining, fixed-order loss sums, and the gradient.
+// Over 600 lines for a reason: one op whose kernels share the static device helpers above
+// them (block reductions, ordered compaction, the Gram tile), which must stay in this file.
 #include "kernels/triplet.h"
 
 #include <climits>
@@ -8,6 +10,7 @@
 
 #include "engine/core/cuda_util.h"
 #include "engine/core/error.h"
+#include "kernels/launch.cuh"
 
 namespace facenet {
 namespace {
@@ -640,35 +643,11 @@ __global__ void grad_dense_finish_kernel(const float* __restrict__ e, int64_t ba
   grad[q] = 2.f * (static_cast<float>(colsum[q / dim]) * e[q] - work[q]);
 }
 
-// ---- launcher helpers -------------------------------------------------------------------------
+// ---- the triplet launchers' shape check (the generic checks are in launch.cuh) ---------------
 
 void require_shape(int64_t batch, int64_t dim, const char* what) {
-  if (batch < 1 || dim < 1 || batch > INT32_MAX)
-    fail(what, ": batch must be in [1, 2^31) and dim >= 1, got ", batch, " x ", dim);
-}
-
-void require_ptr(const void* p, const char* name, const char* what) {
-  if (!p) fail(what, ": ", name, " is null");
-}
-
-unsigned blocks_for(int64_t threads_total, int block) {
-  return static_cast<unsigned>((threads_total + block - 1) / block);
-}
-
-// Opts a kernel into more than 48 KiB of dynamic shared memory, or explains why it cannot.
-template <typename Kernel>
-void allow_dynamic_smem(Kernel kernel, size_t bytes, const char* what) {
-  int device = 0, limit = 0;
-  FN_GPU_CHECK(cudaGetDevice(&device));
-  FN_GPU_CHECK(cudaDeviceGetAttribute(&limit, cudaDevAttrMaxSharedMemoryPerBlockOptin, device));
-  if (bytes > static_cast<size_t>(limit))
-    fail(what, ": needs ", bytes,
-         " bytes of shared memory per block (largest class too big), "
-         "the device allows ",
-         limit);
-  if (bytes > 48 * 1024)
-    FN_GPU_CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize,
-                                      static_cast<int>(bytes)));
+  check_arg(batch >= 1 && dim >= 1 && batch <= INT32_MAX, what,
+            "batch must be in [1, 2^31) and dim >= 1, got ", batch, " x ", dim);
 }
 
 }  // namespace
@@ -682,8 +661,8 @@ int64_t triplet_tile_count(int64_t batch) {
 void launch_triplet_row_norms(const float* e, int64_t batch, int64_t dim, float* norms,
                               cudaStream_t stream) {
   require_shape(batch, dim, "triplet row norms");
-  require_ptr(e, "embeddings", "triplet row norms");
-  require_ptr(norms, "norms", "triplet row norms");
+  check_not_null(e, "triplet row norms", "embeddings");
+  check_not_null(norms, "triplet row norms", "norms");
   const int block = 256;
   const unsigned grid = blocks_for(batch * 32, block);
   row_norms_kernel<<<grid, block, 0, stream>>>(e, batch, dim, norms);
@@ -693,9 +672,9 @@ void launch_triplet_row_norms(const float* e, int64_t batch, int64_t dim, float*
 void launch_triplet_sq_l2(const float* e, const float* norms, int64_t batch, int64_t dim, float* d,
                           cudaStream_t stream) {
   require_shape(batch, dim, "triplet distances");
-  require_ptr(e, "embeddings", "triplet distances");
-  require_ptr(norms, "norms", "triplet distances");
-  require_ptr(d, "distance matrix", "triplet distances");
+  check_not_null(e, "triplet distances", "embeddings");
+  check_not_null(norms, "triplet distances", "norms");
+  check_not_null(d, "triplet distances", "distance matrix");
   const int tiles = static_cast<int>(triplet_tile_count(batch));
   const unsigned grid = static_cast<unsigned>(tiles) * (tiles + 1) / 2;
   sq_l2_kernel<<<grid, kTileThreads, 0, stream>>>(e, norms, batch, dim, tiles, d);
@@ -707,10 +686,10 @@ void launch_triplet_batch_hard_tiles(const float* e, const float* norms, const i
                                      cudaStream_t stream) {
   const char* what = "triplet batch-hard tiles";
   require_shape(batch, dim, what);
-  require_ptr(e, "embeddings", what);
-  require_ptr(norms, "norms", what);
-  require_ptr(labels, "labels", what);
-  require_ptr(partials, "partials", what);
+  check_not_null(e, what, "embeddings");
+  check_not_null(norms, what, "norms");
+  check_not_null(labels, what, "labels");
+  check_not_null(partials, what, "partials");
   const int tiles = static_cast<int>(triplet_tile_count(batch));
   const unsigned grid = static_cast<unsigned>(tiles) * (tiles + 1) / 2;
   batch_hard_tiles_kernel<<<grid, kTileThreads, 0, stream>>>(e, norms, labels, batch, dim, tiles,
@@ -723,9 +702,9 @@ void launch_triplet_batch_hard_select(const TripletHardPartial* partials, int64_
                                       cudaStream_t stream) {
   const char* what = "triplet batch-hard select";
   require_shape(batch, 1, what);
-  require_ptr(partials, "partials", what);
-  require_ptr(triplets, "triplets", what);
-  require_ptr(losses, "losses", what);
+  check_not_null(partials, what, "partials");
+  check_not_null(triplets, what, "triplets");
+  check_not_null(losses, what, "losses");
   const int tiles = static_cast<int>(triplet_tile_count(batch));
   const int block = 256;
   const unsigned grid = blocks_for(batch, block);
@@ -739,11 +718,11 @@ void launch_triplet_semi_hard(const float* d, const int32_t* labels, int64_t bat
                               int32_t* triplets, float* losses, cudaStream_t stream) {
   const char* what = "triplet semi-hard mining";
   require_shape(batch, 1, what);
-  require_ptr(d, "distance matrix", what);
-  require_ptr(labels, "labels", what);
-  require_ptr(pair_offset, "pair offsets", what);
+  check_not_null(d, what, "distance matrix");
+  check_not_null(labels, what, "labels");
+  check_not_null(pair_offset, what, "pair offsets");
   const size_t smem = static_cast<size_t>(max_positives) * (sizeof(int32_t) + sizeof(float));
-  allow_dynamic_smem(semi_hard_kernel, smem, what);
+  allow_dynamic_smem(semi_hard_kernel, smem, what, "semi_hard_kernel", "the largest class");
   const unsigned grid = static_cast<unsigned>(batch);
   semi_hard_kernel<<<grid, kAnchorThreads, smem, stream>>>(d, labels, batch, pair_offset,
                                                            max_positives, margin, triplets, losses);
@@ -757,18 +736,18 @@ void launch_triplet_batch_all(const float* d, const int32_t* labels, int64_t bat
                               cudaStream_t stream) {
   const char* what = "triplet batch-all mining";
   require_shape(batch, 1, what);
-  require_ptr(d, "distance matrix", what);
-  require_ptr(labels, "labels", what);
+  check_not_null(d, what, "distance matrix");
+  check_not_null(labels, what, "labels");
   if (emit_offset) {
-    require_ptr(triplets, "triplets", what);
-    require_ptr(losses, "losses", what);
+    check_not_null(triplets, what, "triplets");
+    check_not_null(losses, what, "losses");
   } else {
-    require_ptr(anchor_loss, "anchor losses", what);
-    require_ptr(anchor_active, "anchor active counts", what);
-    if (coef) require_ptr(colsum, "column sums", what);
+    check_not_null(anchor_loss, what, "anchor losses");
+    check_not_null(anchor_active, what, "anchor active counts");
+    if (coef) check_not_null(colsum, what, "column sums");
   }
   const size_t smem = static_cast<size_t>(max_positives) * (2 * sizeof(int32_t) + sizeof(float));
-  allow_dynamic_smem(batch_all_kernel, smem, what);
+  allow_dynamic_smem(batch_all_kernel, smem, what, "batch_all_kernel", "the largest class");
   const unsigned grid = static_cast<unsigned>(batch);
   batch_all_kernel<<<grid, kAnchorThreads, smem, stream>>>(d, labels, batch, max_positives, margin,
                                                            anchor_loss, anchor_active, coef, colsum,
@@ -781,9 +760,9 @@ void launch_triplet_given(const float* e, int64_t dim, const int32_t* triplets, 
   const char* what = "triplet loss of given triplets";
   if (count == 0) return;
   require_shape(count, dim, what);
-  require_ptr(e, "embeddings", what);
-  require_ptr(triplets, "triplets", what);
-  require_ptr(losses, "losses", what);
+  check_not_null(e, what, "embeddings");
+  check_not_null(triplets, what, "triplets");
+  check_not_null(losses, what, "losses");
   const int block = 256;
   const unsigned grid = blocks_for(count * 32, block);
   given_kernel<<<grid, block, 0, stream>>>(e, dim, triplets, count, margin, losses);
@@ -792,18 +771,18 @@ void launch_triplet_given(const float* e, int64_t dim, const int32_t* triplets, 
 
 void launch_triplet_sum(const float* values, int64_t count, double* sum, int64_t* active,
                         cudaStream_t stream) {
-  require_ptr(sum, "sum", "triplet loss sum");
-  require_ptr(active, "active count", "triplet loss sum");
-  if (count > 0) require_ptr(values, "values", "triplet loss sum");
+  check_not_null(sum, "triplet loss sum", "sum");
+  check_not_null(active, "triplet loss sum", "active count");
+  if (count > 0) check_not_null(values, "triplet loss sum", "values");
   sum_kernel<float><<<1, kSumThreads, 0, stream>>>(values, nullptr, count, sum, active);
   FN_LAUNCH_CHECK("sum_kernel<float>");
 }
 
 void launch_triplet_sum(const double* values, const int64_t* counts, int64_t count, double* sum,
                         int64_t* active, cudaStream_t stream) {
-  require_ptr(sum, "sum", "triplet loss sum");
-  require_ptr(active, "active count", "triplet loss sum");
-  if (count > 0) require_ptr(values, "values", "triplet loss sum");
+  check_not_null(sum, "triplet loss sum", "sum");
+  check_not_null(active, "triplet loss sum", "active count");
+  if (count > 0) check_not_null(values, "triplet loss sum", "values");
   sum_kernel<double><<<1, kSumThreads, 0, stream>>>(values, counts, count, sum, active);
   FN_LAUNCH_CHECK("sum_kernel<double>");
 }
@@ -813,19 +792,19 @@ void launch_triplet_grad_sparse(const float* e, int64_t batch, int64_t dim, cons
                                 cudaStream_t stream) {
   const char* what = "triplet sparse gradient";
   require_shape(batch, dim, what);
-  require_ptr(e, "embeddings", what);
-  require_ptr(grad, "gradient", what);
+  check_not_null(e, what, "embeddings");
+  check_not_null(grad, what, "gradient");
   if (count > 0) {
-    require_ptr(triplets, "triplets", what);
-    require_ptr(losses, "losses", what);
+    check_not_null(triplets, what, "triplets");
+    check_not_null(losses, what, "losses");
   }
   if (deterministic) {
-    if (dim > kMaxGatherDim)
-      fail(what, ": the deterministic gradient supports dim <= ", kMaxGatherDim, ", got ", dim);
+    check_arg(dim <= kMaxGatherDim, what,
+              "the deterministic gradient supports dim <= ", kMaxGatherDim, ", got ", dim);
     const int rows =
         static_cast<int>(std::max<int64_t>(1, std::min<int64_t>(32, kGatherFloats / dim)));
     const size_t smem = static_cast<size_t>(rows) * dim * sizeof(float);
-    allow_dynamic_smem(grad_gather_kernel, smem, what);
+    allow_dynamic_smem(grad_gather_kernel, smem, what, "grad_gather_kernel", "dim");
     const unsigned grid = blocks_for(batch, rows);
     grad_gather_kernel<<<grid, kGatherThreads, smem, stream>>>(e, batch, dim, triplets, losses,
                                                                count, rows, grad);
@@ -845,11 +824,12 @@ void launch_triplet_grad_dense(cublasHandle_t cublas, const float* e, int64_t ba
                                cudaStream_t stream) {
   const char* what = "triplet batch-all gradient";
   require_shape(batch, dim, what);
-  if (dim > INT32_MAX) fail(what, ": dim ", dim, " exceeds the cuBLAS int range");
-  for (const void* p : {static_cast<const void*>(e), static_cast<const void*>(coef),
-                        static_cast<const void*>(colsum), static_cast<const void*>(work),
-                        static_cast<const void*>(grad)})
-    require_ptr(p, "an input or output buffer", what);
+  check_arg(dim <= INT32_MAX, what, "dim ", dim, " exceeds the cuBLAS int range");
+  check_not_null(e, what, "embeddings");
+  check_not_null(coef, what, "coefficients");
+  check_not_null(colsum, what, "column sums");
+  check_not_null(work, what, "work");
+  check_not_null(grad, what, "gradient");
   // Row-major X is column-major X^T: work^T (d x B) = E^T C^T, then += E^T C.
   const int m = static_cast<int>(dim), n = static_cast<int>(batch);
   const float one = 1.f, zero = 0.f;

@@ -16,7 +16,7 @@
 #include "engine/backend/lowering.h"
 #include "engine/backend/reference/cpu_reference.h"
 #include "engine/core/cuda_util.h"
-#include "engine/pipeline/encode.h"
+#include "engine/pipeline/pipeline.h"
 #include "kernels/inception_ops.h"
 #include "tests/dlib_fixture.h"
 #include "tests/golden_fixture.h"
@@ -489,13 +489,59 @@ TEST(GpuStaged, SlotsInFlightTogetherKeepTheirOwnResults) {
   }
 }
 
+// device_output(s) is the slot's own device copy of its embeddings: work queued on the
+// backend's context stream after submit(s) reads them there, even after another slot's batch
+// (which overwrites the backend's output buffer) was submitted, and they are what output(s)
+// receives.
+TEST(GpuStaged, DeviceOutputIsEachSlotsOwnOnTheContextStream) {
+  FN_REQUIRE_GPU();
+  const Model m = load_model(test::converted_model("openface"));
+  const int64_t n = 3, bytes = 96 * 96 * 3, dim = 128;
+  std::mt19937 rng(73);
+  std::vector<uint8_t> bgr(2 * n * bytes);
+  for (auto& v : bgr) v = static_cast<uint8_t>(rng() & 0xff);
+  BackendOptions opt;
+  opt.device = Device::kCuda;
+  auto backend = make_cuda_backend(m, opt);
+  GpuContext* context = backend->gpu_context();
+  ASSERT_NE(context, nullptr);
+  EXPECT_EQ(context->stream(), backend->stream());
+  auto staged = backend->make_staged_encoder(2, n);
+  ASSERT_TRUE(staged);
+  ASSERT_NE(staged->device_output(0), nullptr);
+  ASSERT_NE(staged->device_output(1), nullptr);
+  EXPECT_NE(staged->device_output(0), staged->device_output(1));
+  for (int round = 0; round < 3; ++round) {  // eager, capture, replay of the CUDA graph
+    for (int s = 0; s < 2; ++s) {
+      std::memcpy(staged->input(s), bgr.data() + s * n * bytes, n * bytes);
+      staged->submit(s, n);
+    }
+    std::vector<float> seen(2 * n * dim);  // queued after both batches, no wait before
+    for (int s = 0; s < 2; ++s)
+      FN_GPU_CHECK(cudaMemcpyAsync(seen.data() + s * n * dim, staged->device_output(s),
+                                   n * dim * sizeof(float), cudaMemcpyDeviceToHost,
+                                   context->stream()));
+    context->synchronize();
+    bool slots_differ = false;
+    for (int s = 0; s < 2; ++s) {
+      staged->wait(s);
+      for (int64_t i = 0; i < n * dim; ++i)
+        ASSERT_EQ(seen[s * n * dim + i], staged->output(s)[i])
+            << "round " << round << ", slot " << s << ", value " << i;
+    }
+    for (int64_t i = 0; i < n * dim; ++i) slots_differ |= seen[i] != seen[n * dim + i];
+    EXPECT_TRUE(slots_differ) << "round " << round;
+  }
+}
+
 // Staging slots are allocated once and lent again: a later encoder that fits gets the same
 // pinned buffers, one that does not (or one asked for while the first is out) gets new ones,
 // and device_bytes() counts every set the backend holds.
 TEST(GpuStaged, SlotsAreReusedAndCounted) {
   FN_REQUIRE_GPU();
   const Model m = load_model(test::converted_model("openface"));
-  const std::size_t image = 96 * 96 * 3;
+  // Device bytes per image of a slot: its pixels and its embedding.
+  const std::size_t image = 96 * 96 * 3 + 128 * sizeof(float);
   BackendOptions opt;
   opt.device = Device::kCuda;
   auto backend = make_cuda_backend(m, opt);
@@ -551,10 +597,31 @@ TEST(GpuPlans, TailsRunOnALargerPlanAndMatchCpu) {
   }
 }
 
-// encode_files through the CUDA pipeline gives the CPU path's callbacks and embeddings on the
-// happy-house photos, with unreadable files interleaved, batches that leave a partial last
-// one or exceed the file count, and twice per batch size (the second run replays graphs).
-TEST(GpuPipeline, EncodeFilesMatchesCpu) {
+// A gallery index built on gpu_context() reserves its scratch in the context's workspace,
+// which the backend's convolutions use too. When that moves the workspace, the backend
+// re-captures its CUDA graph instead of replaying one that points at the freed buffer.
+TEST(GpuPlans, WorkspaceMovedThroughTheSharedContextIsFollowed) {
+  FN_REQUIRE_GPU();
+  const Model m = load_model(test::converted_model("openface"));
+  const int64_t n = 4;
+  const std::vector<float> x = random_tensor({n, 3, 96, 96}, 79, 0.0f, 1.0f).data;
+  BackendOptions opt;
+  opt.device = Device::kCuda;
+  auto gpu = make_cuda_backend(m, opt);
+  std::vector<float> want(n * 128), got(n * 128);
+  // Eager, capture, replay; then the workspace grows past the backend's 128 MiB and moves.
+  for (int run = 0; run < 3; ++run) gpu->forward(x.data(), n, want.data());
+  gpu->gpu_context()->reserve(std::size_t(512) << 20);
+  gpu->forward(x.data(), n, got.data());
+  EXPECT_LE(test::max_abs_diff(got.data(), want.data(), n * 128), 1e-6);
+}
+
+// The front door on CUDA (staged 8-bit path, two slots) gives the CPU pipeline's results and
+// embeddings on the happy-house photos, with unreadable files interleaved, batches that leave
+// a partial last one or exceed the file count, and twice per batch size (the second run
+// replays graphs). Then identification searched on the device from the slots' embeddings
+// names the same identities at the same distances as the CPU index.
+TEST(GpuPipeline, FrontDoorMatchesCpu) {
   FN_REQUIRE_GPU();
   const Model m = load_model(test::converted_model("openface"));
   std::vector<std::filesystem::path> files;
@@ -563,47 +630,75 @@ TEST(GpuPipeline, EncodeFilesMatchesCpu) {
     if (files.size() % 7 == 3)
       files.push_back("/nonexistent/missing-" + std::to_string(files.size()) + ".jpg");
   }
-  struct Run {
-    std::vector<std::string> events;
-    std::vector<float> embeddings;
-    EncodeStats stats;
+  auto inputs = [&] {
+    std::vector<ImageInput> in;
+    for (const auto& f : files) in.push_back(ImageInput::file(f));
+    return in;
   };
-  auto encode = [&](Backend& backend, int batch) {
-    Run r;
-    EncodeCallbacks cb;
-    cb.on_batch = [&](const std::vector<std::filesystem::path>& paths,
-                      const std::vector<float>& emb) {
-      for (const auto& p : paths) r.events.push_back(p.string());
-      r.embeddings.insert(r.embeddings.end(), emb.begin(), emb.end());
-    };
-    cb.on_error = [&](const std::filesystem::path& p, const std::string&) {
-      r.events.push_back("error " + p.string());
-    };
-    cb.on_progress = [&](size_t done, size_t) { r.events.push_back(std::to_string(done)); };
-    r.stats = encode_files(backend, input_spec(m.graph), 128, files, batch, cb);
-    return r;
+  RequestOptions crops;
+  crops.faces.detector = DetectorKind::kNone;
+  auto embeddings = [](const std::vector<ImageResult>& rs) {
+    std::vector<float> out;
+    for (const auto& r : rs)
+      for (const auto& f : r.faces) out.insert(out.end(), f.embedding.begin(), f.embedding.end());
+    return out;
   };
-  auto cpu = make_backend(m, {});
-  BackendOptions opt;
-  opt.device = Device::kCuda;
-  auto gpu = make_backend(m, opt);
   for (int batch : {4, 64}) {
-    const Run want = encode(*cpu, batch);
-    ASSERT_EQ(want.stats.encoded, 18u);
+    PipelineOptions po;
+    po.max_batch = batch;
+    Pipeline cpu(m, po);
+    const auto want = cpu.run(inputs(), crops);
+    po.backend.device = Device::kCuda;
+    Pipeline gpu(m, po);
     for (int run = 0; run < 2; ++run) {
-      const Run got = encode(*gpu, batch);
-      EXPECT_EQ(got.stats.encoded, want.stats.encoded);
-      EXPECT_EQ(got.stats.failed, want.stats.failed);
-      EXPECT_EQ(got.events, want.events);
-      ASSERT_EQ(got.embeddings.size(), want.embeddings.size());
+      const auto got = gpu.run(inputs(), crops);
+      ASSERT_EQ(got.size(), want.size());
+      for (size_t i = 0; i < got.size(); ++i) {
+        EXPECT_EQ(got[i].status, want[i].status) << got[i].name;
+        EXPECT_EQ(got[i].faces.size(), want[i].faces.size()) << got[i].name;
+      }
+      const auto a = embeddings(got), b = embeddings(want);
+      ASSERT_EQ(a.size(), 18u * 128);
+      ASSERT_EQ(a.size(), b.size());
       double err = 0;
-      for (size_t i = 0; i < got.embeddings.size(); ++i) {
-        ASSERT_TRUE(std::isfinite(got.embeddings[i])) << i;
-        err = std::max(err, std::fabs(double(got.embeddings[i]) - want.embeddings[i]));
+      for (size_t i = 0; i < a.size(); ++i) {
+        ASSERT_TRUE(std::isfinite(a[i])) << i;
+        err = std::max(err, std::fabs(double(a[i]) - b[i]));
       }
       std::printf("[ measured ] pipeline batch %d run %d: max abs error vs cpu %.3g\n", batch, run,
                   err);
       EXPECT_LE(err, 1e-4) << "batch " << batch << ", run " << run;
+    }
+    // A gallery of the same photos, one identity each: every probe finds itself first.
+    GalleryMatrix g;
+    g.spec = embedding_spec(m);
+    const auto emb = embeddings(want);
+    int64_t row = 0;
+    for (const auto& r : want) {
+      if (!r.ok()) continue;
+      g.identities.push_back({row + 1, "p" + std::to_string(row), "{}", 0, 1});
+      g.embedding_ids.push_back(row + 1);
+      g.identity_ids.push_back(row + 1);
+      ++row;
+    }
+    g.vectors = emb;
+    cpu.set_gallery(g);
+    gpu.set_gallery(g);
+    RequestOptions id = crops;
+    id.task = Task::kIdentify;
+    id.k = 3;
+    const auto on_cpu = cpu.run(inputs(), id), on_gpu = gpu.run(inputs(), id);
+    ASSERT_EQ(on_cpu.size(), on_gpu.size());
+    for (size_t i = 0; i < on_cpu.size(); ++i) {
+      if (!on_cpu[i].ok()) continue;
+      const Identification& c = *on_cpu[i].faces.at(0).match;
+      const Identification& d = *on_gpu[i].faces.at(0).match;
+      EXPECT_EQ(d.best, c.best) << on_cpu[i].name;
+      ASSERT_EQ(d.top.size(), c.top.size());
+      for (size_t t = 0; t < c.top.size(); ++t) {
+        EXPECT_EQ(d.top[t].name, c.top[t].name) << on_cpu[i].name << " rank " << t;
+        EXPECT_NEAR(d.top[t].distance, c.top[t].distance, 1e-3);
+      }
     }
   }
 }

@@ -58,7 +58,10 @@ TEST(DlibResnet, EmbeddingsEqualDlibsOwnForward) {
 
   const std::vector<cv::Mat> chips = lfw_chips(6);
   ASSERT_FALSE(chips.empty());
-  const std::vector<float> want = dlib_resnet_forward(resnet_dat(), chips);
+  const std::vector<uint8_t> packed = test::pack_chips(chips);
+  const std::vector<float> want =
+      dlib_resnet_forward(resnet_dat(), packed.data(), static_cast<int64_t>(chips.size()),
+                          test::kChipSize, test::kChipSize);
   double norm = 0;
   for (int i = 0; i < 128; ++i) norm += want[i] * want[i];
   EXPECT_GT(std::sqrt(norm), 0.1) << "dlib's descriptor is suspiciously small";
@@ -84,6 +87,12 @@ TEST(DlibResnet, EmbeddingsEqualDlibsOwnForward) {
       "dlib ResNet vs dlib forward on %lld LFW chips: max abs error cpu %.3g, "
       "cpu-reference %.3g (%lld chips)\n",
       static_cast<long long>(n), fast_err, ref_err, static_cast<long long>(nr));
+}
+
+TEST(DlibResnet, ForwardRefusesChipsOfAnotherSize) {
+  const std::vector<uint8_t> chip(100 * 100 * 3);
+  test::expect_error([&] { dlib_resnet_forward(resnet_dat(), chip.data(), 1, 100, 100); },
+                     {"100x100", "150x150"});
 }
 
 // Not a check: writes the aligned chips the GPU machine (no dlib there) compares its backends on,

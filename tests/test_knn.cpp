@@ -10,12 +10,15 @@
 
 #include "engine/core/error.h"
 #include "engine/search/knn.h"
+#include "tests/knn_agreement.h"
 #include "tests/test_util.h"
 
 namespace facenet {
 namespace {
 
+using test::compare_knn;
 using test::expect_error;
+using test::KnnAgreement;
 
 // n unit vectors of dimension dim from a seeded normal distribution.
 std::vector<float> unit_vectors(int64_t n, int dim, uint32_t seed) {

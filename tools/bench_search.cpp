@@ -22,11 +22,12 @@
 #include <string>
 #include <vector>
 
-#include "tools/bench/bench_util.h"
 #include "engine/core/blas.h"
 #include "engine/core/error.h"
 #include "engine/core/gpu.h"
 #include "engine/search/knn.h"
+#include "tests/knn_agreement.h"
+#include "tools/bench/bench_util.h"
 
 #ifdef FACENET_HAVE_FAISS
 #include <faiss/IndexFlat.h>
@@ -37,6 +38,8 @@ namespace facenet {
 namespace {
 
 using nlohmann::json;
+using test::compare_knn;
+using test::KnnAgreement;
 
 struct Options {
   std::string device = "cpu";

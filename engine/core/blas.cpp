@@ -158,7 +158,7 @@ struct RowGemm::Impl {
   size_t scratch_bytes = 0;
 };
 
-RowGemm::RowGemm(int64_t m, int64_t n, int64_t k, DType input) : impl_(new Impl) {
+RowGemm::RowGemm(int64_t m, int64_t n, int64_t k, DType input) : impl_(std::make_unique<Impl>()) {
   FN_ASSERT(m > 0 && n > 0 && k > 0);
   using tag = dnnl::memory::format_tag;
   using dt = dnnl::memory::data_type;
@@ -201,7 +201,7 @@ struct RowGemm::Worker::State {
         scratchpad(g.pd.scratchpad_desc(), cpu_engine(), scratch.data()) {}
 };
 
-RowGemm::Worker::Worker(const RowGemm& gemm) : state_(new State(*gemm.impl_)) {}
+RowGemm::Worker::Worker(const RowGemm& gemm) : state_(std::make_unique<State>(*gemm.impl_)) {}
 RowGemm::Worker::~Worker() = default;
 
 void RowGemm::Worker::run(const void* a, const void* b, float* c) {

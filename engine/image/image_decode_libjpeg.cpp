@@ -14,6 +14,7 @@
 #include <cstdio>
 #include <cstdlib>
 #include <cstring>
+#include <memory>
 
 #include <jpeglib.h>  // after <cstdio>: it uses FILE and size_t without including them
 #include <png.h>
@@ -24,6 +25,11 @@
 namespace facenet {
 
 namespace {
+
+// Frees what a C library malloc'ed.
+struct CFree {
+  void operator()(void* p) const { std::free(p); }
+};
 
 // ---- JPEG ------------------------------------------------------------------------------------
 
@@ -300,6 +306,8 @@ Bgr8Image resize_bilinear(const Bgr8Image& img, int height, int width) {
 }
 
 std::vector<unsigned char> encode_jpeg(const Bgr8Image& img) {
+  // Allocated before the C objects, so nothing throws while they live.
+  std::vector<unsigned char> rgb(size_t(img.width) * 3);
   jpeg_compress_struct cinfo;
   jpeg_error_mgr err;  // default handler (exits): encoding our own buffer only fails on OOM
   cinfo.err = jpeg_std_error(&err);
@@ -314,7 +322,6 @@ std::vector<unsigned char> encode_jpeg(const Bgr8Image& img) {
   jpeg_set_defaults(&cinfo);
   jpeg_set_quality(&cinfo, 95, TRUE);
   jpeg_start_compress(&cinfo, TRUE);
-  std::vector<unsigned char> rgb(size_t(img.width) * 3);
   while (cinfo.next_scanline < cinfo.image_height) {
     const unsigned char* bgr = img.pixels.data() + size_t(cinfo.next_scanline) * img.width * 3;
     for (int x = 0; x < img.width; ++x)
@@ -324,9 +331,9 @@ std::vector<unsigned char> encode_jpeg(const Bgr8Image& img) {
   }
   jpeg_finish_compress(&cinfo);
   jpeg_destroy_compress(&cinfo);
-  std::vector<unsigned char> out(buffer, buffer + size);
-  std::free(buffer);
-  return out;
+  // libjpeg malloc'ed the output; owned here so the copy below cannot leak it.
+  const std::unique_ptr<unsigned char, CFree> owned(buffer);
+  return std::vector<unsigned char>(owned.get(), owned.get() + size);
 }
 
 }  // namespace facenet

@@ -258,18 +258,19 @@ Model convert_dlib_resnet(const std::filesystem::path& dat) {
   return m;
 }
 
-std::vector<float> dlib_resnet_forward(const std::filesystem::path& dat,
-                                       const std::vector<cv::Mat>& chips) {
+std::vector<float> dlib_resnet_forward(const std::filesystem::path& dat, const unsigned char* bgr,
+                                       int64_t n, int height, int width) {
+  constexpr int kSize = 150;
+  if (height != kSize || width != kSize)
+    fail("dlib_resnet_forward: chips are ", height, "x", width, "; expected ", kSize, "x", kSize);
   anet_type net = load_net(dat);
-  std::vector<dlib::matrix<dlib::rgb_pixel>> images(chips.size());
-  for (size_t i = 0; i < chips.size(); ++i) {
-    const cv::Mat& c = chips[i];
-    if (c.type() != CV_8UC3 || c.rows != 150 || c.cols != 150)
-      fail("dlib_resnet_forward: chip ", i, " is not a 150x150 8-bit BGR image");
-    images[i].set_size(150, 150);
-    for (int r = 0; r < 150; ++r)
-      for (int col = 0; col < 150; ++col) {
-        const cv::Vec3b& p = c.at<cv::Vec3b>(r, col);
+  std::vector<dlib::matrix<dlib::rgb_pixel>> images(static_cast<size_t>(n));
+  for (int64_t i = 0; i < n; ++i) {
+    const unsigned char* chip = bgr + i * kSize * kSize * 3;
+    images[i].set_size(kSize, kSize);
+    for (int r = 0; r < kSize; ++r)
+      for (int col = 0; col < kSize; ++col) {
+        const unsigned char* p = chip + (r * kSize + col) * 3;
         images[i](r, col) = dlib::rgb_pixel(p[2], p[1], p[0]);
       }
   }

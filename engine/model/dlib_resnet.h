@@ -3,8 +3,8 @@
 // dlib's own forward pass (the peer our executors are checked against).
 #pragma once
 
+#include <cstdint>
 #include <filesystem>
-#include <opencv2/core.hpp>
 #include <vector>
 
 #include "engine/model/model.h"
@@ -35,8 +35,10 @@ Graph dlib_resnet_graph();
 // file on a mismatch.
 Model convert_dlib_resnet(const std::filesystem::path& dat);
 
-// dlib's own forward pass on 150x150 8-bit BGR chips: n x 128 descriptors, row-major.
-std::vector<float> dlib_resnet_forward(const std::filesystem::path& dat,
-                                       const std::vector<cv::Mat>& chips);
+// dlib's own forward pass on `n` 8-bit BGR chips of height x width, rows packed, one after the
+// other (n x height x width x 3): n x 128 descriptors, row-major. The chips must be 150x150
+// (throws facenet::Error naming the size otherwise).
+std::vector<float> dlib_resnet_forward(const std::filesystem::path& dat, const unsigned char* bgr,
+                                       int64_t n, int height, int width);
 
 }  // namespace facenet

@@ -34,8 +34,7 @@ Identity enroll_images(Gallery& gallery, Pipeline& pipeline, const std::string& 
                        std::vector<ImageInput> inputs, const RequestOptions& options,
                        const SkipReporter& on_skip) {
   auto results = pipeline.run(std::move(inputs), options);
-  const EncodedRows rows =
-      rows_of(results, options.faces.detector == DetectorKind::kNone, on_skip);
+  const EncodedRows rows = rows_of(results, options.faces.detector == DetectorKind::kNone, on_skip);
   if (rows.rows() == 0) fail("no usable image to enrol '", name, "'");
   return gallery.enroll(name, pipeline.spec(), rows.embeddings.data(), rows.rows(), rows.sources);
 }

@@ -11,13 +11,18 @@
 // previous one runs on the device.
 #include "engine/pipeline/pipeline.h"
 
+#include "engine/pipeline/request.h"
+
 #include <algorithm>
 #include <chrono>
 #include <cmath>
 #include <condition_variable>
+#include <cstdint>
 #include <cstring>
 #include <deque>
+#include <map>
 #include <mutex>
+#include <set>
 #include <thread>
 
 #include "engine/core/error.h"
@@ -28,86 +33,6 @@ namespace facenet {
 
 namespace fs = std::filesystem;
 using Clock = std::chrono::steady_clock;
-
-ImageInput ImageInput::file(fs::path path) {
-  ImageInput in;
-  in.kind_ = Kind::kFile;
-  in.name_ = path.string();
-  in.path_ = std::move(path);
-  return in;
-}
-
-ImageInput ImageInput::bytes(std::vector<uint8_t> data, std::string name) {
-  ImageInput in;
-  in.kind_ = Kind::kBytes;
-  in.name_ = std::move(name);
-  in.bytes_ = std::move(data);
-  return in;
-}
-
-ImageInput ImageInput::pixels(const PixelView& view, std::string name) {
-  ImageInput in;
-  in.kind_ = Kind::kPixels;
-  in.name_ = std::move(name);
-  try {
-    in.pixels_ = to_bgr8(view, in.name_);
-  } catch (const Error& e) {
-    in.invalid_ = e.what();
-  }
-  return in;
-}
-
-std::vector<ImageInput> file_inputs(const std::vector<std::string>& args) {
-  std::vector<ImageInput> out;
-  for (auto& p : expand_inputs(args)) out.push_back(ImageInput::file(std::move(p)));
-  return out;
-}
-
-const char* status_name(InputStatus s) {
-  switch (s) {
-    case InputStatus::kOk:
-      return "ok";
-    case InputStatus::kUnreadable:
-      return "unreadable";
-    case InputStatus::kUndecodable:
-      return "undecodable";
-    case InputStatus::kBusy:
-      return "busy";
-    case InputStatus::kFailed:
-      return "failed";
-  }
-  return "?";
-}
-
-namespace {
-
-// An input that could not be used: the status to report and the message.
-struct InputError {
-  InputStatus status;
-  std::string message;
-};
-
-struct Request {
-  ImageInput input;
-  RequestOptions opt;
-  std::promise<ImageResult> promise;
-  std::function<void(ImageResult)> done;  // set: called instead of the promise
-  ImageResult result;
-  int views = 1;                          // chips per face
-  int64_t chips = 0;                      // faces * views
-  std::vector<float> in_f32;              // chips x per_image floats (forward path)
-  std::vector<uint8_t> in_u8;             // chips x H x W x 3 BGR (staged path)
-  std::vector<float> out;                 // chips x dim, filled by the batcher
-  int64_t pending = 0;                    // chips not yet encoded (batcher thread only)
-};
-using RequestPtr = std::shared_ptr<Request>;
-
-struct ChipRef {
-  RequestPtr req;
-  int64_t index = 0;  // chip within the request
-};
-
-}  // namespace
 
 struct Pipeline::Impl {
   PipelineOptions opt;
@@ -124,11 +49,20 @@ struct Pipeline::Impl {
   mutable std::mutex mu;
   std::condition_variable work_cv, batch_cv, space_cv;
   std::deque<RequestPtr> prep;
-  std::deque<ChipRef> chips;
-  Clock::time_point first_chip;
-  int preparing = 0;  // requests queued for a worker or being prepared
+  // Prepared requests with chips not yet batched, in submission order: batches take chips in
+  // that order, so the same inputs make the same batches (and the same bits) run after run.
+  struct Queued {
+    RequestPtr req;
+    int64_t next = 0;         // its first chip not yet batched
+    Clock::time_point since;  // when it was prepared
+  };
+  std::map<uint64_t, Queued> queued;
+  int64_t queued_chips = 0;
+  std::set<uint64_t> in_prep;  // requests queued for a worker or being prepared
+  uint64_t next_seq = 0;
   int in_flight = 0;
-  int bulk_runs = 0;  // run() calls active: batches wait to be full rather than max_delay
+  int bulk_runs = 0;      // run() calls active: batches wait to be full rather than max_delay
+  int64_t announced = 0;  // inputs run() has yet to submit: more chips are coming
   bool stopping = false;
   std::shared_ptr<Identifier> gallery;
   PipelineStats stats;
@@ -175,9 +109,11 @@ struct Pipeline::Impl {
 
   // ---- submission ---------------------------------------------------------------------------
   // Queues `r`, or completes it as kBusy when `wait` is false and the queue is full.
-  void enqueue(RequestPtr r, bool wait) {
+  // `announced_by_run`: the request was counted in `announced` by run().
+  void enqueue(RequestPtr r, bool wait, bool announced_by_run = false) {
     {
       std::unique_lock<std::mutex> lock(mu);
+      if (announced_by_run) --announced;
       if (stopping) fail("pipeline: submit after shutdown began");
       ++stats.requests;
       if (in_flight >= opt.max_queue) {
@@ -194,7 +130,8 @@ struct Pipeline::Impl {
         space_cv.wait(lock, [&] { return in_flight < opt.max_queue; });
       }
       ++in_flight;
-      ++preparing;
+      r->seq = next_seq++;
+      in_prep.insert(r->seq);
       prep.push_back(std::move(r));
     }
     work_cv.notify_one();
@@ -238,42 +175,15 @@ struct Pipeline::Impl {
       bool encode = false;
       {
         std::lock_guard<std::mutex> lock(mu);
-        --preparing;
+        in_prep.erase(r->seq);
         if (r->chips > 0 && r->result.ok()) {
-          if (chips.empty()) first_chip = Clock::now();
-          for (int64_t i = 0; i < r->chips; ++i) chips.push_back({r, i});
+          queued_chips += r->chips;
+          queued.emplace(r->seq, Queued{r, 0, Clock::now()});
           encode = true;
         }
       }
       batch_cv.notify_one();  // a batch may be ready, or nothing more is being prepared
       if (!encode) complete(*r);
-    }
-  }
-
-  static void fail_request(Request& r, InputStatus s, std::string message) {
-    r.result.status = s;
-    r.result.error = std::move(message);
-    r.result.faces.clear();
-    r.chips = 0;
-  }
-
-  Bgr8Image decode(ImageInput& in) const {
-    if (in.kind_ == ImageInput::Kind::kPixels) {
-      if (!in.invalid_.empty()) throw InputError{InputStatus::kUndecodable, in.invalid_};
-      return std::move(in.pixels_);
-    }
-    std::vector<uint8_t> bytes;
-    if (in.kind_ == ImageInput::Kind::kFile) {
-      try {
-        bytes = read_file_bytes(in.path_);
-      } catch (const Error& e) {
-        throw InputError{InputStatus::kUnreadable, e.what()};
-      }
-    }
-    try {
-      return decode_bgr8(in.kind_ == ImageInput::Kind::kFile ? bytes : in.bytes_, in.name_);
-    } catch (const Error& e) {
-      throw InputError{InputStatus::kUndecodable, e.what()};
     }
   }
 
@@ -288,100 +198,73 @@ struct Pipeline::Impl {
 #endif
 
   void prepare(Request& r) {
-    ImageResult& res = r.result;
-    res.name = r.input.name();
     if (r.opt.task != Task::kDetect && !backend)
       throw InputError{InputStatus::kFailed,
-                       res.name + ": this pipeline has no model (detection only)"};
-    const Bgr8Image img = decode(r.input);
-    r.input = ImageInput();  // the encoded bytes are no longer needed
-    res.width = img.width;
-    res.height = img.height;
-    const FaceOptions& fo = r.opt.faces;
-    std::vector<std::vector<Bgr8Image>> chips;  // per face
-    if (fo.detector == DetectorKind::kNone) {
-      FaceResult f;
-      f.face.box = {0, 0, img.width - 1, img.height - 1};
-      res.faces.push_back(std::move(f));
-      if (r.opt.task != Task::kDetect) chips.push_back({img});
-    } else {
-#ifndef FACENET_HAS_DLIB
-      throw InputError{InputStatus::kFailed,
-                       res.name + ": this build has no face detection (built without dlib)"};
+                       r.input.name() + ": this pipeline has no model (detection only)"};
+    ChipLayout layout{&model.graph, spec, per_image, image_bytes, dim, staged != nullptr};
+#ifdef FACENET_HAS_DLIB
+    prepare_request(r, layout, [this]() -> const FaceModels& { return face_models(); });
 #else
-      FoundFaces found = find_faces(face_models(), img, fo);
-      res.off_centre_seen = found.off_centre_seen;
-      for (auto& f : found.faces) {
-        FaceResult fr;
-        fr.face = std::move(f.face);
-        fr.fallback = f.fallback;
-        fr.cnn = f.cnn;
-        res.faces.push_back(std::move(fr));
-      }
-      if (r.opt.task != Task::kDetect && !res.faces.empty()) {
-        const Alignment a = model_alignment(model.graph);
-        const std::string base = fs::path(res.name).filename().string();
-        for (size_t i = 0; i < res.faces.size(); ++i)
-          chips.push_back(
-              face_chips(img, res.faces[i].face, a, fo, base + "#" + std::to_string(i)));
-      }
+    prepare_request(r, layout, nullptr);
 #endif
-    }
-    if (r.opt.task == Task::kDetect) return;
-    if (r.opt.task == Task::kAlign) {
-      for (size_t i = 0; i < chips.size(); ++i) res.faces[i].chips = std::move(chips[i]);
-      return;
-    }
-    r.views = fo.detector == DetectorKind::kNone ? 1 : views_per_face(fo);
-    r.chips = static_cast<int64_t>(chips.size()) * r.views;
-    int64_t k = 0;
-    if (staged)
-      r.in_u8.resize(r.chips * image_bytes);
-    else
-      r.in_f32.resize(r.chips * per_image);
-    for (const auto& face_chips : chips) {
-      for (const Bgr8Image& c : face_chips) {
-        if (staged) {
-          const Bgr8Image sized = c.height == spec.height && c.width == spec.width
-                                      ? c
-                                      : resize_bilinear(c, spec.height, spec.width);
-          std::memcpy(r.in_u8.data() + k * image_bytes, sized.pixels.data(), image_bytes);
-        } else {
-          bgr8_to_input(c.pixels.data(), c.height, c.width, spec, r.in_f32.data() + k * per_image);
-        }
-        ++k;
-      }
-    }
-    FN_ASSERT(k == r.chips);
-    r.out.resize(r.chips * dim);
-    r.pending = r.chips;
   }
 
   // ---- batching (the batcher thread) ------------------------------------------------------
   // The next batch: blocks until one is ready unless `block` is false. Empty: nothing ready
   // (block false), or shutting down with nothing left.
+  //
+  // Ready: max_batch chips are queued; or some are and nothing more is coming (no request
+  // being prepared, none announced by run()); or the oldest has waited max_delay_ms. While a
+  // run() is active latency does not matter: only the chips of requests older than every
+  // request still being prepared count towards a full batch (so batches are the same whatever
+  // the workers' timing), and max_delay_ms does not apply; a full queue also makes a batch
+  // ready, so run()'s backpressure can never wait on the batcher.
   std::vector<ChipRef> take_batch(bool block) {
     std::unique_lock<std::mutex> lock(mu);
+    const auto delay = std::chrono::duration_cast<Clock::duration>(
+        std::chrono::duration<double, std::milli>(opt.max_delay_ms));
+    bool any_order = true;  // take from every queued request, not only the settled prefix
     for (;;) {
-      const bool full = static_cast<int64_t>(chips.size()) >= opt.max_batch;
-      const auto deadline =
-          first_chip + std::chrono::duration_cast<Clock::duration>(
-                           std::chrono::duration<double, std::milli>(opt.max_delay_ms));
-      const bool some = !chips.empty();
-      const bool ready = full || (some && (preparing == 0 || stopping ||
-                                           (bulk_runs == 0 && Clock::now() >= deadline)));
+      const uint64_t bound = in_prep.empty() ? UINT64_MAX : *in_prep.begin();
+      int64_t settled = 0;
+      Clock::time_point oldest = Clock::time_point::max();
+      for (const auto& [seq, q] : queued) {
+        if (seq < bound) settled += q.req->chips - q.next;
+        oldest = std::min(oldest, q.since);
+      }
+      const bool some = queued_chips > 0;
+      const bool coming = !in_prep.empty() || announced > 0;
+      const bool flush = some && (!coming || stopping);
+      bool ready;
+      if (bulk_runs > 0) {
+        const bool jammed = some && in_flight >= opt.max_queue;
+        ready = settled >= opt.max_batch || flush || jammed;
+        any_order = flush || (jammed && settled < opt.max_batch);
+      } else {
+        ready = queued_chips >= opt.max_batch || flush || (some && Clock::now() >= oldest + delay);
+        any_order = true;
+      }
       if (ready) break;
-      if (!block || (stopping && !some && preparing == 0)) return {};
+      if (!block || (stopping && !some && !coming)) return {};
       if (some && bulk_runs == 0)
-        batch_cv.wait_until(lock, deadline);
+        batch_cv.wait_until(lock, oldest + delay);
       else
         batch_cv.wait(lock);
     }
-    const int64_t n = std::min<int64_t>(opt.max_batch, chips.size());
-    std::vector<ChipRef> batch(std::make_move_iterator(chips.begin()),
-                               std::make_move_iterator(chips.begin() + n));
-    chips.erase(chips.begin(), chips.begin() + n);
-    if (!chips.empty()) first_chip = Clock::now();
+    const uint64_t bound = any_order || in_prep.empty() ? UINT64_MAX : *in_prep.begin();
+    std::vector<ChipRef> batch;
+    for (auto it = queued.begin(); it != queued.end() && it->first < bound &&
+                                   static_cast<int64_t>(batch.size()) < opt.max_batch;) {
+      Queued& q = it->second;
+      while (q.next < q.req->chips && static_cast<int64_t>(batch.size()) < opt.max_batch)
+        batch.push_back({q.req, q.next++});
+      if (q.next == q.req->chips)
+        it = queued.erase(it);
+      else
+        ++it;
+    }
+    const int64_t n = static_cast<int64_t>(batch.size());
+    queued_chips -= n;
     ++stats.batches;
     stats.chips += n;
     ++stats.batch_sizes[n];
@@ -418,6 +301,7 @@ struct Pipeline::Impl {
       if (in_slot[s].empty()) return;
       try {
         staged->wait(s);
+        identify_on_device(in_slot[s], staged->device_output(s));
         scatter(in_slot[s], staged->output(s));
       } catch (const std::exception& e) {
         fail_batch(in_slot[s], e.what());
@@ -439,8 +323,8 @@ struct Pipeline::Impl {
       deliver_slot(next);
       uint8_t* dst = staged->input(next);
       for (size_t i = 0; i < batch.size(); ++i)
-        std::memcpy(dst + i * image_bytes, batch[i].req->in_u8.data() + batch[i].index * image_bytes,
-                    image_bytes);
+        std::memcpy(dst + i * image_bytes,
+                    batch[i].req->in_u8.data() + batch[i].index * image_bytes, image_bytes);
       try {
         staged->submit(next, static_cast<int64_t>(batch.size()));
       } catch (const std::exception& e) {
@@ -449,6 +333,36 @@ struct Pipeline::Impl {
       }
       in_slot[next] = std::move(batch);
       next = other;
+    }
+  }
+
+  // kIdentify requests whose every chip is in this batch, one chip per face, are searched on
+  // the GPU from the slot's device embeddings: no device -> host -> device hop. The others
+  // (mirror/jitter average on the host; a request split over two batches) search from the
+  // host in finish().
+  void identify_on_device(const std::vector<ChipRef>& batch, const float* device_rows) {
+    if (!device_rows) return;
+    std::shared_ptr<Identifier> g;
+    {
+      std::lock_guard<std::mutex> lock(mu);
+      g = gallery;
+    }
+    if (!g || !g->on_gpu()) return;
+    std::map<Request*, std::vector<int64_t>> rows;  // request -> its chips' batch rows
+    for (size_t i = 0; i < batch.size(); ++i) {
+      Request& r = *batch[i].req;
+      if (r.opt.task == Task::kIdentify && r.views == 1 && r.result.ok())
+        rows[&r].push_back(static_cast<int64_t>(i));
+    }
+    for (auto& [r, pick] : rows) {
+      if (static_cast<int64_t>(pick.size()) != r->chips) continue;  // split over batches
+      try {
+        auto found = g->identify_device(device_rows, pick, r->opt.k, threshold_of(r->opt));
+        for (size_t f = 0; f < found.size(); ++f) r->result.faces[f].match = std::move(found[f]);
+        r->matched = true;
+      } catch (const std::exception&) {
+        // finish() searches from the host and reports the failure against this request only
+      }
     }
   }
 
@@ -473,8 +387,8 @@ struct Pipeline::Impl {
   void finish(Request& r) {
     if (r.result.ok()) {
       try {
-        embed(r);
-        if (r.opt.task == Task::kIdentify) identify(r);
+        embed_faces(r, dim, normalised);
+        if (r.opt.task == Task::kIdentify && !r.matched) identify(r);
       } catch (const std::exception& e) {
         fail_request(r, InputStatus::kFailed, r.result.name + ": " + e.what());
       }
@@ -483,26 +397,6 @@ struct Pipeline::Impl {
     r.in_u8 = {};
     r.out = {};
     complete(r);
-  }
-
-  // A face's embedding is the mean of its chips' (one unless mirrored or jittered), re-normalised
-  // when the model ends in an L2 normalisation.
-  void embed(Request& r) const {
-    const int views = r.views;
-    for (size_t f = 0; f < r.result.faces.size(); ++f) {
-      std::vector<float>& e = r.result.faces[f].embedding;
-      e.assign(dim, 0.f);
-      for (int v = 0; v < views; ++v) {
-        const float* row = r.out.data() + (f * views + v) * dim;
-        for (int64_t j = 0; j < dim; ++j) e[j] += row[j] / views;
-      }
-      if (views > 1 && normalised) {
-        double ss = 0;
-        for (float x : e) ss += static_cast<double>(x) * x;
-        if (ss > 0)
-          for (auto& x : e) x = static_cast<float>(x / std::sqrt(ss));
-      }
-    }
   }
 
   void identify(Request& r) {
@@ -580,20 +474,26 @@ void Pipeline::submit(ImageInput input, const RequestOptions& options,
 void Pipeline::run(std::vector<ImageInput> inputs, const RequestOptions& options,
                    const std::function<void(ImageResult&)>& on_result,
                    const std::function<void(size_t, size_t)>& on_progress) {
+  // While run() is active, batches wait to be full (or for nothing more to come), and the
+  // inputs not yet submitted count as coming, so a batch never closes early because the
+  // workers overtook this thread.
   struct BulkGuard {
     Impl& p;
-    explicit BulkGuard(Impl& i) : p(i) {
+    int64_t left;
+    BulkGuard(Impl& i, int64_t n) : p(i), left(n) {
       std::lock_guard<std::mutex> lock(p.mu);
       ++p.bulk_runs;
+      p.announced += n;
     }
     ~BulkGuard() {
       {
         std::lock_guard<std::mutex> lock(p.mu);
         --p.bulk_runs;
+        p.announced -= left;  // an exception stopped the submissions early
       }
       p.batch_cv.notify_all();
     }
-  } guard(*impl_);
+  } guard(*impl_, static_cast<int64_t>(inputs.size()));
   const size_t total = inputs.size();
   std::deque<std::future<ImageResult>> pending;
   size_t done = 0;
@@ -608,7 +508,8 @@ void Pipeline::run(std::vector<ImageInput> inputs, const RequestOptions& options
     r->input = std::move(in);
     r->opt = options;
     pending.push_back(r->promise.get_future());
-    impl_->enqueue(std::move(r), true);
+    --guard.left;
+    impl_->enqueue(std::move(r), true, true);
     // Hand over what is finished, in order, so results never pile up.
     while (!pending.empty() &&
            pending.front().wait_for(std::chrono::seconds(0)) == std::future_status::ready)

@@ -23,6 +23,15 @@
 
 namespace facenet {
 
+enum class InputStatus {
+  kOk,           // done (possibly with no face: see faces)
+  kUnreadable,   // the file cannot be opened or read
+  kUndecodable,  // not an image the decoder understands (or an invalid pixel buffer)
+  kBusy,         // the pipeline's queue was full; nothing was done, try again later
+  kFailed,       // the engine failed on this input (message says why)
+};
+const char* status_name(InputStatus s);
+
 // One input image. Pixels are copied when the input is made, so the caller's buffer may be
 // reused at once; bytes are moved in; a file is read by a worker thread.
 class ImageInput {
@@ -35,8 +44,11 @@ class ImageInput {
   const std::string& name() const { return name_; }
   const std::filesystem::path& path() const { return path_; }  // empty unless a file
 
+  // The image as 8-bit BGR (a pixel input gives its copy up). Throws facenet::Error naming
+  // the input, with `status` set to kUnreadable (a file that cannot be read) or kUndecodable.
+  Bgr8Image decode(InputStatus& status);
+
  private:
-  friend class Pipeline;
   enum class Kind { kFile, kBytes, kPixels };
   Kind kind_ = Kind::kFile;
   std::string name_;
@@ -58,35 +70,26 @@ struct RequestOptions {
   // faces.detector kNone: the input is an aligned face crop, encoded whole (resized to the
   // model input when needed); no detection, landmarks or alignment.
   FaceOptions faces;
-  int k = 5;             // kIdentify: identities per face
-  double threshold = -1; // kIdentify: "unknown" above this L2 distance; < 0: the model's own
+  int k = 5;              // kIdentify: identities per face
+  double threshold = -1;  // kIdentify: "unknown" above this L2 distance; < 0: the model's own
 };
-
-enum class InputStatus {
-  kOk,           // done (possibly with no face: see faces)
-  kUnreadable,   // the file cannot be opened or read
-  kUndecodable,  // not an image the decoder understands (or an invalid pixel buffer)
-  kBusy,         // the pipeline's queue was full; nothing was done, try again later
-  kFailed,       // the engine failed on this input (message says why)
-};
-const char* status_name(InputStatus s);
 
 struct FaceResult {
-  Face face;  // box (the whole image for a crop), detector score, landmarks
-  bool fallback = false;                 // the box is FaceOptions::fallback
-  bool cnn = false;                      // found by the CNN detector
-  std::vector<Bgr8Image> chips;          // kAlign: the chips the embedding is made from
-  std::vector<float> embedding;          // kEncode and kIdentify
-  std::optional<Identification> match;   // kIdentify
+  Face face;                     // box (the whole image for a crop), detector score, landmarks
+  bool fallback = false;         // the box is FaceOptions::fallback
+  bool cnn = false;              // found by the CNN detector
+  std::vector<Bgr8Image> chips;  // kAlign: the chips the embedding is made from
+  std::vector<float> embedding;  // kEncode and kIdentify
+  std::optional<Identification> match;  // kIdentify
 };
 
 struct ImageResult {
-  std::string name;                      // ImageInput::name()
+  std::string name;  // ImageInput::name()
   InputStatus status = InputStatus::kOk;
-  std::string error;                     // why, naming the input; empty when kOk
-  int width = 0, height = 0;             // the decoded image
-  bool off_centre_seen = false;          // FaceOptions::centre_only set a detection aside
-  std::vector<FaceResult> faces;         // empty and kOk: no face found
+  std::string error;              // why, naming the input; empty when kOk
+  int width = 0, height = 0;      // the decoded image
+  bool off_centre_seen = false;   // FaceOptions::centre_only set a detection aside
+  std::vector<FaceResult> faces;  // empty and kOk: no face found
   bool ok() const { return status == InputStatus::kOk; }
 };
 
@@ -97,15 +100,15 @@ struct PipelineOptions {
   // A batch starts when it is full, when no request is being prepared (nothing more is coming
   // soon), or when its first chip has waited this long.
   double max_delay_ms = 2.0;
-  int max_queue = 1024;  // requests in flight (submitted, not completed); beyond: kBusy
-  int workers = 0;       // threads preparing requests; 0 = one per core
+  int max_queue = 1024;     // requests in flight (submitted, not completed); beyond: kBusy
+  int workers = 0;          // threads preparing requests; 0 = one per core
   RequestOptions defaults;  // what submit() without options and run() without options use
 };
 
 struct PipelineStats {
   int64_t requests = 0, busy = 0, batches = 0, chips = 0;
-  int in_flight = 0;                   // submitted, not completed
-  std::vector<int64_t> batch_sizes;    // batches run, by size (index = chips in the batch)
+  int in_flight = 0;                 // submitted, not completed
+  std::vector<int64_t> batch_sizes;  // batches run, by size (index = chips in the batch)
 };
 
 class Pipeline {

@@ -24,6 +24,8 @@
 #include <string>
 #include <vector>
 
+#include "engine/model/embedding_spec.h"
+
 struct sqlite3;
 struct sqlite3_stmt;
 
@@ -38,12 +40,6 @@ struct SqliteFinalizer {
 };
 using SqliteDb = std::unique_ptr<sqlite3, SqliteCloser>;
 using SqliteStmt = std::unique_ptr<sqlite3_stmt, SqliteFinalizer>;
-
-// Which embeddings a gallery holds: the producing model's name and the vector length.
-struct EmbeddingSpec {
-  std::string model;
-  int dim = 0;
-};
 
 struct GalleryOptions {
   // Fixes the model at create time; empty model and dim 0 leave it to the first enrolment.

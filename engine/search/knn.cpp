@@ -875,30 +875,6 @@ void CpuFlatIndex::rerank(const float* queries, const std::vector<std::vector<in
   }
 }
 
-// ---- Agreement of two results ----------------------------------------------------------------
-
-KnnAgreement compare_knn(const float* dist_a, const int64_t* labels_a, const float* dist_b,
-                         const int64_t* labels_b, int64_t nq, int k, double tolerance) {
-  KnnAgreement agreement;
-  for (int64_t q = 0; q < nq; ++q) {
-    const float* da = dist_a + q * k;
-    const float* db = dist_b + q * k;
-    const int64_t* la = labels_a + q * k;
-    const int64_t* lb = labels_b + q * k;
-    for (int i = 0; i < k; ++i) {
-      ++agreement.compared;
-      const bool both_inf = std::isinf(da[i]) && std::isinf(db[i]);
-      const double err = both_inf ? 0.0 : std::abs(double(da[i]) - double(db[i]));
-      agreement.max_distance_error = std::max(agreement.max_distance_error, err);
-      if (std::find(lb, lb + k, la[i]) != lb + k) continue;
-      ++agreement.label_mismatches;
-      // A tie-reorder: the label that b dropped sits at b's boundary distance, within tolerance.
-      if (!(std::abs(double(da[i]) - double(db[k - 1])) <= tolerance)) ++agreement.unexplained;
-    }
-  }
-  return agreement;
-}
-
 // ---- GPU index -------------------------------------------------------------------------------
 
 #ifdef FACENET_HAS_CUDA

@@ -152,18 +152,6 @@ class CpuFlatIndex {
   SlotMap slots_;
 };
 
-// Agreement of two k-NN results of the same queries, allowing for reordered ties: at every
-// rank the distances must agree within `tolerance`, and a label that differs counts as a
-// tie-reorder only when its distance in the other result is within `tolerance` too.
-struct KnnAgreement {
-  double max_distance_error = 0;  // max |d_a - d_b| over ranks (inf entries compared exactly)
-  int64_t label_mismatches = 0;   // labels in a that are absent from b's row
-  int64_t unexplained = 0;        // mismatches not explained by ties within tolerance
-  int64_t compared = 0;           // ranks compared
-};
-KnnAgreement compare_knn(const float* dist_a, const int64_t* labels_a, const float* dist_b,
-                         const int64_t* labels_b, int64_t nq, int k, double tolerance);
-
 #ifdef FACENET_HAS_CUDA
 
 // Gallery element type on the device (math is fp32 either way).

@@ -14,16 +14,6 @@
 
 namespace facenet {
 
-EmbeddingSpec embedding_spec(const Model& model) {
-  char hex[17];
-  std::snprintf(hex, sizeof(hex), "%016llx",
-                static_cast<unsigned long long>(model_fingerprint(model)));
-  EmbeddingSpec s;
-  s.model = model.graph.name + "/" + model.graph.variant + "#" + hex;
-  s.dim = static_cast<int>(model.embedding_dim());
-  return s;
-}
-
 nlohmann::json Verification::to_json() const {
   return {{"name", name},
           {"distance", distance},
@@ -66,7 +56,10 @@ struct Identifier::Index {
   std::unique_ptr<CpuFlatIndex> cpu;
 #ifdef FACENET_HAS_CUDA
   std::unique_ptr<GpuContext> own_context;  // when no context was given
+  GpuContext* context = nullptr;
   std::unique_ptr<GpuFlatIndex> gpu;
+  DeviceBuffer<float> probes, dist;  // identify_device's gathered probes and results
+  DeviceBuffer<int64_t> labels;
 #endif
   void search(const float* q, int64_t nq, int dim, int k, float* d, int64_t* l) {
 #ifdef FACENET_HAS_CUDA
@@ -84,6 +77,7 @@ Identifier::Identifier(GalleryMatrix gallery, Device device, std::optional<CpuSt
   if (device == Device::kCuda) {
 #ifdef FACENET_HAS_CUDA
     if (!context) context = (index_->own_context = std::make_unique<GpuContext>(0)).get();
+    index_->context = context;
     index_->gpu = std::make_unique<GpuFlatIndex>(*context, dim, GpuStorage::kFloat32);
     index_->gpu->add(gallery_.vectors.data(), n, dim);
 #else
@@ -107,17 +101,67 @@ CpuStorage Identifier::cpu_storage() const {
   return index_->cpu ? index_->cpu->storage() : CpuStorage::kFloat32;
 }
 
-std::vector<Identification> Identifier::identify(const float* probes, int64_t n, int k,
-                                                 double threshold) {
+int Identifier::candidates(int k) const {
   if (k < 1) fail("--k must be >= 1 (got ", k, ")");
-  const int dim = gallery_.spec.dim;
   const int64_t rows = static_cast<int64_t>(gallery_.rows());
+  if (rows == 0) fail("identify: the gallery holds no embeddings of model ", gallery_.spec.model);
   // The nearest k*m embeddings (m = most embeddings of one identity) always contain the
   // best embedding of each of the k nearest identities.
-  const int kk = static_cast<int>(std::min<int64_t>({rows, int64_t{k} * max_per_identity_, 1024}));
+  return static_cast<int>(std::min<int64_t>({rows, int64_t{k} * max_per_identity_, 1024}));
+}
+
+std::vector<Identification> Identifier::identify(const float* probes, int64_t n, int k,
+                                                 double threshold) {
+  const int kk = candidates(k);
   std::vector<float> dist(n * kk);
   std::vector<int64_t> labels(n * kk);
-  index_->search(probes, n, dim, kk, dist.data(), labels.data());
+  index_->search(probes, n, gallery_.spec.dim, kk, dist.data(), labels.data());
+  return merge(dist, labels, n, kk, k, threshold);
+}
+
+std::vector<Identification> Identifier::identify_device(const float* rows,
+                                                        const std::vector<int64_t>& pick, int k,
+                                                        double threshold) {
+#ifdef FACENET_HAS_CUDA
+  if (!index_->gpu) fail("identify_device: the gallery index is not on a GPU");
+  const int kk = candidates(k);
+  const int dim = gallery_.spec.dim;
+  const int64_t n = static_cast<int64_t>(pick.size());
+  if (n == 0) return {};
+  Index& x = *index_;
+  cudaStream_t stream = x.context->stream();
+  if (x.probes.size() < static_cast<size_t>(n * dim)) x.probes.resize(n * dim);
+  if (x.dist.size() < static_cast<size_t>(n * kk)) {
+    x.dist.resize(n * kk);
+    x.labels.resize(n * kk);
+  }
+  for (int64_t i = 0; i < n; ++i)  // device to device: the probes never leave the GPU
+    FN_GPU_CHECK(cudaMemcpyAsync(x.probes.data() + i * dim, rows + pick[i] * dim,
+                                 dim * sizeof(float), cudaMemcpyDeviceToDevice, stream));
+  x.gpu->search_device(x.probes.data(), n, kk, x.dist.data(), x.labels.data());
+  std::vector<float> dist(n * kk);
+  std::vector<int64_t> labels(n * kk);
+  x.dist.download(dist.data(), dist.size(), stream);
+  x.labels.download(labels.data(), labels.size(), stream);
+  x.context->synchronize();
+  return merge(dist, labels, n, kk, k, threshold);
+#else
+  (void)rows, (void)pick, (void)k, (void)threshold;
+  fail("identify_device: this build has no CUDA");
+#endif
+}
+
+bool Identifier::on_gpu() const {
+#ifdef FACENET_HAS_CUDA
+  return index_->gpu != nullptr;
+#else
+  return false;
+#endif
+}
+
+std::vector<Identification> Identifier::merge(const std::vector<float>& dist,
+                                              const std::vector<int64_t>& labels, int64_t n, int kk,
+                                              int k, double threshold) const {
   std::vector<Identification> out(n);
   for (int64_t q = 0; q < n; ++q) {
     Identification& r = out[q];

@@ -10,18 +10,16 @@
 #include <vector>
 
 #include "engine/backend/backend.h"
+#include "engine/model/embedding_spec.h"
+#include "engine/model/model.h"
 #include "engine/search/gallery.h"
 #include "engine/search/knn.h"
-#include "engine/model/model.h"
 
 namespace facenet {
 
 // The tutorial's threshold on plain L2 distance.
 constexpr double kDefaultThreshold = 0.7;
 
-// Identifies the producing model in a gallery: graph name, variant and a fingerprint of the
-// weights, so embeddings of different weights under the same name never mix.
-EmbeddingSpec embedding_spec(const Model& model);
 
 struct Verification {
   std::string name;
@@ -59,13 +57,23 @@ class Identifier {
              std::optional<CpuStorage> storage = std::nullopt, GpuContext* context = nullptr);
   static constexpr int64_t kAutoBf16Rows = 100000;
   ~Identifier();
-  // probes: n x dim. k: identities per probe in `top`.
+  // probes: n x dim. k: identities per probe in `top`. Throws when the gallery is empty.
   std::vector<Identification> identify(const float* probes, int64_t n, int k, double threshold);
+  // GPU index only: the probes are rows pick[i] of `rows` (n x dim float32 in device memory,
+  // e.g. a staged encoder's device_output) and are searched where they are, after the work
+  // already queued on the index's stream.
+  std::vector<Identification> identify_device(const float* rows, const std::vector<int64_t>& pick,
+                                              int k, double threshold);
+  bool on_gpu() const;
   size_t rows() const { return gallery_.rows(); }
   // The CPU index's storage (fp32 on the GPU path).
   CpuStorage cpu_storage() const;
 
  private:
+  int candidates(int k) const;  // embeddings to fetch for k identities
+  std::vector<Identification> merge(const std::vector<float>& dist,
+                                    const std::vector<int64_t>& labels, int64_t n, int kk, int k,
+                                    double threshold) const;
   struct Index;
   GalleryMatrix gallery_;
   std::unique_ptr<Index> index_;

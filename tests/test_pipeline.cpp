@@ -452,9 +452,10 @@ TEST_F(PipelineTest, PartialBatchStartsAfterMaxDelay) {
 
 // max_delay_ms bounds a submit()'s wait even while a run() is going on elsewhere: a bulk job
 // whose next photo is slow to prepare must not hold an interactive request back.
-// KNOWN BUG (reported; main 9a2c5db): take_batch() ignores max_delay_ms while any run() is
-// active (bulk_runs > 0), so the crop below waits until the held photo of the run() is prepared
-// (here: for ever, until the test gives up and releases it).
+// KNOWN BUG (reported; main 9a2c5db, still in 873b886): take_batch() ignores max_delay_ms, for
+// every request, while any run() is active (bulk_runs > 0; pipeline.cpp says so, pipeline.h
+// does not), so the crop below waits until the run()'s held photo is prepared (here: until the
+// test gives up after 10 s and releases it).
 TEST_F(PipelineTest, MaxDelayHoldsForSubmitWhileARunIsActive) {
   Pipeline pipe = make_pipeline(options(64, 1.0));
   HeldFile held(dir_ / "held.png", file_bytes(aligned_crop("adams")));
@@ -512,9 +513,9 @@ TEST_F(PipelineTest, FullQueueAnswersBusyAtOnce) {
   EXPECT_EQ(pipe.stats().busy, 5);
 }
 
-// KNOWN BUG (reported; main 9a2c5db): a kBusy callback runs inside submit(), on the caller's
-// thread, though pipeline.h promises "a pipeline thread": a caller that holds a lock around
-// submit() which its callback also takes deadlocks exactly when the queue is full.
+// KNOWN BUG (reported; main 9a2c5db, still in 873b886): a kBusy callback runs inside submit(), on
+// the caller's thread, though pipeline.h promises "a pipeline thread": a caller that holds a lock
+// around submit() which its callback also takes deadlocks exactly when the queue is full.
 TEST_F(PipelineTest, BusyCallbackRunsOnAPipelineThread) {
   Pipeline pipe = make_pipeline(options(64, 2.0, 1));
   HeldFile held(dir_ / "held.png", file_bytes(aligned_crop("adams")));
@@ -537,8 +538,8 @@ TEST_F(PipelineTest, BusyCallbackRunsOnAPipelineThread) {
 // free. A caller that waits for each result before the next submission (max_queue 1) is never
 // told kBusy, and stats() right after the result counts nothing in flight. (The other tests
 // leave in_flight after completion to this one.)
-// KNOWN BUG (reported; main 9a2c5db): Impl::complete() delivers the result (promise or
-// callback) before it decrements in_flight, so the waiter usually runs first: 48 of 50
+// KNOWN BUG (reported; main 9a2c5db, still in 873b886): Impl::complete() delivers the result
+// (promise or callback) before it decrements in_flight, so the waiter usually runs first: 48 of 50
 // sequential submissions answered kBusy on a 2-core machine.
 TEST_F(PipelineTest, AResultFreesItsQueuePlaceBeforeItIsHandedOver) {
   Pipeline pipe = make_pipeline(options(64, 2.0, 1));

@@ -52,14 +52,6 @@ std::vector<Face> detect(const Bgr8Image& img, int upsample = 0,
   return out;
 }
 
-#define FN_REQUIRE_LANDMARK_MODELS()                                         \
-  do {                                                                       \
-    if (!std::filesystem::exists(default_dlib_models_dir() /                 \
-                                 "shape_predictor_68_face_landmarks.dat"))   \
-      GTEST_SKIP() << "dlib models missing in " << default_dlib_models_dir() \
-                   << ": run weights/fetch_dlib_models.sh first";            \
-  } while (0)
-
 // OpenFace's tests/openface_api_tests.py: largest dlib box of lennon-1.jpg, detected with one
 // upsampling (AlignDlib calls detector(img, 1)), is (341, 193, 1006, 859), from a 2016 dlib.
 // Debian's dlib 19.24 finds the same 666x667 box shifted by (+13, +13) px: the mapping of

@@ -1,4 +1,4 @@
-// Helpers shared by the test suites: where the shared data lives, GPU skipping.
+// Helpers shared by the test suites: where the shared data lives, GPU and dlib-model skipping.
 #pragma once
 
 #include <gtest/gtest.h>
@@ -14,6 +14,7 @@
 #include "engine/core/error.h"
 
 #include "engine/core/gpu.h"
+#include "engine/face/face.h"
 
 namespace facenet::test {
 
@@ -62,4 +63,13 @@ inline void expect_error(const std::function<void()>& fn, const std::vector<std:
 #define FN_REQUIRE_GPU()                                                                           \
   do {                                                                                             \
     if (!::facenet::gpu_available()) GTEST_SKIP() << "no usable GPU: " << ::facenet::gpu_status(); \
+  } while (0)
+
+// Skips a test that detects faces when dlib's landmark models have not been fetched.
+#define FN_REQUIRE_LANDMARK_MODELS()                                                    \
+  do {                                                                                  \
+    if (!std::filesystem::exists(::facenet::default_dlib_models_dir() /                 \
+                                 "shape_predictor_68_face_landmarks.dat"))              \
+      GTEST_SKIP() << "dlib models missing in " << ::facenet::default_dlib_models_dir() \
+                   << ": run weights/fetch_dlib_models.sh first";                       \
   } while (0)

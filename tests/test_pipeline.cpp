@@ -452,10 +452,6 @@ TEST_F(PipelineTest, PartialBatchStartsAfterMaxDelay) {
 
 // max_delay_ms bounds a submit()'s wait even while a run() is going on elsewhere: a bulk job
 // whose next photo is slow to prepare must not hold an interactive request back.
-// KNOWN BUG (reported; main 9a2c5db, still in 873b886): take_batch() ignores max_delay_ms, for
-// every request, while any run() is active (bulk_runs > 0; pipeline.cpp says so, pipeline.h
-// does not), so the crop below waits until the run()'s held photo is prepared (here: until the
-// test gives up after 10 s and releases it).
 TEST_F(PipelineTest, MaxDelayHoldsForSubmitWhileARunIsActive) {
   Pipeline pipe = make_pipeline(options(64, 1.0));
   HeldFile held(dir_ / "held.png", file_bytes(aligned_crop("adams")));
@@ -465,7 +461,7 @@ TEST_F(PipelineTest, MaxDelayHoldsForSubmitWhileARunIsActive) {
   std::future<ImageResult> f =
       pipe.submit(ImageInput::file(aligned_crop("carell")), crop_options());
   const bool done = f.wait_for(10s) == std::future_status::ready;
-  EXPECT_TRUE(done) << "BUG: a submit() waited past max_delay_ms (1 ms) for 10 s, because a "
+  EXPECT_TRUE(done) << "a submit() waited past max_delay_ms (1 ms) for 10 s, because a "
                        "run() with a request still being prepared was active";
   held.release();
   runner.join();
@@ -513,9 +509,6 @@ TEST_F(PipelineTest, FullQueueAnswersBusyAtOnce) {
   EXPECT_EQ(pipe.stats().busy, 5);
 }
 
-// KNOWN BUG (reported; main 9a2c5db, still in 873b886): a kBusy callback runs inside submit(), on
-// the caller's thread, though pipeline.h promises "a pipeline thread": a caller that holds a lock
-// around submit() which its callback also takes deadlocks exactly when the queue is full.
 TEST_F(PipelineTest, BusyCallbackRunsOnAPipelineThread) {
   Pipeline pipe = make_pipeline(options(64, 2.0, 1));
   HeldFile held(dir_ / "held.png", file_bytes(aligned_crop("adams")));
@@ -529,7 +522,7 @@ TEST_F(PipelineTest, BusyCallbackRunsOnAPipelineThread) {
   });
   ASSERT_EQ(thread.wait_for(kPatience), std::future_status::ready);
   EXPECT_NE(thread.get(), std::this_thread::get_id())
-      << "BUG: the kBusy callback ran on the submitting thread, inside submit()";
+      << "the kBusy callback ran on the submitting thread, inside submit()";
   held.release();
   expect_unit_embedding(get(held_result, "held"), pipe.dim(), "held");
 }
@@ -538,9 +531,6 @@ TEST_F(PipelineTest, BusyCallbackRunsOnAPipelineThread) {
 // free. A caller that waits for each result before the next submission (max_queue 1) is never
 // told kBusy, and stats() right after the result counts nothing in flight. (The other tests
 // leave in_flight after completion to this one.)
-// KNOWN BUG (reported; main 9a2c5db, still in 873b886): Impl::complete() delivers the result
-// (promise or callback) before it decrements in_flight, so the waiter usually runs first: 48 of 50
-// sequential submissions answered kBusy on a 2-core machine.
 TEST_F(PipelineTest, AResultFreesItsQueuePlaceBeforeItIsHandedOver) {
   Pipeline pipe = make_pipeline(options(64, 2.0, 1));
   const HeldPixels adams = pixels_of(aligned_crop("adams"), PixelOrder::kBgr, 0);

@@ -51,6 +51,7 @@ struct Pipeline::Impl {
   mutable std::mutex mu;
   std::condition_variable work_cv, batch_cv, space_cv;
   std::deque<RequestPtr> prep;
+  std::deque<RequestPtr> busy_replies;  // kBusy results for callbacks, handed over by a worker
   // Prepared requests with chips not yet batched, in submission order: batches take chips in
   // that order, so the same inputs make the same batches (and the same bits) run after run.
   struct Queued {
@@ -126,7 +127,13 @@ struct Pipeline::Impl {
           r->result.status = InputStatus::kBusy;
           r->result.error = r->input.name() + ": pipeline busy (" + std::to_string(opt.max_queue) +
                             " requests in flight); try again later";
-          deliver(*r);
+          if (!r->done) return deliver(*r);  // a future: ready at once
+          // A callback runs on a pipeline thread, as for every other result, so a caller
+          // holding a lock its callback takes cannot deadlock when the queue is full.
+          lock.lock();
+          busy_replies.push_back(std::move(r));
+          lock.unlock();
+          work_cv.notify_one();
           return;
         }
         space_cv.wait(lock, [&] { return in_flight < opt.max_queue; });
@@ -140,13 +147,15 @@ struct Pipeline::Impl {
   }
 
   // Hands the result to its future or callback, then frees its place in the queue.
+  // The place is freed first, so a caller that submits again from its result (or a callback)
+  // finds it free.
   void complete(Request& r) {
-    deliver(r);
     {
       std::lock_guard<std::mutex> lock(mu);
       --in_flight;
     }
     space_cv.notify_all();
+    deliver(r);
   }
 
   static void deliver(Request& r) {
@@ -162,7 +171,14 @@ struct Pipeline::Impl {
       RequestPtr r;
       {
         std::unique_lock<std::mutex> lock(mu);
-        work_cv.wait(lock, [&] { return stopping || !prep.empty(); });
+        work_cv.wait(lock, [&] { return stopping || !prep.empty() || !busy_replies.empty(); });
+        if (!busy_replies.empty()) {
+          r = std::move(busy_replies.front());
+          busy_replies.pop_front();
+          lock.unlock();
+          deliver(*r);
+          continue;
+        }
         if (prep.empty()) return;  // stopping, nothing left
         r = std::move(prep.front());
         prep.pop_front();
@@ -229,26 +245,28 @@ struct Pipeline::Impl {
     for (;;) {
       const uint64_t bound = in_prep.empty() ? UINT64_MAX : *in_prep.begin();
       int64_t settled = 0;
+      // The oldest request submit() made (run()'s requests have no deadline).
       Clock::time_point oldest = Clock::time_point::max();
       for (const auto& [seq, q] : queued) {
         if (seq < bound) settled += q.req->chips - q.next;
-        oldest = std::min(oldest, q.since);
+        if (!q.req->bulk) oldest = std::min(oldest, q.since);
       }
       const bool some = queued_chips > 0;
       const bool coming = !in_prep.empty() || announced > 0;
       const bool flush = some && (!coming || stopping);
+      const bool due = oldest != Clock::time_point::max() && Clock::now() >= oldest + delay;
       bool ready;
       if (bulk_runs > 0) {
         const bool jammed = some && in_flight >= opt.max_queue;
-        ready = settled >= opt.max_batch || flush || jammed;
-        any_order = flush || (jammed && settled < opt.max_batch);
+        ready = settled >= opt.max_batch || flush || jammed || due;
+        any_order = flush || due || (jammed && settled < opt.max_batch);
       } else {
-        ready = queued_chips >= opt.max_batch || flush || (some && Clock::now() >= oldest + delay);
+        ready = queued_chips >= opt.max_batch || flush || due;
         any_order = true;
       }
       if (ready) break;
       if (!block || (stopping && !some && !coming)) return {};
-      if (some && bulk_runs == 0)
+      if (oldest != Clock::time_point::max())
         batch_cv.wait_until(lock, oldest + delay);
       else
         batch_cv.wait(lock);
@@ -509,6 +527,7 @@ void Pipeline::run(std::vector<ImageInput> inputs, const RequestOptions& options
     auto r = std::make_shared<Request>();
     r->input = std::move(in);
     r->opt = options;
+    r->bulk = true;
     pending.push_back(r->promise.get_future());
     --guard.left;
     impl_->enqueue(std::move(r), true, true);

@@ -98,7 +98,9 @@ struct PipelineOptions {
   std::filesystem::path dlib_models;  // empty: default_dlib_models_dir(); read when first needed
   int max_batch = 64;                 // chips per forward pass
   // A batch starts when it is full, when no request is being prepared (nothing more is coming
-  // soon), or when its first chip has waited this long.
+  // soon), or when a chip of a submit() request has waited this long. run()'s requests wait for
+  // full batches instead (throughput, and the same batches every run), but never hold back a
+  // submit() request past its delay.
   double max_delay_ms = 2.0;
   int max_queue = 1024;     // requests in flight (submitted, not completed); beyond: kBusy
   int workers = 0;          // threads preparing requests; 0 = one per core

@@ -34,6 +34,7 @@ struct Request {
   int64_t pending = 0;         // chips not yet encoded (batcher thread only)
   uint64_t seq = 0;            // submission order
   bool matched = false;        // kIdentify done on the device
+  bool bulk = false;           // from run(): waits for full batches, not max_delay
 };
 using RequestPtr = std::shared_ptr<Request>;
 

@@ -12,11 +12,11 @@
 
 #include "apps/cli_common.h"
 #include "apps/embedding_writer.h"
-#include "engine/model/dlib_resnet.h"
-#include "engine/pipeline/pipeline.h"
 #include "engine/core/error.h"
 #include "engine/eval/lfw_eval.h"
+#include "engine/model/dlib_resnet.h"
 #include "engine/model/model.h"
+#include "engine/pipeline/pipeline.h"
 
 namespace fs = std::filesystem;
 
@@ -81,8 +81,10 @@ int run_detect(const DetectArgs& a) {
                        {"score", f.face.score},
                        {"landmarks68", points_json(f.face.landmarks)},
                        {"landmarks5", points_json(f.face.landmarks5)}});
-    std::cout << nlohmann::json(
-                     {{"image", r.name}, {"width", r.width}, {"height", r.height}, {"faces", faces}})
+    std::cout << nlohmann::json({{"image", r.name},
+                                 {"width", r.width},
+                                 {"height", r.height},
+                                 {"faces", faces}})
                      .dump()
               << "\n";
   });

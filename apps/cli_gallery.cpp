@@ -3,8 +3,8 @@
 
 #include "apps/cli_common.h"
 #include "engine/core/error.h"
-#include "engine/search/gallery.h"
 #include "engine/pipeline/enroll.h"
+#include "engine/search/gallery.h"
 #include "engine/search/recognition.h"
 
 namespace facenet::cli {
@@ -29,10 +29,10 @@ void add_gallery_option(CLI::App* c, Common& o) {
 
 void add_model_options(CLI::App* c, Common& o, const char* default_pick) {
   add_pipeline_options(c, o.p, "none");
-  c->get_option("--align")
-      ->description(std::string("none: images are aligned face crops; largest | all: raw photos, "
-                                "faces detected and aligned as the model file says (") +
-                    default_pick + " is the usual choice here)");
+  c->get_option("--align")->description(
+      std::string("none: images are aligned face crops; largest | all: raw photos, "
+                  "faces detected and aligned as the model file says (") +
+      default_pick + " is the usual choice here)");
 }
 
 void add_threshold_option(CLI::App* c, Common& o, const char* what) {
@@ -131,9 +131,8 @@ void add_enroll(CLI::App& app, int& exit_code) {
       on_error(input, why);
     };
     if (!from_dirs->empty()) {
-      const BulkReport r =
-          enroll_from_dirs(gal, pipeline, *from_dirs, o->p.request(), on_error,
-                           [&](size_t d, size_t t) { progress.update(d, t); });
+      const BulkReport r = enroll_from_dirs(gal, pipeline, *from_dirs, o->p.request(), on_error,
+                                            [&](size_t d, size_t t) { progress.update(d, t); });
       progress.break_line();
       std::cout << nlohmann::json({{"people", r.people},
                                    {"embeddings", r.embeddings},

@@ -4,17 +4,18 @@
 
 #include "apps/cli_common.h"
 #include "apps/embedding_writer.h"
+#include "apps/openmp_defaults.h"
 #ifdef FACENET_HAS_DLIB
 #include "apps/cli_faces.h"
 #endif
 #include "engine/backend/backend.h"
-#include "engine/face/face.h"
-#include "engine/pipeline/pipeline.h"
-#include "engine/model/convert_openface.h"
-#include "tools/bench/encode_bench.h"
 #include "engine/core/error.h"
+#include "engine/face/face.h"
+#include "engine/model/convert_openface.h"
 #include "engine/model/model.h"
 #include "engine/model/onnx_export.h"
+#include "engine/pipeline/pipeline.h"
+#include "tools/bench/encode_bench.h"
 #include "tools/bench/triplet_bench.h"
 
 namespace fs = std::filesystem;
@@ -147,8 +148,9 @@ int run_encode(const EncodeArgs& a) {
             writer.add({{"image", r.name}}, r.name, f.embedding.data(), dim);
           } else {
             const FaceBox& b = f.face.box;
-            writer.add({{"image", r.name}, {"face", i}, {"box", {b.left, b.top, b.right, b.bottom}}},
-                       r.name + "#" + std::to_string(i), f.embedding.data(), dim);
+            writer.add(
+                {{"image", r.name}, {"face", i}, {"box", {b.left, b.top, b.right, b.bottom}}},
+                r.name + "#" + std::to_string(i), f.embedding.data(), dim);
           }
         }
         writer.flush();  // what is done is kept even if a later input fails hard
@@ -282,6 +284,7 @@ void add_bench(CLI::App& app) {
 }  // namespace
 
 int main(int argc, char** argv) {
+  cli::apply_openmp_defaults(argv);
   CLI::App app{
       "facenet: face embeddings (FaceNet-style encoders), verification and recognition.\n"
       "Models are safetensors files made by `facenet convert`."};

@@ -230,7 +230,8 @@ TEST_F(Recognition, RawPhotosWithTheDlibResNetNameTheRightPeople) {
   EXPECT_EQ(hog.status, 0) << hog.err;
   EXPECT_NE(hog.err.find("no face found"), std::string::npos) << hog.err;
   EXPECT_TRUE(json_lines(hog.out).empty()) << hog.out;
-  const auto cnn = run("encode --align largest --detector hog+cnn-retry --model " + model + " " + hard);
+  const auto cnn =
+      run("encode --align largest --detector hog+cnn-retry --model " + model + " " + hard);
   EXPECT_EQ(cnn.status, 0) << cnn.err;
   ASSERT_EQ(json_lines(cnn.out).size(), 1u) << cnn.out << cnn.err;
   EXPECT_EQ(json_lines(cnn.out)[0]["embedding"].size(), 128u);
@@ -263,7 +264,8 @@ TEST(Identifier, LargeGalleriesTakeBf16StorageWithTheSameAnswers) {
     m.embedding_ids.push_back(r + 1);
     m.identity_ids.push_back(r % people + 1);
   }
-  for (int p = 0; p < people; ++p) m.identities.push_back({p + 1, "p" + std::to_string(p)});
+  for (int p = 0; p < people; ++p)
+    m.identities.push_back({p + 1, "p" + std::to_string(p), "{}", 0, 0});
   // Probes: gallery rows plus a little noise, so each has a clear nearest identity.
   const int64_t nq = 24;
   std::vector<float> probes(nq * dim);

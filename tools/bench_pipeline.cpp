@@ -25,6 +25,7 @@
 #include <thread>
 #include <vector>
 
+#include "apps/openmp_defaults.h"
 #include "engine/core/error.h"
 #include "engine/image/image_io.h"
 #include "engine/model/convert_openface.h"
@@ -319,6 +320,7 @@ int run(int argc, char** argv) {
               {"images", images.string()},
               {"photos", photos.size()},
               {"omp_wait_policy", env_or("OMP_WAIT_POLICY", "unset")},
+              {"gomp_spincount", env_or("GOMP_SPINCOUNT", "unset")},
               {"load_average", {{"before", load_before}, {"after", load_average()}}},
               {"warmup", warmup},
               {"batch_path", batch},
@@ -339,6 +341,7 @@ int run(int argc, char** argv) {
 }  // namespace facenet
 
 int main(int argc, char** argv) {
+  facenet::cli::apply_openmp_defaults(argv);  // the CLI's OpenMP setting, so these are its figures
   try {
     return facenet::run(argc, argv);
   } catch (const facenet::Error& e) {

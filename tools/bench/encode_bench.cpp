@@ -195,7 +195,6 @@ nlohmann::json run_cuda_bench(const EncodeBenchOptions& o, const Model& model) {
   bo.layout = o.layout;
   auto backend = make_cuda_backend(model, bo);
   const int64_t per_image = element_count(model.graph.input_shape);
-  const int64_t dim = model.embedding_dim();
   const InputSpec spec = input_spec(model.graph);
   std::vector<std::vector<unsigned char>> jpegs;
   for (unsigned i = 0; i < 64; ++i) jpegs.push_back(synthetic_jpeg(spec.height, spec.width, i));

@@ -47,9 +47,9 @@ struct Options {
   int photos = 256;
   int repeats = 3;
   int max_batch = 64;
-  double max_delay_ms = 2.0;
-  int threads = 0;  // backend CPU threads; 0 = every core
-  int workers = 0;  // preparing threads; 0 = one per core
+  double max_delay_ms = -1;  // the pipeline's automatic choice
+  int threads = 0;           // backend CPU threads; 0 = every core
+  int workers = 0;           // preparing threads; 0 = one per core
   std::vector<int> submitters = {1, 2, 4, 16};
   std::string arrivals = "poisson";  // poisson | fixed
   uint64_t seed = 1;
@@ -258,7 +258,8 @@ int run(int argc, char** argv) {
       ->check(CLI::PositiveNumber);
   app.add_option("--max-batch", o.max_batch, "PipelineOptions::max_batch")
       ->check(CLI::PositiveNumber);
-  app.add_option("--max-delay-ms", o.max_delay_ms, "PipelineOptions::max_delay_ms");
+  app.add_option("--max-delay-ms", o.max_delay_ms,
+                 "PipelineOptions::max_delay_ms (< 0: automatic)");
   app.add_option("--threads", o.threads, "backend CPU threads (0: every core)");
   app.add_option("--workers", o.workers, "threads preparing requests (0: one per core)");
   app.add_option("--submitters", o.submitters, "concurrent closed-loop submitters")->delimiter(',');
@@ -316,7 +317,7 @@ int run(int argc, char** argv) {
               {"threads", o.threads ? o.threads : int(std::thread::hardware_concurrency())},
               {"workers", o.workers},
               {"max_batch", o.max_batch},
-              {"max_delay_ms", o.max_delay_ms},
+              {"max_delay_ms", pipe.options().max_delay_ms},
               {"images", images.string()},
               {"photos", photos.size()},
               {"omp_wait_policy", env_or("OMP_WAIT_POLICY", "unset")},

@@ -34,6 +34,9 @@ namespace facenet {
 namespace fs = std::filesystem;
 using Clock = std::chrono::steady_clock;
 
+// PipelineOptions::max_delay_ms when left automatic (see pipeline.h).
+constexpr double kCpuDelayMs = 10, kGpuDelayMs = 2;
+
 struct Pipeline::Impl {
   PipelineOptions opt;
   Model model;
@@ -76,7 +79,9 @@ struct Pipeline::Impl {
       : opt(o), model(std::move(m)), backend(std::move(given)) {
     if (opt.max_batch < 1) fail("max_batch must be >= 1 (got ", opt.max_batch, ")");
     if (opt.max_queue < 1) fail("max_queue must be >= 1 (got ", opt.max_queue, ")");
-    if (!(opt.max_delay_ms >= 0)) fail("max_delay_ms must be >= 0 (got ", opt.max_delay_ms, ")");
+    if (std::isnan(opt.max_delay_ms)) fail("max_delay_ms must be a number (got NaN)");
+    if (opt.max_delay_ms < 0)
+      opt.max_delay_ms = opt.backend.device == Device::kCuda ? kGpuDelayMs : kCpuDelayMs;
     if (opt.workers < 0) fail("workers must be >= 0 (got ", opt.workers, ")");
     if (!model.graph.nodes.empty()) {  // else detection only
       if (!backend) backend = make_backend(model, opt.backend);

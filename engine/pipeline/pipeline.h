@@ -101,7 +101,11 @@ struct PipelineOptions {
   // soon), or when a chip of a submit() request has waited this long. run()'s requests wait for
   // full batches instead (throughput, and the same batches every run), but never hold back a
   // submit() request past its delay.
-  double max_delay_ms = 2.0;
+  // < 0: automatic, 10 ms on the CPU backends (the forward shares the cores with preparation,
+  // so a batch of 1-2 chips costs the photos behind it; 16 single-photo submitters on raw LFW
+  // photos: 143 -> 168-172 photos/s against 2 ms, bench/results/pipeline-cpu-2026-12-01) and
+  // 2 ms on CUDA (a separate device: start as soon as there is work).
+  double max_delay_ms = -1;
   int max_queue = 1024;     // requests in flight (submitted, not completed); beyond: kBusy
   int workers = 0;          // threads preparing requests; 0 = one per core
   RequestOptions defaults;  // what submit() without options and run() without options use

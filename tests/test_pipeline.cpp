@@ -780,5 +780,67 @@ TEST_F(PipelineTest, IdentifyFindsTheEnrolledAndNotAStranger) {
   EXPECT_NE(stranger.faces[0].match->top[0].name, "unknown") << "top still lists the nearest";
 }
 
+// ---- a backend that fails -------------------------------------------------------------------
+
+// Fails its first forward pass, then returns zeros.
+class FailOnceBackend final : public Backend {
+ public:
+  explicit FailOnceBackend(int64_t dim) : dim_(dim) {}
+  std::string name() const override { return "fail-once"; }
+  void forward(const float*, int64_t n, float* y) override {
+    if (calls_++ == 0) fail("device lost (test)");
+    std::fill_n(y, n * dim_, 0.f);
+  }
+
+ private:
+  int64_t dim_;
+  int calls_ = 0;
+};
+
+// A failed forward fails its batch's requests, including one whose chips are split over that
+// batch and the next (two faces, mirrored: 4 chips in batches of 3), and the pipeline goes on:
+// a request submitted after it is encoded.
+TEST_F(PipelineTest, AFailedBatchFailsItsRequestsAndThePipelineGoesOn) {
+  FN_REQUIRE_LANDMARK_MODELS();
+  Model m = load_model(test::converted_model("openface"));
+  const int64_t dim = m.embedding_dim();
+  PipelineOptions po = options(3, 1.0);
+  Pipeline pipe(std::move(m), std::make_unique<FailOnceBackend>(dim), po);
+  RequestOptions two = photo_options();
+  two.faces.pick = FacePick::kAll;
+  two.faces.mirror = true;
+  const fs::path photo =
+      test::shared_path("data/openface-examples/images/examples") / "longoria-cooper.jpg";
+  std::future<ImageResult> split = pipe.submit(ImageInput::file(photo), two);
+  ASSERT_EQ(split.wait_for(kPatience), std::future_status::ready) << "the split request hung";
+  const ImageResult r = split.get();
+  EXPECT_EQ(r.status, InputStatus::kFailed);
+  EXPECT_NE(r.error.find("device lost"), std::string::npos) << r.error;
+  EXPECT_NE(r.error.find("longoria-cooper.jpg"), std::string::npos) << r.error;
+  std::future<ImageResult> after =
+      pipe.submit(ImageInput::file(aligned_crop("adams")), crop_options());
+  ASSERT_EQ(after.wait_for(kPatience), std::future_status::ready) << "the batcher stopped";
+  const ImageResult a = after.get();
+  EXPECT_TRUE(a.ok()) << a.error;
+  ASSERT_EQ(a.faces.size(), 1u);
+  EXPECT_EQ(a.faces[0].embedding.size(), static_cast<size_t>(dim));
+  EXPECT_EQ(pipe.stats().in_flight, 0);
+}
+
+// A callback that throws loses nothing but its own call: the thread that ran it goes on.
+TEST_F(PipelineTest, AThrowingCallbackDoesNotStopThePipeline) {
+  Pipeline pipe = make_pipeline(options(64, 1.0));
+  std::promise<void> thrown;
+  pipe.submit(ImageInput::file(aligned_crop("adams")), crop_options(), [&](ImageResult) {
+    thrown.set_value();
+    throw std::runtime_error("caller's bug");
+  });
+  thrown.get_future().wait();
+  std::future<ImageResult> next =
+      pipe.submit(ImageInput::file(aligned_crop("carell")), crop_options());
+  ASSERT_EQ(next.wait_for(kPatience), std::future_status::ready);
+  EXPECT_TRUE(next.get().ok());
+}
+
 }  // namespace
 }  // namespace facenet

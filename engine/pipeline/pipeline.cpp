@@ -71,6 +71,9 @@ struct Pipeline::Impl {
   int64_t announced = 0;  // inputs run() has yet to submit: more chips are coming
   bool stopping = false;
   std::shared_ptr<Identifier> gallery;
+  // Held by whoever queues work on the backend's stream: the batcher, and set_gallery() while
+  // it builds a GPU index on the same context (its uploads must not land in a graph capture).
+  std::mutex device_mu;
   PipelineStats stats;
   std::vector<std::thread> workers;
   std::thread batcher;
@@ -79,7 +82,9 @@ struct Pipeline::Impl {
       : opt(o), model(std::move(m)), backend(std::move(given)) {
     if (opt.max_batch < 1) fail("max_batch must be >= 1 (got ", opt.max_batch, ")");
     if (opt.max_queue < 1) fail("max_queue must be >= 1 (got ", opt.max_queue, ")");
-    if (std::isnan(opt.max_delay_ms)) fail("max_delay_ms must be a number (got NaN)");
+    if (!(opt.max_delay_ms <= 60000))
+      fail("max_delay_ms must be at most 60000 (got ", opt.max_delay_ms, ")");
+    if (opt.max_batch > 65536) fail("max_batch must be at most 65536 (got ", opt.max_batch, ")");
     if (opt.max_delay_ms < 0)
       opt.max_delay_ms = opt.backend.device == Device::kCuda ? kGpuDelayMs : kCpuDelayMs;
     if (opt.workers < 0) fail("workers must be >= 0 (got ", opt.workers, ")");
@@ -163,11 +168,14 @@ struct Pipeline::Impl {
     deliver(r);
   }
 
+  // An exception from a callback is the caller's and is dropped here: it must not stop a
+  // pipeline thread, nor fail the requests that share its batch.
   static void deliver(Request& r) {
-    if (r.done)
+    if (!r.done) return r.promise.set_value(std::move(r.result));
+    try {
       r.done(std::move(r.result));
-    else
-      r.promise.set_value(std::move(r.result));
+    } catch (...) {
+    }
   }
 
   // ---- preparation (worker threads) -------------------------------------------------------
@@ -193,7 +201,8 @@ struct Pipeline::Impl {
       } catch (const InputError& e) {
         fail_request(*r, e.status, e.message);
       } catch (const std::exception& e) {
-        fail_request(*r, InputStatus::kFailed, r->input.name() + ": " + e.what());
+        const std::string& name = r->result.name.empty() ? r->input.name() : r->result.name;
+        fail_request(*r, InputStatus::kFailed, name + ": " + e.what());
       }
       bool encode = false;
       {
@@ -289,6 +298,7 @@ struct Pipeline::Impl {
         ++it;
     }
     const int64_t n = static_cast<int64_t>(batch.size());
+    FN_ASSERT(n > 0);  // ready means some chip can be taken
     queued_chips -= n;
     ++stats.batches;
     stats.chips += n;
@@ -308,6 +318,7 @@ struct Pipeline::Impl {
                     batch[i].req->in_f32.data() + batch[i].index * per_image,
                     per_image * sizeof(float));
       try {
+        std::lock_guard<std::mutex> device(device_mu);
         backend->forward(input.data(), n, output.data());
       } catch (const std::exception& e) {
         fail_batch(batch, e.what());
@@ -324,13 +335,16 @@ struct Pipeline::Impl {
     int next = 0;
     auto deliver_slot = [&](int s) {
       if (in_slot[s].empty()) return;
+      bool ok = true;
       try {
+        std::lock_guard<std::mutex> device(device_mu);
         staged->wait(s);
         identify_on_device(in_slot[s], staged->device_output(s));
-        scatter(in_slot[s], staged->output(s));
       } catch (const std::exception& e) {
         fail_batch(in_slot[s], e.what());
+        ok = false;
       }
+      if (ok) scatter(in_slot[s], staged->output(s));
       in_slot[s].clear();
     };
     for (;;) {
@@ -351,6 +365,7 @@ struct Pipeline::Impl {
         std::memcpy(dst + i * image_bytes,
                     batch[i].req->in_u8.data() + batch[i].index * image_bytes, image_bytes);
       try {
+        std::lock_guard<std::mutex> device(device_mu);
         staged->submit(next, static_cast<int64_t>(batch.size()));
       } catch (const std::exception& e) {
         fail_batch(batch, e.what());
@@ -391,11 +406,23 @@ struct Pipeline::Impl {
     }
   }
 
+  // The batch's requests fail. A request with chips still queued (split over batches) gives
+  // them up at once, so nothing of it is left for a later batch to wait on.
   void fail_batch(const std::vector<ChipRef>& batch, const std::string& why) {
     for (const ChipRef& c : batch) {
       Request& r = *c.req;
-      if (r.result.ok())
-        fail_request(r, InputStatus::kFailed, r.result.name + ": encoding failed: " + why);
+      if (r.result.ok()) {
+        r.result.status = InputStatus::kFailed;
+        r.result.error = r.result.name + ": encoding failed: " + why;
+        r.result.faces.clear();
+        std::lock_guard<std::mutex> lock(mu);
+        if (auto it = queued.find(r.seq); it != queued.end()) {
+          const int64_t left = r.chips - it->second.next;
+          queued_chips -= left;
+          r.pending -= left;
+          queued.erase(it);
+        }
+      }
       if (--r.pending == 0) complete(r);
     }
   }
@@ -432,6 +459,8 @@ struct Pipeline::Impl {
     }
     if (!g) fail("identify: the pipeline has no gallery (set_gallery)");
     if (r.result.faces.empty()) return;
+    std::unique_lock<std::mutex> device(device_mu, std::defer_lock);
+    if (g->on_gpu()) device.lock();  // the search runs on the backend's stream
     std::vector<float> probes;
     for (const auto& f : r.result.faces)
       probes.insert(probes.end(), f.embedding.begin(), f.embedding.end());
@@ -554,10 +583,18 @@ std::vector<ImageResult> Pipeline::run(std::vector<ImageInput> inputs,
 
 void Pipeline::set_gallery(GalleryMatrix gallery, std::optional<CpuStorage> storage) {
   if (!impl_->backend) fail("set_gallery: this pipeline has no model (detection only)");
-  auto g = std::make_shared<Identifier>(std::move(gallery), impl_->opt.backend.device, storage,
-                                        impl_->backend->gpu_context());
-  std::lock_guard<std::mutex> lock(impl_->mu);
-  impl_->gallery = std::move(g);
+  std::shared_ptr<Identifier> g;
+  {
+    std::unique_lock<std::mutex> device(impl_->device_mu, std::defer_lock);
+    if (impl_->backend->gpu_context()) device.lock();
+    g = std::make_shared<Identifier>(std::move(gallery), impl_->opt.backend.device, storage,
+                                     impl_->backend->gpu_context());
+  }
+  {
+    std::lock_guard<std::mutex> lock(impl_->mu);
+    std::swap(impl_->gallery, g);
+  }
+  // The old index (if any) is freed here, outside the lock.
 }
 
 int64_t Pipeline::gallery_rows() const {

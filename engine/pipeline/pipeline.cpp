@@ -121,6 +121,10 @@ struct Pipeline::Impl {
   }
 
   // ---- submission ---------------------------------------------------------------------------
+  int run_limit() const {
+    return std::max(1, opt.max_queue - opt.max_queue / 4);
+  }
+
   // Queues `r`, or completes it as kBusy when `wait` is false and the queue is full.
   // `announced_by_run`: the request was counted in `announced` by run().
   void enqueue(RequestPtr r, bool wait, bool announced_by_run = false) {
@@ -129,7 +133,10 @@ struct Pipeline::Impl {
       if (announced_by_run) --announced;
       if (stopping) fail("pipeline: submit after shutdown began");
       ++stats.requests;
-      if (in_flight >= opt.max_queue) {
+      // run() fills at most three quarters of the queue, so a submit() alongside it still
+      // finds room instead of kBusy.
+      const int limit = wait ? run_limit() : opt.max_queue;
+      if (in_flight >= limit) {
         if (!wait) {
           ++stats.busy;
           lock.unlock();
@@ -146,7 +153,7 @@ struct Pipeline::Impl {
           work_cv.notify_one();
           return;
         }
-        space_cv.wait(lock, [&] { return in_flight < opt.max_queue; });
+        space_cv.wait(lock, [&] { return in_flight < limit; });
       }
       ++in_flight;
       r->seq = next_seq++;
@@ -271,7 +278,7 @@ struct Pipeline::Impl {
       const bool due = oldest != Clock::time_point::max() && Clock::now() >= oldest + delay;
       bool ready;
       if (bulk_runs > 0) {
-        const bool jammed = some && in_flight >= opt.max_queue;
+        const bool jammed = some && in_flight >= run_limit();  // run() waits for room
         ready = settled >= opt.max_batch || flush || jammed || due;
         any_order = flush || due || (jammed && settled < opt.max_batch);
       } else {
@@ -287,15 +294,23 @@ struct Pipeline::Impl {
     }
     const uint64_t bound = any_order || in_prep.empty() ? UINT64_MAX : *in_prep.begin();
     std::vector<ChipRef> batch;
-    for (auto it = queued.begin(); it != queued.end() && it->first < bound &&
-                                   static_cast<int64_t>(batch.size()) < opt.max_batch;) {
-      Queued& q = it->second;
-      while (q.next < q.req->chips && static_cast<int64_t>(batch.size()) < opt.max_batch)
-        batch.push_back({q.req, q.next++});
-      if (q.next == q.req->chips)
-        it = queued.erase(it);
-      else
-        ++it;
+    // Two passes in submission order: submit()'s requests first (they are the ones with a
+    // deadline), then run()'s.
+    for (const bool bulk_pass : {false, true}) {
+      for (auto it = queued.begin(); it != queued.end() && it->first < bound &&
+                                     static_cast<int64_t>(batch.size()) < opt.max_batch;) {
+        Queued& q = it->second;
+        if (q.req->bulk != bulk_pass) {
+          ++it;
+          continue;
+        }
+        while (q.next < q.req->chips && static_cast<int64_t>(batch.size()) < opt.max_batch)
+          batch.push_back({q.req, q.next++});
+        if (q.next == q.req->chips)
+          it = queued.erase(it);
+        else
+          ++it;
+      }
     }
     const int64_t n = static_cast<int64_t>(batch.size());
     FN_ASSERT(n > 0);  // ready means some chip can be taken

@@ -106,7 +106,9 @@ struct PipelineOptions {
   // photos: 143 -> 168-172 photos/s against 2 ms, bench/results/pipeline-cpu-2026-12-01) and
   // 2 ms on CUDA (a separate device: start as soon as there is work).
   double max_delay_ms = -1;
-  int max_queue = 1024;     // requests in flight (submitted, not completed); beyond: kBusy
+  // Requests in flight (submitted, not completed); beyond: kBusy. run() keeps a quarter of it
+  // free for submit(), and submit()'s chips go first into a batch.
+  int max_queue = 1024;
   int workers = 0;          // threads preparing requests; 0 = one per core
   RequestOptions defaults;  // what submit() without options and run() without options use
 };

@@ -4,6 +4,7 @@
 #include <unistd.h>
 
 #include <CLI/CLI.hpp>
+#include <cmath>
 #include <cstdio>
 #include <filesystem>
 #include <iostream>
@@ -41,6 +42,19 @@ class Progress {
   const char* what_;
   bool enabled_, shown_ = false;
 };
+
+// A finite number >= 0 (CLI11's NonNegativeNumber lets NaN through).
+inline const CLI::Validator kFiniteNonNegative(
+    [](std::string& s) -> std::string {
+      try {
+        size_t used = 0;
+        const double v = std::stod(s, &used);
+        if (used == s.size() && std::isfinite(v) && v >= 0) return {};
+      } catch (const std::exception&) {
+      }
+      return "'" + s + "' is not a finite number >= 0";
+    },
+    "FINITE >= 0");
 
 // The options every command that reads images shares, and the pipeline they make.
 struct PipelineArgs {

@@ -68,6 +68,7 @@ int run_detect(const DetectArgs& a) {
   ro.faces.pick = FacePick::kAll;
   auto inputs = file_inputs(a.inputs);
   if (inputs.empty()) fail("no images found in the given inputs");
+  const int total = static_cast<int>(inputs.size());
   int failed = 0;
   pipeline.run(std::move(inputs), ro, [&](ImageResult& r) {
     if (!r.ok()) {
@@ -88,6 +89,7 @@ int run_detect(const DetectArgs& a) {
                      .dump()
               << "\n";
   });
+  if (failed && failed == total) return 2;  // nothing could be done
   return failed ? 1 : 0;
 }
 

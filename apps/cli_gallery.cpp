@@ -37,7 +37,8 @@ void add_model_options(CLI::App* c, Common& o, const char* default_pick) {
 
 void add_threshold_option(CLI::App* c, Common& o, const char* what) {
   c->add_option("--threshold", o.threshold,
-                std::string(what) + " (plain L2; default: the model's own, else 0.7)");
+                std::string(what) + " (plain L2; default: the model's own, else 0.7)")
+      ->check(kFiniteNonNegative);
 }
 
 void print_stats(const GalleryStats& s, const std::string& path) {
@@ -85,6 +86,7 @@ void add_gallery(CLI::App& app) {
   remove->add_option("--name", *names, "Identity to remove (repeatable)")->required();
   remove->callback([o, names] {
     Gallery gal = Gallery::open(o->gallery, GalleryMode::kWrite);
+    for (const auto& n : *names) gal.find_identity(n);  // all or nothing: unknown names first
     for (const auto& n : *names) {
       const int64_t gone = gal.remove_identity(n);
       std::cout << nlohmann::json({{"removed", n}, {"embeddings", gone}}).dump() << "\n";
@@ -233,7 +235,8 @@ void add_identify(CLI::App& app, int& exit_code) {
         std::cout << line.dump() << "\n";
       }
     }
-    exit_code = skipped ? 1 : 0;
+    const size_t probes = file_inputs(*images).size();
+    exit_code = skipped == 0 ? 0 : skipped == probes ? 2 : 1;  // 2: no probe could be used
   });
 }
 

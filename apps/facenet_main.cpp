@@ -166,6 +166,7 @@ int run_encode(const EncodeArgs& a) {
     std::cerr << "facenet encode: " << total << " photo(s), " << faces << " face(s) encoded, "
               << no_face << " without a face, " << failed << " unreadable\n";
   }
+  if (failed && failed == total) return 2;  // nothing could be done
   return failed ? 1 : 0;
 }
 
@@ -302,7 +303,10 @@ int main(int argc, char** argv) {
   try {
     app.parse(argc, argv);
   } catch (const CLI::ParseError& e) {
-    return app.exit(e);
+    // --help and --version are successes; every argument error is "nothing could be done" (2),
+    // not CLI11's own codes (105, 106, 109, ...).
+    const int code = app.exit(e);
+    return code == 0 ? 0 : 2;
   } catch (const Error& e) {
     std::cerr << "facenet: error: " << e.what() << "\n";
     return 2;

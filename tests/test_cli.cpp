@@ -1,5 +1,6 @@
 // The facenet CLI as a user meets it: good and bad inputs, output formats, exit codes.
 #include <fstream>
+#include <functional>
 #include <nlohmann/json.hpp>
 #include <sstream>
 
@@ -91,8 +92,79 @@ TEST_F(Cli, InfoAndHelpAreReadable) {
   EXPECT_EQ(help.status, 0);
   EXPECT_NE(help.out.find("--format"), std::string::npos);
   const CliResult bad = run("encode --format xml --model " + model() + " x.jpg");
-  EXPECT_NE(bad.status, 0);
+  EXPECT_EQ(bad.status, 2) << "an argument error is 'nothing could be done'";
   EXPECT_NE(bad.err.find("xml"), std::string::npos) << bad.err;
+}
+
+// README's exit codes: 2 for argument errors (not CLI11's 105/106/109) and when no input at
+// all could be used; 1 when some were skipped.
+TEST_F(Cli, ExitCodesAreTheReadmes) {
+  for (const std::string& args : std::vector<std::string>{
+           "encode --batch 0 --model " + model() + " x.jpg", "encode --model", "encode --no-such",
+           "identify --gallery g --model m --threshold nan x.jpg",
+           "identify --gallery g --model m --threshold -1 x.jpg", "frobnicate"}) {
+    const CliResult r = run(args);
+    EXPECT_EQ(r.status, 2) << args << ": " << r.err;
+    EXPECT_FALSE(r.err.empty()) << args;
+  }
+  const CliResult none = run("encode --model " + model() + " " + (dir_ / "missing.jpg").string());
+  EXPECT_EQ(none.status, 2) << none.err;
+  EXPECT_NE(none.err.find("missing.jpg"), std::string::npos) << none.err;
+  const CliResult some = run("encode --model " + model() + " " + (dir_ / "missing.jpg").string() +
+                             " " + happy("andrew.jpg"));
+  EXPECT_EQ(some.status, 1) << some.err;
+}
+
+// A model file whose graph asks for impossible arithmetic is refused when it loads, naming the
+// file and the field: a stride of 0 (a division by zero in shape inference), an LRN size of
+// -5 (a read outside the window), a non-numeric preprocess.scale.
+TEST_F(Cli, ModelFieldsAreCheckedBeforeUse) {
+  const Model good = load_model(model());
+  struct Case {
+    const char* what;
+    std::function<void(Model&)> damage;
+    const char* named;
+  };
+  const std::vector<Case> cases = {
+      {"stride 0",
+       [](Model& m) {
+         for (auto& n : m.graph.nodes)
+           if (n.op == OpType::kMaxPool) {
+             n.stride = 0;
+             break;
+           }
+       },
+       "stride 0"},
+      {"LRN size -5",
+       [](Model& m) {
+         for (auto& n : m.graph.nodes)
+           if (n.op == OpType::kLrn) n.size = -5;
+       },
+       "LRN size -5"},
+      {"LRN size 0",
+       [](Model& m) {
+         for (auto& n : m.graph.nodes)
+           if (n.op == OpType::kLrn) n.size = 0;
+       },
+       "LRN size 0"},
+      {"scale string", [](Model& m) { m.graph.preprocess["scale"] = "big"; }, "preprocess.scale"},
+      {"input 0x96",
+       [](Model& m) {
+         m.graph.input_shape = {3, 0, 96};
+       },
+       "input shape"},
+  };
+  for (const Case& c : cases) {
+    Model m = good;
+    c.damage(m);
+    const fs::path file = dir_ / "damaged.safetensors";
+    save_model(file, m);
+    const CliResult r = run("encode --model " + file.string() + " " + happy("andrew.jpg"));
+    EXPECT_EQ(r.status, 2) << c.what << ": " << r.err;
+    EXPECT_NE(r.err.find(file.string()), std::string::npos) << c.what << ": " << r.err;
+    EXPECT_NE(r.err.find(c.named), std::string::npos) << c.what << ": " << r.err;
+    EXPECT_TRUE(r.out.empty()) << c.what << ": no embedding may be printed";
+  }
 }
 
 }  // namespace

@@ -2,10 +2,17 @@
 #include "engine/model/graph.h"
 
 #include <algorithm>
+#include <cmath>
 
 #include "engine/core/error.h"
 
 namespace facenet {
+
+namespace {
+// The largest extent (channels, rows, columns, window) a graph may ask for: beyond any face
+// model, and small enough that no shape arithmetic on int64 can overflow.
+constexpr int64_t kMaxExtent = int64_t{1} << 16;
+}  // namespace
 
 namespace {
 
@@ -192,8 +199,38 @@ Graph graph_from_json(const nlohmann::json& j) {
     fail("model graph: malformed description (", e.what(), ")");
   }
   if (g.input_shape.size() != 3) fail("model graph: input shape must be [C, H, W]");
+  for (int64_t d : g.input_shape)
+    if (d < 1 || d > kMaxExtent)
+      fail("model graph: input shape [", g.input_shape[0], ", ", g.input_shape[1], ", ",
+           g.input_shape[2], "] must have every extent in 1..", kMaxExtent);
   return g;
 }
+
+namespace {
+
+// Checks a node's attributes before any arithmetic uses them (a stride of 0 would divide by
+// zero in pooled_size; an LRN size below 1 would index outside its window).
+void check_attributes(const Node& n) {
+  auto in_range = [](int64_t v, int64_t lo, int64_t hi) { return lo <= v && v <= hi; };
+  if (n.op == OpType::kConv || is_pool(n.op)) {
+    if (!in_range(n.kernel, 1, kMaxExtent) || !in_range(n.stride, 1, kMaxExtent) ||
+        !in_range(n.pad, 0, kMaxExtent))
+      fail("node '", n.name, "': kernel ", n.kernel, ", stride ", n.stride, ", pad ", n.pad,
+           " (kernel and stride must be 1..", kMaxExtent, ", pad 0..", kMaxExtent, ")");
+  }
+  if ((n.op == OpType::kConv || n.op == OpType::kDense) && !in_range(n.out, 1, kMaxExtent))
+    fail("node '", n.name, "': 'out' (output channels) is ", n.out, "; must be 1..", kMaxExtent);
+  if (n.op == OpType::kLrn) {
+    if (!in_range(n.size, 1, kMaxExtent))
+      fail("node '", n.name, "': LRN size ", n.size, " must be 1..", kMaxExtent);
+    if (!std::isfinite(n.alpha) || !std::isfinite(n.beta_pow) || !std::isfinite(n.k) || n.k <= 0)
+      fail("node '", n.name, "': LRN alpha, beta and k must be finite and k > 0");
+  }
+  if ((n.op == OpType::kBatchNorm || n.op == OpType::kL2Norm) && !(n.eps > 0 && n.eps < 1))
+    fail("node '", n.name, "': eps ", n.eps, " must be in (0, 1)");
+}
+
+}  // namespace
 
 int64_t pooled_size(int64_t in, int kernel, int stride, int pad) {
   const int64_t span = in + 2 * pad - kernel;
@@ -219,6 +256,7 @@ std::vector<Shape> infer_shapes_checked(const Graph& g, const TensorMap* t) {
       fail("node '", n.name, "' (add) takes exactly two inputs");
     if (n.op != OpType::kConcat && n.op != OpType::kAdd && n.inputs.size() != 1)
       fail("node '", n.name, "' (", op_name(n.op), ") takes exactly one input");
+    check_attributes(n);
     const Shape& x = shape_of(n.inputs[0]);
     Shape y = x;
     switch (n.op) {
@@ -259,6 +297,8 @@ std::vector<Shape> infer_shapes_checked(const Graph& g, const TensorMap* t) {
           w = std::max(w, s[2]);
         }
         y = {c, h, w};
+        if (c > kMaxExtent)
+          fail("node '", n.name, "': concat of ", c, " channels (at most ", kMaxExtent, ")");
         break;
       }
       case OpType::kRelu:
@@ -266,10 +306,6 @@ std::vector<Shape> infer_shapes_checked(const Graph& g, const TensorMap* t) {
       case OpType::kL2Norm:
         break;
     }
-    if ((n.op == OpType::kConv || n.op == OpType::kDense) && n.out < 1)
-      fail("node '", n.name, "': 'out' (output channels) must be >= 1");
-    if ((n.op == OpType::kConv || is_pool(n.op)) && (n.kernel < 1 || n.stride < 1 || n.pad < 0))
-      fail("node '", n.name, "': kernel/stride must be >= 1 and pad >= 0");
     if (y[1] < 1 || y[2] < 1)
       fail("node '", n.name, "': window ", n.kernel, "/", n.stride, " pad ", n.pad,
            " does not fit its ", x[1], "x", x[2], " input");

@@ -1,5 +1,6 @@
 // Model files: safetensors with the graph JSON in the metadata.
 #include "engine/model/model.h"
+#include <cmath>
 
 #include <iomanip>
 #include <sstream>
@@ -20,7 +21,38 @@ int64_t tensor_size(const Model& m, const std::string& name) {
 }
 }  // namespace
 
+namespace {
+
+// The preprocess fields the engine reads, checked for type and range where the model is
+// loaded, so a wrong one is named there rather than failing later in a JSON accessor.
+void check_preprocess(const nlohmann::json& p) {
+  if (!p.is_object()) fail("preprocess must be a JSON object");
+  auto finite_number = [&](const char* key, bool positive) {
+    if (!p.contains(key)) return;
+    const auto& v = p.at(key);
+    if (!v.is_number() || !std::isfinite(v.get<double>()) || (positive && v.get<double>() <= 0) ||
+        v.get<double>() < 0)
+      fail("preprocess.", key, " must be a finite ", positive ? "positive" : "non-negative",
+           " number (got ", v.dump(), ")");
+  };
+  finite_number("scale", true);
+  finite_number("threshold", false);
+  if (p.contains("mean")) {
+    const auto& m = p.at("mean");
+    bool ok = m.is_array() && m.size() == 3;
+    for (size_t i = 0; ok && i < 3; ++i) ok = m[i].is_number() && std::isfinite(m[i].get<double>());
+    if (!ok) fail("preprocess.mean must be 3 finite numbers (got ", m.dump(), ")");
+  }
+  if (p.contains("color") && !(p.at("color") == "rgb" || p.at("color") == "bgr"))
+    fail("preprocess.color must be \"rgb\" or \"bgr\" (got ", p.at("color").dump(), ")");
+  if (p.contains("alignment") && !p.at("alignment").is_string())
+    fail("preprocess.alignment must be a string (got ", p.at("alignment").dump(), ")");
+}
+
+}  // namespace
+
 void validate_model(Model& model) {
+  check_preprocess(model.graph.preprocess);
   model.shapes = infer_shapes(model.graph, model.tensors);
   if (model.graph.nodes.empty() || model.graph.nodes.back().name != model.graph.output)
     fail("model graph: the output '", model.graph.output, "' must be the last node");

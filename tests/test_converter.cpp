@@ -153,6 +153,42 @@ TEST(ModelFile, CorruptFilesAreClearErrors) {
   m.tensors["conv2_w"] = HostTensor({64, 64, 1, 2});
   save_model(dir / "wrongshape.safetensors", m);
   expect_error([&] { load_model(dir / "wrongshape.safetensors"); }, {"conv2_w", "[64, 64, 1, 1]"});
+
+  // Hand-made headers: tensors sharing bytes, a shape whose element count overflows int64, a
+  // negative extent, and an empty tensor (read without touching the data section).
+  auto raw = [&](const std::string& file, const std::string& header, size_t data_bytes) {
+    std::string h = header;
+    h.append((8 - h.size() % 8) % 8, ' ');
+    std::ofstream out(dir / file, std::ios::binary);
+    for (int i = 0; i < 8; ++i) out.put(static_cast<char>((h.size() >> (8 * i)) & 0xff));
+    out << h << std::string(data_bytes, '\0');
+    return dir / file;
+  };
+  expect_error(
+      [&] {
+        read_safetensors(raw("overlap.safetensors",
+                             R"({"a":{"dtype":"F32","shape":[2],"data_offsets":[0,8]},)"
+                             R"("b":{"dtype":"F32","shape":[2],"data_offsets":[4,12]}})",
+                             16));
+      },
+      {"overlap.safetensors", "'a' and 'b'", "share bytes"});
+  expect_error(
+      [&] {
+        read_safetensors(raw("huge.safetensors",
+                             R"({"a":{"dtype":"F32","shape":[4294967296,4294967296,4],)"
+                             R"("data_offsets":[0,0]}})",
+                             8));
+      },
+      {"huge.safetensors", "'a'", "more values than"});
+  expect_error(
+      [&] {
+        read_safetensors(raw("negative.safetensors",
+                             R"({"a":{"dtype":"F32","shape":[-2,-2],"data_offsets":[0,16]}})", 16));
+      },
+      {"negative.safetensors", "negative extent"});
+  const SafetensorsFile empty = read_safetensors(
+      raw("empty.safetensors", R"({"a":{"dtype":"F32","shape":[0,3],"data_offsets":[0,0]}})", 0));
+  EXPECT_EQ(empty.tensors.at("a").data.size(), 0u);
   fs::remove_all(dir);
 }
 

@@ -1,6 +1,7 @@
 // safetensors container: see https://github.com/huggingface/safetensors (format section).
 #include "engine/model/safetensors.h"
 
+#include <algorithm>
 #include <cstring>
 #include <fstream>
 #include <nlohmann/json.hpp>
@@ -59,6 +60,7 @@ SafetensorsFile read_safetensors(const std::filesystem::path& path) {
   if (!in) fail(path.string(), ": truncated data section");
 
   SafetensorsFile out;
+  std::vector<std::pair<std::pair<uint64_t, uint64_t>, std::string>> ranges;  // for overlaps
   for (auto& [name, info] : j.items()) {
     if (name == "__metadata__") {
       for (auto& [k, v] : info.items()) {
@@ -73,18 +75,35 @@ SafetensorsFile read_safetensors(const std::filesystem::path& path) {
         fail(path.string(), ": tensor '", name, "' has dtype ", dtype, ", expected F32");
       Shape shape = info.at("shape").get<Shape>();
       auto offsets = info.at("data_offsets").get<std::vector<uint64_t>>();
-      const uint64_t bytes = static_cast<uint64_t>(element_count(shape)) * sizeof(float);
+      // The element count, overflow-checked: it can never exceed what the file holds.
+      uint64_t count = 1;
+      for (int64_t d : shape) {
+        if (d < 0) fail(path.string(), ": tensor '", name, "' has a negative extent in its shape");
+        if (d != 0 && count > data_size / sizeof(float) / static_cast<uint64_t>(d))
+          fail(path.string(), ": tensor '", name, "' shape ", shape_string(shape),
+               " holds more values than the file's ", data_size, "-byte data section");
+        count *= static_cast<uint64_t>(d);
+      }
+      const uint64_t bytes = count * sizeof(float);
       if (offsets.size() != 2 || offsets[1] < offsets[0] || offsets[1] > data_size ||
           offsets[1] - offsets[0] != bytes)
         fail(path.string(), ": tensor '", name, "' offsets do not match its shape ",
              shape_string(shape), " within a data section of ", data_size, " bytes");
       HostTensor t(shape);
-      std::memcpy(t.data.data(), payload.data() + offsets[0], bytes);  // x86-64: LE host
+      if (bytes > 0) {
+        std::memcpy(t.data.data(), payload.data() + offsets[0], bytes);  // x86-64: LE host
+        ranges.push_back({{offsets[0], offsets[1]}, name});
+      }
       out.tensors.emplace(name, std::move(t));
     } catch (const nlohmann::json::exception& e) {
       fail(path.string(), ": tensor '", name, "' has a malformed header entry (", e.what(), ")");
     }
   }
+  std::sort(ranges.begin(), ranges.end());
+  for (size_t i = 1; i < ranges.size(); ++i)
+    if (ranges[i].first.first < ranges[i - 1].first.second)
+      fail(path.string(), ": tensors '", ranges[i - 1].second, "' and '", ranges[i].second,
+           "' share bytes of the data section");
   return out;
 }
 

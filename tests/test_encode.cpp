@@ -11,8 +11,8 @@
 #include <string>
 #include <vector>
 
-#include "engine/pipeline/pipeline.h"
 #include "engine/image/image_io.h"
+#include "engine/pipeline/pipeline.h"
 #include "tests/test_util.h"
 
 namespace facenet {
@@ -257,12 +257,12 @@ TEST_F(PipelineEncodePaths, BytesAndPixelsEqualTheFile) {
   std::vector<ImageInput> in;
   in.push_back(ImageInput::file(file));
   in.push_back(ImageInput::bytes(bytes, "upload.jpg"));
-  in.push_back(ImageInput::pixels({img.pixels.data(), img.height, img.width, 0, PixelOrder::kBgr},
-                                  "bgr"));
-  in.push_back(ImageInput::pixels({rgb.data(), img.height, img.width, stride, PixelOrder::kRgb},
-                                  "rgb"));
-  in.push_back(ImageInput::pixels({rgb.data(), img.height, img.width, 3, PixelOrder::kRgb},
-                                  "short-stride"));
+  in.push_back(
+      ImageInput::pixels({img.pixels.data(), img.height, img.width, 0, PixelOrder::kBgr}, "bgr"));
+  in.push_back(
+      ImageInput::pixels({rgb.data(), img.height, img.width, stride, PixelOrder::kRgb}, "rgb"));
+  in.push_back(
+      ImageInput::pixels({rgb.data(), img.height, img.width, 3, PixelOrder::kRgb}, "short-stride"));
   const auto got = p.run(std::move(in), crops());
   ASSERT_EQ(got.size(), 5u);
   for (int i = 0; i < 4; ++i) {

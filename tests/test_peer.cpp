@@ -11,12 +11,12 @@
 #include <random>
 
 #include "engine/backend/backend.h"
-#include "tools/bench/bench_util.h"
-#include "engine/model/dlib_resnet.h"
-#include "tools/bench/encode_bench.h"
 #include "engine/image/image_io.h"
+#include "engine/model/dlib_resnet.h"
 #include "tests/dlib_fixture.h"
 #include "tests/model_fixture.h"
+#include "tools/bench/bench_util.h"
+#include "tools/bench/encode_bench.h"
 
 namespace facenet {
 namespace {
@@ -47,7 +47,8 @@ double peer_vs_cpu(const std::filesystem::path& model_file, const std::vector<cv
   const int64_t per = element_count(m.graph.input_shape), dim = m.embedding_dim();
   const auto n = static_cast<int64_t>(images.size());
   std::vector<float> x(per * n), ours(dim * n);
-  for (int64_t i = 0; i < n; ++i) bgr8_to_input(images[i].data, images[i].rows, images[i].cols, spec, x.data() + i * per);
+  for (int64_t i = 0; i < n; ++i)
+    bgr8_to_input(images[i].data, images[i].rows, images[i].cols, spec, x.data() + i * per);
   make_backend(m, {})->forward(x.data(), n, ours.data());
   double err = 0;
   for (int64_t i = 0; i < n; ++i) {

@@ -18,9 +18,9 @@
 #include <thread>
 #include <vector>
 
-#include "tools/bench/bench_util.h"
 #include "engine/core/error.h"
 #include "engine/search/gallery.h"
+#include "tools/bench/bench_util.h"
 
 namespace {
 

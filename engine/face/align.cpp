@@ -52,8 +52,8 @@ Bgr8Image align_face(const Bgr8Image& image, const Face& face, Alignment a) {
     if (face.landmarks5.size() != 5) fail("dlib chip alignment needs the 5-point landmarks");
     dlib::array2d<dlib::bgr_pixel> chip;
     dlib::extract_image_chip(
-        dlib_view(mat),
-        dlib::get_face_chip_details(to_shape(face.box, face.landmarks5), 150, 0.25), chip);
+        dlib_view(mat), dlib::get_face_chip_details(to_shape(face.box, face.landmarks5), 150, 0.25),
+        chip);
     return from_dlib(chip);
   }
   if (face.landmarks.size() != 68) fail("OpenFace alignment needs the 68-point landmarks");

@@ -100,8 +100,8 @@ class DlibCnnDetector final : public Detector {
       dets = (*net())(img);
     }
     std::vector<Detection> out;
-    for (auto& d : dets) out.push_back({from_dlib(pyr.rect_down(d.rect, upsample)),
-                                        d.detection_confidence});
+    for (auto& d : dets)
+      out.push_back({from_dlib(pyr.rect_down(d.rect, upsample)), d.detection_confidence});
     return out;
   }
 

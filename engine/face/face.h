@@ -27,9 +27,9 @@ struct FaceBox {
 
 struct Face {
   FaceBox box;
-  double score = 0;                  // detector confidence (0 for a given box)
-  std::vector<Point2f> landmarks;    // 68 points (iBUG 300-W order)
-  std::vector<Point2f> landmarks5;   // 5 points (dlib's 5-point model order)
+  double score = 0;                 // detector confidence (0 for a given box)
+  std::vector<Point2f> landmarks;   // 68 points (iBUG 300-W order)
+  std::vector<Point2f> landmarks5;  // 5 points (dlib's 5-point model order)
 };
 
 enum class Alignment {

@@ -27,7 +27,7 @@ struct FaceOptions {
   // face were found, so the retries run.
   bool centre_only = false;
   std::optional<FaceBox> fallback;  // still none: use this box (landmarks still predicted)
-  bool mirror = false;  // also encode the mirrored chip and average the two embeddings
+  bool mirror = false;              // also encode the mirrored chip and average the two embeddings
   // > 0: encode this many jittered copies of the chip instead (dlib's jitter_image) and
   // average them; the random stream is seeded by the input's file name and the face's index,
   // so results do not depend on batching or threads.

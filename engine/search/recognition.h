@@ -20,7 +20,6 @@ namespace facenet {
 // The tutorial's threshold on plain L2 distance.
 constexpr double kDefaultThreshold = 0.7;
 
-
 struct Verification {
   std::string name;
   double distance = 0;  // min plain L2 over the identity's embeddings
@@ -53,8 +52,8 @@ class Identifier {
   // bytes per scan, 2-3x the queries/s at 1e5-1e6 rows), else fp32.
   // On CUDA the index lives on `context` when one is given (a backend's, so that searches
   // share its stream), else on a context of its own on device 0.
-  Identifier(GalleryMatrix gallery, Device device,
-             std::optional<CpuStorage> storage = std::nullopt, GpuContext* context = nullptr);
+  Identifier(GalleryMatrix gallery, Device device, std::optional<CpuStorage> storage = std::nullopt,
+             GpuContext* context = nullptr);
   static constexpr int64_t kAutoBf16Rows = 100000;
   ~Identifier();
   // probes: n x dim. k: identities per probe in `top`. Throws when the gallery is empty.

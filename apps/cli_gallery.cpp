@@ -156,12 +156,12 @@ void add_enroll(CLI::App& app, int& exit_code) {
 
 // Runs the probe images through the pipeline (skipped ones are named on stderr and counted).
 std::vector<ImageResult> run_probes(Pipeline& pipeline, const RequestOptions& request,
-                                    const std::vector<std::string>& args, const char* command,
+                                    std::vector<ImageInput> inputs, const char* command,
                                     size_t& skipped) {
   Progress progress(command, false);
   auto report = report_skipped(command, progress);
   std::vector<ImageResult> out;
-  pipeline.run(file_inputs(args), request, [&](ImageResult& r) {
+  pipeline.run(std::move(inputs), request, [&](ImageResult& r) {
     if (!r.ok() || r.faces.empty()) {
       ++skipped;
       report(r.name, r.ok() ? "no face found in " + r.name : r.error);
@@ -190,7 +190,8 @@ void add_verify(CLI::App& app, int& exit_code) {
     Pipeline pipeline(o->p.model, o->p.options());
     gal.find_identity(*name);  // unknown name: fail before encoding
     size_t skipped = 0;
-    const auto probe = run_probes(pipeline, o->p.request(), {*image}, "verify", skipped);
+    const auto probe =
+        run_probes(pipeline, o->p.request(), file_inputs({*image}), "verify", skipped);
     if (probe.empty()) fail("verify: no usable face in ", *image);
     std::cout << verify(gal, pipeline.spec(), *name, probe[0].faces[0].embedding.data(),
                         threshold_for(*o, pipeline))
@@ -226,7 +227,10 @@ void add_identify(CLI::App& app, int& exit_code) {
     request.threshold = threshold_for(*o, pipeline);
     const bool crops = request.faces.detector == DetectorKind::kNone;
     size_t skipped = 0;
-    for (const ImageResult& r : run_probes(pipeline, request, *images, "identify", skipped)) {
+    std::vector<ImageInput> inputs = file_inputs(*images);
+    const size_t probes = inputs.size();
+    for (const ImageResult& r :
+         run_probes(pipeline, request, std::move(inputs), "identify", skipped)) {
       for (size_t i = 0; i < r.faces.size(); ++i) {
         const FaceBox& b = r.faces[i].face.box;
         nlohmann::json line = {{"image", r.name}};
@@ -235,7 +239,6 @@ void add_identify(CLI::App& app, int& exit_code) {
         std::cout << line.dump() << "\n";
       }
     }
-    const size_t probes = file_inputs(*images).size();
     exit_code = skipped == 0 ? 0 : skipped == probes ? 2 : 1;  // 2: no probe could be used
   });
 }

@@ -139,10 +139,6 @@ std::vector<unsigned char> read_file_bytes(const std::filesystem::path& path) {
   return bytes;
 }
 
-Bgr8Image decode_bgr8_image(const std::vector<unsigned char>& bytes, const std::string& what) {
-  return decode_bgr8(bytes, what);
-}
-
 Bgr8Image read_bgr8_image(const std::filesystem::path& path) {
   return decode_bgr8(read_file_bytes(path), path.string());
 }

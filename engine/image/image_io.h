@@ -48,9 +48,8 @@ void decode_image_bgr8(const std::vector<unsigned char>& bytes, const std::strin
 // end-to-end benchmarks that must not depend on data files.
 std::vector<unsigned char> synthetic_jpeg(int height, int width, unsigned seed);
 
-// Decodes encoded bytes / a file as 8-bit BGR (alpha dropped, grey expanded, EXIF orientation
-// applied), the decode every input goes through; throws facenet::Error naming `what` / the file.
-Bgr8Image decode_bgr8_image(const std::vector<unsigned char>& bytes, const std::string& what);
+// Decodes a file as 8-bit BGR (alpha dropped, grey expanded, EXIF orientation applied), the
+// decode every input goes through; throws facenet::Error naming the file.
 Bgr8Image read_bgr8_image(const std::filesystem::path& path);
 
 // The bytes of a file; throws facenet::Error naming it when it cannot be read.

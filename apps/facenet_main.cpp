@@ -285,7 +285,7 @@ void add_bench(CLI::App& app) {
 }  // namespace
 
 int main(int argc, char** argv) {
-  cli::apply_openmp_defaults(argv);
+  if (argc > 1 && cli::is_pipeline_command(argv[1])) cli::apply_openmp_defaults(argv);
   CLI::App app{
       "facenet: face embeddings (FaceNet-style encoders), verification and recognition.\n"
       "Models are safetensors files made by `facenet convert`."};

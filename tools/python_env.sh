@@ -1,0 +1,19 @@
+#!/usr/bin/env bash
+# Installs the Python package from this checkout into a virtual environment for the tests:
+# build/venv, made from Debian's /usr/bin/python3 with its site packages (numpy, torch), plus
+# the build and test requirements from PyPI, then `pip install .` with a kept build folder
+# (build/python) so a second run rebuilds only what changed. Prints the venv's python.
+# Env: FACENET_PY_VENV (venv path), FACENET_PY_CUDA=OFF (skip the CUDA build: faster).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+venv=${FACENET_PY_VENV:-build/venv}
+if [ ! -x "$venv/bin/python" ]; then
+  /usr/bin/python3 -m venv --system-site-packages "$venv"
+  "$venv/bin/python" -m pip install -q -U pip >&2
+fi
+"$venv/bin/python" -m pip install -q "scikit-build-core>=0.10" "nanobind>=2.4" "pytest>=7" tqdm \
+  "Pillow>=8" "click>=6" >&2
+args=(--no-build-isolation -Cbuild-dir=build/python)
+[ -n "${FACENET_PY_CUDA:-}" ] && args+=("-Ccmake.define.FACENET_CUDA=$FACENET_PY_CUDA")
+"$venv/bin/python" -m pip install -q "${args[@]}" . >&2
+echo "$venv/bin/python"

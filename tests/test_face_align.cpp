@@ -177,6 +177,73 @@ TEST(FacePhotos, CentreOnlyTakesTheCentredFaceNotAnotherPerson) {
   EXPECT_FALSE(centred.faces[0].fallback);
 }
 
+// all-as-detected keeps the detector's order (face_recognition's face_locations order); all
+// sorts the same faces largest first.
+TEST(FaceAlign, AllAsDetectedKeepsTheDetectorsOrder) {
+  FN_REQUIRE_LANDMARK_MODELS();
+  const Bgr8Image img = read_image(example("longoria-cooper.jpg"));
+  const std::vector<Detection> dets = models().hog().detect(img, 0);
+  ASSERT_EQ(dets.size(), 2u);
+  FaceOptions o;
+  o.pick = FacePick::kAllAsDetected;
+  const FoundFaces found = find_faces(models(), img, o);
+  ASSERT_EQ(found.faces.size(), 2u);
+  for (size_t i = 0; i < 2; ++i) {
+    EXPECT_EQ(found.faces[i].face.box.left, dets[i].box.left);
+    EXPECT_EQ(found.faces[i].face.box.top, dets[i].box.top);
+  }
+  const auto sorted = detect(img);
+  ASSERT_EQ(sorted.size(), 2u);
+  EXPECT_GE(sorted[0].box.area(), sorted[1].box.area());
+  EXPECT_EQ(parse_face_pick("all-as-detected"), FacePick::kAllAsDetected);
+}
+
+// Known boxes skip detection: each face is the given box, in the given order, with landmarks
+// inside it; an empty box is an error naming the input and the box.
+TEST(FaceAlign, KnownBoxesAreUsedAsGiven) {
+  FN_REQUIRE_LANDMARK_MODELS();
+  const Bgr8Image img = read_image(example("longoria-cooper.jpg"));
+  const auto faces = detect(img);
+  ASSERT_EQ(faces.size(), 2u);
+  const std::vector<FaceBox> boxes = {faces[1].box, faces[0].box};
+  const FoundFaces found = faces_in_boxes(models().landmarks(), img, boxes, "photo.jpg");
+  ASSERT_EQ(found.faces.size(), 2u);
+  for (size_t i = 0; i < 2; ++i) {
+    const Face& f = found.faces[i].face;
+    EXPECT_EQ(f.box.left, boxes[i].left);
+    EXPECT_EQ(f.box.bottom, boxes[i].bottom);
+    ASSERT_EQ(f.landmarks.size(), 68u);
+    EXPECT_TRUE(f.box.contains(f.landmarks[30].x, f.landmarks[30].y));  // the nose tip
+  }
+  test::expect_error(
+      [&] {
+        faces_in_boxes(models().landmarks(), img, {FaceBox{10, 10, 5, 20}}, "photo.jpg");
+      },
+      {"photo.jpg", "face box 0", "empty"});
+  EXPECT_TRUE(faces_in_boxes(models().landmarks(), img, {}, "photo.jpg").faces.empty());
+}
+
+// dlib fits the same 150x150 chip to the 68 points (face_recognition's model="large"): a chip
+// of the same face, close to but not equal to the 5-point one.
+TEST(FaceAlign, DlibChipFrom68PointsIsTheSameFaceNotTheSamePixels) {
+  FN_REQUIRE_LANDMARK_MODELS();
+  const Bgr8Image img = read_image(example("clapton-2.jpg"));
+  const auto faces = detect(img);
+  ASSERT_EQ(faces.size(), 1u);
+  const cv::Mat five = as_mat(align_face(img, faces[0], Alignment::kDlibChip150));
+  const cv::Mat full = as_mat(align_face(img, faces[0], Alignment::kDlibChip150From68));
+  ASSERT_EQ(full.size(), cv::Size(150, 150));
+  cv::Mat diff;
+  cv::absdiff(five, full, diff);
+  const double mean_diff = cv::mean(diff)[0];
+  EXPECT_GT(mean_diff, 0.5);   // a different fit
+  EXPECT_LT(mean_diff, 40.0);  // of the same face
+  Face no68 = faces[0];
+  no68.landmarks.clear();
+  test::expect_error([&] { align_face(img, no68, Alignment::kDlibChip150From68); }, {"68-point"});
+  EXPECT_EQ(parse_alignment("dlib-chip-150-0.25-68"), Alignment::kDlibChip150From68);
+}
+
 TEST(FaceAlign, MissingCnnModelIsNamed) {
   FN_REQUIRE_LANDMARK_MODELS();
   const auto dir = std::filesystem::temp_directory_path() / "facenet-no-cnn";

@@ -48,12 +48,15 @@ Bgr8Image from_dlib(const DlibImage& img) {
 
 Bgr8Image align_face(const Bgr8Image& image, const Face& face, Alignment a) {
   const cv::Mat mat = as_mat(image);
-  if (a == Alignment::kDlibChip150) {
-    if (face.landmarks5.size() != 5) fail("dlib chip alignment needs the 5-point landmarks");
+  if (a == Alignment::kDlibChip150 || a == Alignment::kDlibChip150From68) {
+    // dlib fits its chip to either landmark set (get_face_chip_details takes 5 or 68 parts).
+    const bool five = a == Alignment::kDlibChip150;
+    const std::vector<Point2f>& points = five ? face.landmarks5 : face.landmarks;
+    if (points.size() != (five ? 5u : 68u))
+      fail("dlib chip alignment needs the ", five ? 5 : 68, "-point landmarks");
     dlib::array2d<dlib::bgr_pixel> chip;
     dlib::extract_image_chip(
-        dlib_view(mat), dlib::get_face_chip_details(to_shape(face.box, face.landmarks5), 150, 0.25),
-        chip);
+        dlib_view(mat), dlib::get_face_chip_details(to_shape(face.box, points), 150, 0.25), chip);
     return from_dlib(chip);
   }
   if (face.landmarks.size() != 68) fail("OpenFace alignment needs the 68-point landmarks");

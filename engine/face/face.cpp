@@ -11,13 +11,22 @@ namespace facenet {
 
 Alignment parse_alignment(const std::string& s) {
   if (s == "dlib-chip-150-0.25") return Alignment::kDlibChip150;
+  if (s == "dlib-chip-150-0.25-68") return Alignment::kDlibChip150From68;
   if (s == "openface-outer-eyes-and-nose-96") return Alignment::kOpenFace96;
   fail("unknown alignment '", s,
-       "' (expected dlib-chip-150-0.25 or openface-outer-eyes-and-nose-96)");
+       "' (expected dlib-chip-150-0.25, dlib-chip-150-0.25-68 or openface-outer-eyes-and-nose-96)");
 }
 
 const char* alignment_name(Alignment a) {
-  return a == Alignment::kDlibChip150 ? "dlib-chip-150-0.25" : "openface-outer-eyes-and-nose-96";
+  switch (a) {
+    case Alignment::kDlibChip150:
+      return "dlib-chip-150-0.25";
+    case Alignment::kDlibChip150From68:
+      return "dlib-chip-150-0.25-68";
+    case Alignment::kOpenFace96:
+      return "openface-outer-eyes-and-nose-96";
+  }
+  return "?";
 }
 
 Alignment model_alignment(const Graph& g) {
@@ -31,8 +40,9 @@ Alignment model_alignment(const Graph& g) {
 FacePick parse_face_pick(const std::string& s) {
   if (s == "largest") return FacePick::kLargest;
   if (s == "all") return FacePick::kAll;
+  if (s == "all-as-detected") return FacePick::kAllAsDetected;
   if (s == "centre" || s == "center") return FacePick::kCentre;
-  fail("unknown face choice '", s, "' (expected largest, all or centre)");
+  fail("unknown face choice '", s, "' (expected largest, all, all-as-detected or centre)");
 }
 
 DetectorKind parse_detector(const std::string& s) {

@@ -36,12 +36,16 @@ enum class Alignment {
   // dlib::get_face_chip_details(5-point shape, 150, padding 0.25) + extract_image_chip:
   // what dlib's ResNet was trained on (dlib's example and face_recognition use the same).
   kDlibChip150,
+  // The same dlib chip (150, padding 0.25) fitted to the 68-point landmarks instead: what
+  // face_recognition's face_encodings(model="large") hands dlib's ResNet.
+  kDlibChip150From68,
   // OpenFace AlignDlib.align(96, landmarkIndices=OUTER_EYES_AND_NOSE): affine map of 68-point
   // landmarks 36, 45, 33 onto the MODEL doc's template, bilinear warp to 96x96.
   kOpenFace96,
 };
 
-// "dlib-chip-150-0.25" | "openface-outer-eyes-and-nose-96"; throws on anything else.
+// "dlib-chip-150-0.25" | "dlib-chip-150-0.25-68" | "openface-outer-eyes-and-nose-96"; throws
+// on anything else.
 Alignment parse_alignment(const std::string& s);
 const char* alignment_name(Alignment a);
 // The alignment a model's preprocess asks for ("alignment"); throws when it names none.

@@ -16,17 +16,19 @@ FaceModels::FaceModels(const std::filesystem::path& dir)
 
 namespace {
 
-// Landmarks for each detection, largest box first (ties keep the detector's order).
+// Landmarks for each detection, largest box first (ties keep the detector's order) unless
+// `as_detected`.
 std::vector<Face> located(const FaceModels& models, const Bgr8Image& image,
-                          const std::vector<Detection>& dets) {
+                          const std::vector<Detection>& dets, bool as_detected) {
   std::vector<Face> faces;
   for (const Detection& d : dets) {
     Face f = models.landmarks().locate(image, d.box);
     f.score = d.score;
     faces.push_back(std::move(f));
   }
-  std::stable_sort(faces.begin(), faces.end(),
-                   [](const Face& a, const Face& b) { return a.box.area() > b.box.area(); });
+  if (!as_detected)
+    std::stable_sort(faces.begin(), faces.end(),
+                     [](const Face& a, const Face& b) { return a.box.area() > b.box.area(); });
   return faces;
 }
 
@@ -50,21 +52,23 @@ FoundFaces find_faces(const FaceModels& models, const Bgr8Image& image, const Fa
     return faces;
   };
   const int last_upsample = opt.upsample + (opt.retry_upsampled ? 1 : 0);
+  const bool as_detected = opt.pick == FacePick::kAllAsDetected;
   const bool cnn_first = opt.detector == DetectorKind::kCnn;
   const Detector& first = cnn_first ? models.cnn() : models.hog();
-  std::vector<Face> faces = usable(located(models, image, first.detect(image, opt.upsample)));
+  std::vector<Face> faces =
+      usable(located(models, image, first.detect(image, opt.upsample), as_detected));
   if (faces.empty() && opt.retry_upsampled)
-    faces = usable(located(models, image, first.detect(image, last_upsample)));
+    faces = usable(located(models, image, first.detect(image, last_upsample), as_detected));
   bool cnn = cnn_first && !faces.empty();
   if (faces.empty() && opt.detector == DetectorKind::kHogCnnRetry) {
-    faces = usable(located(models, image, models.cnn().detect(image, last_upsample)));
+    faces = usable(located(models, image, models.cnn().detect(image, last_upsample), as_detected));
     cnn = !faces.empty();
   }
   if (faces.empty()) {
     if (opt.fallback) out.faces.push_back({models.landmarks().locate(image, *opt.fallback), true});
     return out;
   }
-  if (opt.pick == FacePick::kAll) {
+  if (opt.pick == FacePick::kAll || as_detected) {
     for (auto& f : faces) out.faces.push_back({std::move(f), false, cnn});
   } else if (opt.pick == FacePick::kLargest) {
     out.faces.push_back({std::move(faces.front()), false, cnn});
@@ -78,6 +82,19 @@ FoundFaces find_faces(const FaceModels& models, const Bgr8Image& image, const Fa
         {*std::min_element(faces.begin(), faces.end(),
                            [&](const Face& a, const Face& b) { return dist(a) < dist(b); }),
          false, cnn});
+  }
+  return out;
+}
+
+FoundFaces faces_in_boxes(const LandmarkModel& landmarks, const Bgr8Image& image,
+                          const std::vector<FaceBox>& boxes, const std::string& what) {
+  FoundFaces out;
+  for (size_t i = 0; i < boxes.size(); ++i) {
+    const FaceBox& b = boxes[i];
+    if (b.width() <= 0 || b.height() <= 0)
+      fail(what, ": face box ", i, " (left ", b.left, ", top ", b.top, ", right ", b.right,
+           ", bottom ", b.bottom, ") is empty");
+    out.faces.push_back({landmarks.locate(image, b)});
   }
   return out;
 }

@@ -11,11 +11,13 @@
 namespace facenet {
 
 enum class FacePick {
-  kLargest,  // the largest detected box (OpenFace's getLargestFaceBoundingBox)
-  kAll,      // every detected face, largest first
-  kCentre,   // the box whose centre is nearest the image centre (LFW: the labelled person)
+  kLargest,        // the largest detected box (OpenFace's getLargestFaceBoundingBox)
+  kAll,            // every detected face, largest first
+  kAllAsDetected,  // every detected face, in the detector's order (face_recognition's)
+  kCentre,         // the box whose centre is nearest the image centre (LFW: the labelled person)
 };
-FacePick parse_face_pick(const std::string& s);  // "largest" | "all" | "centre"
+// "largest" | "all" | "all-as-detected" | "centre"
+FacePick parse_face_pick(const std::string& s);
 
 struct FaceOptions {
   DetectorKind detector = DetectorKind::kHog;
@@ -68,6 +70,11 @@ class FaceModels {
 // The faces of one photo that `opt` asks for, with their landmarks (thread-safe).
 // opt.detector must not be kNone.
 FoundFaces find_faces(const FaceModels& models, const Bgr8Image& image, const FaceOptions& opt);
+
+// Faces at known boxes (no detection): the landmarks located in each, in the given order.
+// Throws facenet::Error naming `what` and the box when a box is empty.
+FoundFaces faces_in_boxes(const LandmarkModel& landmarks, const Bgr8Image& image,
+                          const std::vector<FaceBox>& boxes, const std::string& what);
 
 // The chips to encode for a found face: the aligned chip, + its mirror, or `opt.jitter`
 // jittered copies seeded by `seed`.

@@ -36,6 +36,11 @@ ImageInput ImageInput::pixels(const PixelView& view, std::string name) {
   return in;
 }
 
+ImageInput& ImageInput::with_boxes(std::vector<FaceBox> boxes) {
+  boxes_ = std::move(boxes);
+  return *this;
+}
+
 std::vector<ImageInput> file_inputs(const std::vector<std::string>& args) {
   std::vector<ImageInput> out;
   for (auto& p : expand_inputs(args)) out.push_back(ImageInput::file(std::move(p)));

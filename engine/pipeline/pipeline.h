@@ -44,6 +44,12 @@ class ImageInput {
   const std::string& name() const { return name_; }
   const std::filesystem::path& path() const { return path_; }  // empty unless a file
 
+  // Known face boxes (face_recognition's known_face_locations): no detection; the landmarks
+  // are located in each box and the faces kept in this order (none: no faces). Ignored when
+  // the request's detector is kNone (the input is then a crop).
+  ImageInput& with_boxes(std::vector<FaceBox> boxes);
+  const std::optional<std::vector<FaceBox>>& boxes() const { return boxes_; }
+
   // The image as 8-bit BGR (a pixel input gives its copy up). Throws facenet::Error naming
   // the input, with `status` set to kUnreadable (a file that cannot be read) or kUndecodable.
   Bgr8Image decode(InputStatus& status);
@@ -56,6 +62,7 @@ class ImageInput {
   std::vector<uint8_t> bytes_;
   Bgr8Image pixels_;
   std::string invalid_;  // why a pixel view could not be taken; reported as the result
+  std::optional<std::vector<FaceBox>> boxes_;
 };
 
 enum class Task {
@@ -70,6 +77,9 @@ struct RequestOptions {
   // faces.detector kNone: the input is an aligned face crop, encoded whole (resized to the
   // model input when needed); no detection, landmarks or alignment.
   FaceOptions faces;
+  // The chip alignment; none: the model's own (preprocess.alignment). A dlib ResNet takes
+  // kDlibChip150From68 too (face_recognition's model="large").
+  std::optional<Alignment> alignment;
   int k = 5;              // kIdentify: identities per face
   double threshold = -1;  // kIdentify: "unknown" above this L2 distance; < 0: the model's own
 };

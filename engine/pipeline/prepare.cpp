@@ -29,6 +29,7 @@ void prepare_request(Request& r, const ChipLayout& layout,
   } catch (const Error& e) {
     throw InputError{status, e.what()};
   }
+  const std::optional<std::vector<FaceBox>> boxes = r.input.boxes();
   r.input = ImageInput();  // the encoded bytes are no longer needed
   res.width = img.width;
   res.height = img.height;
@@ -44,7 +45,8 @@ void prepare_request(Request& r, const ChipLayout& layout,
     throw InputError{InputStatus::kFailed,
                      res.name + ": this build has no face detection (built without dlib)"};
 #else
-    FoundFaces found = find_faces(faces(), img, fo);
+    FoundFaces found = boxes ? faces_in_boxes(faces().landmarks(), img, *boxes, res.name)
+                             : find_faces(faces(), img, fo);
     res.off_centre_seen = found.off_centre_seen;
     for (auto& f : found.faces) {
       FaceResult fr;
@@ -54,7 +56,7 @@ void prepare_request(Request& r, const ChipLayout& layout,
       res.faces.push_back(std::move(fr));
     }
     if (r.opt.task != Task::kDetect && !res.faces.empty()) {
-      const Alignment a = model_alignment(*layout.graph);
+      const Alignment a = r.opt.alignment ? *r.opt.alignment : model_alignment(*layout.graph);
       const std::string base = fs::path(res.name).filename().string();
       for (size_t i = 0; i < res.faces.size(); ++i)
         chips.push_back(face_chips(img, res.faces[i].face, a, fo, base + "#" + std::to_string(i)));

@@ -50,8 +50,8 @@ def nn4_model(shared, tmp_path_factory) -> pathlib.Path:
 
 @pytest.fixture(scope="session")
 def facenet_cli() -> pathlib.Path:
-    """The facenet CLI of the CMake build ($FACENET_CLI, else build/facenet), for comparisons."""
-    path = pathlib.Path(os.environ.get("FACENET_CLI", REPO / "build" / "facenet"))
+    """The facenet CLI of the CMake build ($FACENET_CLI, else build/apps/facenet), for comparisons."""
+    path = pathlib.Path(os.environ.get("FACENET_CLI", REPO / "build" / "apps" / "facenet"))
     if not path.is_file():
         found = shutil.which("facenet")
         if not found:

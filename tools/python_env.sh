@@ -13,7 +13,12 @@ if [ ! -x "$venv/bin/python" ]; then
 fi
 "$venv/bin/python" -m pip install -q "scikit-build-core>=0.10" "nanobind>=2.4" "pytest>=7" tqdm \
   "Pillow>=8" "click>=6" >&2
-args=(--no-build-isolation -Cbuild-dir=build/python)
-[ -n "${FACENET_PY_CUDA:-}" ] && args+=("-Ccmake.define.FACENET_CUDA=$FACENET_PY_CUDA")
+# CUDA on or off explicitly every time: the kept build folder would otherwise remember the
+# last choice.
+cuda=${FACENET_PY_CUDA:-}
+if [ -z "$cuda" ]; then
+  if command -v nvcc >/dev/null || [ -x /usr/local/cuda/bin/nvcc ]; then cuda=ON; else cuda=OFF; fi
+fi
+args=(--no-build-isolation -Cbuild-dir=build/python "-Ccmake.define.FACENET_CUDA=$cuda")
 "$venv/bin/python" -m pip install -q "${args[@]}" . >&2
 echo "$venv/bin/python"

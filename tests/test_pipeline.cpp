@@ -284,6 +284,11 @@ TEST_F(PipelineTest, SixteenThreadsGetTheSingleThreadedResults) {
       {ImageInput::bytes(synthetic_jpeg(120, 160, 7), "no-face.jpg"), photo_options(),
        InputStatus::kOk},
       {ImageInput::bytes({}, "empty upload"), photo_options(), InputStatus::kUndecodable},
+      // Borrowed pixels are converted by the worker, so a bad view is reported there.
+      {ImageInput::borrowed_pixels(lennon.view, "lennon-1 borrowed"), crop_options(),
+       InputStatus::kOk},
+      {ImageInput::borrowed_pixels(short_rows, "short-rows borrowed"), crop_options(),
+       InputStatus::kUndecodable},
   };
   Pipeline pipe = make_pipeline(options(8));
 

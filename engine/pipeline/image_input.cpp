@@ -41,6 +41,14 @@ ImageInput& ImageInput::with_boxes(std::vector<FaceBox> boxes) {
   return *this;
 }
 
+ImageInput ImageInput::borrowed_pixels(const PixelView& view, std::string name) {
+  ImageInput in;
+  in.kind_ = Kind::kBorrowedPixels;
+  in.name_ = std::move(name);
+  in.borrowed_ = view;
+  return in;
+}
+
 std::vector<ImageInput> file_inputs(const std::vector<std::string>& args) {
   std::vector<ImageInput> out;
   for (auto& p : expand_inputs(args)) out.push_back(ImageInput::file(std::move(p)));
@@ -69,6 +77,7 @@ Bgr8Image ImageInput::decode(InputStatus& status) {
     if (!invalid_.empty()) fail(invalid_);
     return std::move(pixels_);
   }
+  if (kind_ == Kind::kBorrowedPixels) return to_bgr8(borrowed_, name_);
   std::vector<uint8_t> file_bytes;
   if (kind_ == Kind::kFile) {
     status = InputStatus::kUnreadable;

@@ -40,6 +40,11 @@ class ImageInput {
   // `name` names the input in results and errors (e.g. an upload's file name).
   static ImageInput bytes(std::vector<uint8_t> data, std::string name);
   static ImageInput pixels(const PixelView& view, std::string name);
+  // The same without the copy: the worker converts the caller's pixels when it prepares the
+  // request, so the caller must keep them alive and unchanged until the request completes
+  // (a synchronous run(), or a future waited for). For bindings whose callers hold the
+  // buffer anyway: the conversion runs on the workers, in parallel, not on the caller.
+  static ImageInput borrowed_pixels(const PixelView& view, std::string name);
 
   const std::string& name() const { return name_; }
   const std::filesystem::path& path() const { return path_; }  // empty unless a file
@@ -55,12 +60,13 @@ class ImageInput {
   Bgr8Image decode(InputStatus& status);
 
  private:
-  enum class Kind { kFile, kBytes, kPixels };
+  enum class Kind { kFile, kBytes, kPixels, kBorrowedPixels };
   Kind kind_ = Kind::kFile;
   std::string name_;
   std::filesystem::path path_;
   std::vector<uint8_t> bytes_;
   Bgr8Image pixels_;
+  PixelView borrowed_;
   std::string invalid_;  // why a pixel view could not be taken; reported as the result
   std::optional<std::vector<FaceBox>> boxes_;
 };

@@ -49,7 +49,8 @@ ImageInput to_input(nb::handle obj, size_t index, PixelOrder order) {
   view.width = static_cast<int>(a.shape(1));
   view.stride = a.stride(0);
   view.order = order;
-  return ImageInput::pixels(view, name);
+  // Borrowed: run() holds the arrays until it returns, and the workers convert them in parallel.
+  return ImageInput::borrowed_pixels(view, name);
 }
 
 FaceBox to_box(nb::handle t) {

@@ -141,6 +141,7 @@ def test_converted_inputs_give_the_same_results(data):
         (lambda ix: ix.search(np.zeros((2, DIM - 1), np.float32), 1), "queries"),
         (lambda ix: ix.search(np.zeros((2, DIM), np.float32), 0), "k = 0"),
         (lambda ix: ix.search(np.zeros((2, DIM), np.float32), -3), "k = -3"),
+        (lambda ix: ix.search(np.zeros((2, DIM), np.float32), 2**40), "k = 1099511627776"),
         (lambda ix: ix.search(np.array([[np.nan] * DIM], np.float32), 1), "queries"),
         (lambda ix: ix.search(np.array([[np.inf] * DIM], np.float32), 1), "inf"),
         (lambda ix: ix.remove(np.zeros((2, 2), np.int64)), "ids"),

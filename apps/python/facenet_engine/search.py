@@ -120,7 +120,8 @@ class FlatIndex(_core.FlatIndexBase):
         self._search_cuda(q, k, distances, labels, stream)
         return distances, labels
 
-    def __reduce__(self):
+    def __reduce__(self) -> Tuple[Any, Tuple[Any, ...]]:
+        """Pickles dim, storage, device, threads and the rows with their ids in slot order."""
         vectors, ids = self._rows()
         return (_restore, (self.dim, self.storage, self.device, self.threads, vectors, ids))
 

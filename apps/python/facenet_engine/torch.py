@@ -38,6 +38,8 @@ class TripletLossFunction(torch.autograd.Function):
     def forward(ctx: Any, embeddings: torch.Tensor, labels: Optional[torch.Tensor],
                 triplets: Optional[torch.Tensor], mining: str, margin: float,
                 reduction: str) -> torch.Tensor:
+        """Runs the engine once for the loss and its gradient, keeping the gradient of the
+        reduced loss for backward."""
         if reduction not in _REDUCTIONS:
             raise _core.EngineError(f"triplet_loss: reduction '{reduction}': expected mean or sum")
         r = _engine_triplet_loss(embeddings, labels, triplets=triplets, mining=mining,
@@ -51,6 +53,8 @@ class TripletLossFunction(torch.autograd.Function):
 
     @staticmethod
     def backward(ctx: Any, grad_output: torch.Tensor) -> Tuple[Optional[torch.Tensor], ...]:
+        """The saved engine gradient times ``grad_output``; labels, triplets and the options
+        get no gradient."""
         (grad,) = ctx.saved_tensors
         return grad_output * grad, None, None, None, None, None
 
@@ -76,6 +80,7 @@ class TripletLoss(nn.Module):
         self.reduction = reduction
 
     def forward(self, embeddings: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+        """The loss of ``embeddings`` (B, d) mined with ``labels`` (B,)."""
         return triplet_loss(embeddings, labels, self.mining, self.margin, self.reduction)
 
     def extra_repr(self) -> str:

@@ -27,8 +27,9 @@ class TripletLoss:
     - ``count``: triplets the mean is over (batch_all: all valid; batch_hard: anchors with a
       positive and a negative; semi_hard: anchor-positive pairs; explicit: the triplets given).
     - ``active``: triplets with a loss > 0.
-    - ``grad``: dJ/dE of the SUM (B, d), same array type, dtype and device as the embeddings;
-      None unless ``grad=True``. Divide by ``count`` for the gradient of ``loss_mean``.
+    - ``grad``: dJ/dE of the SUM (B, d), the same array type (numpy or torch) and device as
+      the embeddings; float64 for float64 embeddings, float32 otherwise. None unless
+      ``grad=True``. Divide by ``count`` for the gradient of ``loss_mean``.
     - ``triplets``: int32 (m, 3) rows (a, p, n), sorted (mined modes: batch_all lists only the
       active ones); None unless ``return_triplets=True``.
     - ``losses``: the loss of each row of ``triplets`` (None unless ``return_triplets=True``).

@@ -6,6 +6,7 @@
 
 #include <algorithm>
 #include <atomic>
+#include <limits>
 #include <memory>
 #include <mutex>
 #include <optional>
@@ -45,8 +46,11 @@ int64_t rows_of(const Array& a, int dim, const char* what) {
   return static_cast<int64_t>(a.shape(0));
 }
 
-void check_k(int k) {
-  if (k < 1) fail("FlatIndex.search: k = ", k, " must be >= 1");
+// k arrives as int64 so that a huge Python int is reported as a bad k, not a type mismatch.
+int check_k(int64_t k) {
+  if (k < 1 || k > std::numeric_limits<int>::max())
+    fail("FlatIndex.search: k = ", k, " must be in [1, ", std::numeric_limits<int>::max(), "]");
+  return static_cast<int>(k);
 }
 
 // Runs an engine call; its facenet::Error gets `context` (the Python call and argument) in front,
@@ -263,9 +267,9 @@ void bind_search(nb::module_& m) {
           "The last rows move into the holes, which changes the order of equal distances.")
       .def(
           "search",
-          [](FlatIndexBase& self, HostMatrix queries, int k) {
+          [](FlatIndexBase& self, HostMatrix queries, int64_t k_arg) {
             const int64_t nq = rows_of(queries, self.dim(), "FlatIndex.search: queries");
-            check_k(k);
+            const int k = check_k(k_arg);
             std::vector<float> distances(static_cast<size_t>(nq * k));
             std::vector<int64_t> labels(distances.size());
             {
@@ -284,10 +288,10 @@ void bind_search(nb::module_& m) {
           "GIL; searches from several threads run in parallel on the CPU.")
       .def(
           "_search_cuda",
-          [](FlatIndexBase& self, CudaMatrix queries, int k, CudaOutput<float> distances,
+          [](FlatIndexBase& self, CudaMatrix queries, int64_t k_arg, CudaOutput<float> distances,
              CudaOutput<int64_t> labels, uintptr_t stream) {
             const int64_t nq = rows_of(queries, self.dim(), "FlatIndex.search: queries");
-            check_k(k);
+            const int k = check_k(k_arg);
             auto expect = [&](const auto& out, const char* what) {
               if (out.ndim() != 2 || out.shape(0) != queries.shape(0) ||
                   out.shape(1) != static_cast<size_t>(k))

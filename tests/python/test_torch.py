@@ -192,10 +192,15 @@ def test_cuda_index_on_cuda_tensors(data):
         dist, lab = index.search(q, 7)
         assert dist.is_cuda and lab.is_cuda
         assert index._last_input == q.data_ptr()
-        lab_host = lab.cpu()  # ordered on the same stream, no explicit sync
+        # Copied on the same stream: ordered after the search without an explicit sync.
+        dist_host, lab_host = dist.cpu(), lab.cpu()
     ref_d, ref_l = reference(queries, gallery, 7)
-    torch.testing.assert_close(dist.cpu().double(), ref_d, rtol=1e-4, atol=1e-4)
+    torch.testing.assert_close(dist_host.double(), ref_d, rtol=1e-4, atol=1e-4)
     assert (lab_host == ref_l).float().mean() > 0.95
+    # Host queries on the same index: the engine's synchronous host path, same results.
+    host_d, host_l = index.search(queries.numpy(), 7)
+    np.testing.assert_allclose(host_d, dist_host.numpy(), rtol=1e-5, atol=1e-5)
+    assert (torch.from_numpy(host_l) == lab_host).float().mean() > 0.95
     empty = fe.FlatIndex(DIM, device="cuda")
     d, l = empty.search(queries.cuda(), 2)
     assert torch.isinf(d).all() and (l == -1).all()
@@ -220,3 +225,23 @@ def test_cuda_triplet_loss_autograd():
     cpu = fe.triplet_loss(e.detach().cpu(), labels.cpu(), mining="batch_hard")
     assert loss.item() == pytest.approx(cpu.loss_mean, rel=1e-4)
     torch.testing.assert_close(e.grad.cpu(), cpu.grad / cpu.count, rtol=1e-4, atol=1e-5)
+
+
+@pytest.mark.parametrize("storage", ["fp32", "fp16"])
+def test_cuda_index_pickles_and_matches_cpu(data, storage):
+    needs_cuda()
+    import pickle
+
+    gallery, queries = data
+    index = fe.FlatIndex(DIM, storage=storage, device="cuda")
+    index.add(gallery.numpy(), np.arange(300) + 7)
+    index.remove(np.arange(7, 40))
+    copy = pickle.loads(pickle.dumps(index))
+    assert (copy.device, copy.storage, len(copy)) == ("cuda", storage, 267)
+    for a, b in zip(index.search(queries.numpy(), 5), copy.search(queries.numpy(), 5)):
+        np.testing.assert_array_equal(a, b)
+    cpu = fe.FlatIndex(DIM)
+    cpu.add(gallery.numpy()[33:], np.arange(33, 300) + 7)
+    tol = 1e-2 if storage == "fp16" else 1e-4
+    np.testing.assert_allclose(index.search(queries.numpy(), 5)[0], cpu.search(queries.numpy(), 5)[0],
+                               rtol=tol, atol=tol)

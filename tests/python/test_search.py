@@ -254,3 +254,45 @@ def test_knn_search_one_shot(data):
     assert_matches(result, brute_force(queries, gallery, np.arange(len(gallery)), 9))
     with pytest.raises(fe.EngineError, match="gallery"):
         fe.knn_search(queries, gallery[0], 1)
+
+
+@pytest.mark.parametrize("call", ["add", "search"])
+def test_gil_is_released_inside_the_engine(call):
+    """While one thread is inside a long add/search, another thread keeps running Python and
+    records timestamps. With the GIL held, C++ code is never preempted for bytecode, so the
+    largest gap between those timestamps would cover most of the call; released, it stays far
+    shorter."""
+    import threading
+    import time
+
+    rng = np.random.default_rng(0)
+    gallery = rng.standard_normal((60_000, 64)).astype(np.float32)
+    queries = rng.standard_normal((2048, 64)).astype(np.float32)
+    many = np.concatenate([gallery] * 4)
+    index = fe.FlatIndex(64, threads=1)
+    if call == "search":
+        index.add(gallery)
+    span = {}
+    stamping = threading.Event()
+
+    def worker():
+        stamping.wait()  # the other thread must already be stamping when the call starts
+        span["start"] = time.perf_counter()
+        if call == "search":
+            index.search(queries, 10)
+        else:
+            index.add(many)
+        span["end"] = time.perf_counter()
+
+    stamps = []
+    thread = threading.Thread(target=worker)
+    thread.start()
+    stamps.append(time.perf_counter())
+    stamping.set()
+    while thread.is_alive():
+        stamps.append(time.perf_counter())
+    thread.join()
+    duration = span["end"] - span["start"]
+    largest_gap = float(np.diff(stamps).max())
+    assert duration > 0.02, f"the {call} took {duration:.3f} s, too short to tell"
+    assert largest_gap < 0.4 * duration, (largest_gap, duration)

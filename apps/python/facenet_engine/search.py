@@ -135,10 +135,12 @@ def knn_search(queries: Any, gallery: Any, k: int, *, storage: str = "fp32",
     """One-shot exact k-NN: the ``k`` nearest rows of ``gallery`` (n, d) for each row of
     ``queries`` (nq, d), as ``(distances, labels)`` with labels = gallery row numbers.
 
-    ``device`` defaults to "cuda" for a CUDA tensor gallery, else "cpu". Same array rules as
+    ``device`` defaults to "cuda" for a CUDA tensor gallery when the engine was built with
+    CUDA, else "cpu" (CUDA tensors then go through the host). Same array rules as
     :class:`FlatIndex` (numpy in -> numpy out, torch in -> torch out)."""
     if device is None:
-        device = "cuda" if _is_torch(gallery) and gallery.device.type == "cuda" else "cpu"
+        on_gpu = _is_torch(gallery) and gallery.device.type == "cuda" and _core.has_cuda
+        device = "cuda" if on_gpu else "cpu"
     shape = getattr(gallery, "shape", None)
     if shape is None:
         gallery = np.asarray(gallery, dtype=np.float32)

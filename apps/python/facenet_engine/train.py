@@ -1,3 +1,80 @@
-"""(filled in by its owner)"""
+"""The FaceNet triplet loss (:func:`triplet_loss`) on numpy arrays and PyTorch tensors, with
+the engine's online mining (batch_all, batch_hard, semi_hard) or explicit triplets.
 
-__all__: list = []
+For autograd, use :mod:`facenet_engine.torch`.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Optional
+
+import numpy as np
+
+from . import _core
+from .search import _is_torch
+
+__all__ = ["TripletLoss", "triplet_loss"]
+
+
+@dataclass(frozen=True)
+class TripletLoss:
+    """What :func:`triplet_loss` computed.
+
+    - ``loss_sum``: J = sum over counted triplets of max(D(a,p) - D(a,n) + margin, 0), with D
+      the squared L2 distance.
+    - ``loss_mean``: loss_sum / count (0 when count is 0).
+    - ``count``: triplets the mean is over (batch_all: all valid; batch_hard: anchors with a
+      positive and a negative; semi_hard: anchor-positive pairs; explicit: the triplets given).
+    - ``active``: triplets with a loss > 0.
+    - ``grad``: dJ/dE of the SUM (B, d), the same array type (numpy or torch) and device as
+      the embeddings; float64 for float64 embeddings, float32 otherwise. None unless
+      ``grad=True``. Divide by ``count`` for the gradient of ``loss_mean``.
+    - ``triplets``: int32 (m, 3) rows (a, p, n), sorted (mined modes: batch_all lists only the
+      active ones); None unless ``return_triplets=True``.
+    - ``losses``: the loss of each row of ``triplets`` (None unless ``return_triplets=True``).
+    """
+
+    loss_sum: float
+    loss_mean: float
+    count: int
+    active: int
+    grad: Optional[Any] = None
+    triplets: Optional[np.ndarray] = None
+    losses: Optional[np.ndarray] = None
+
+
+def _host(x: Any) -> Any:
+    """numpy arrays as they are, tensors detached and on the host, lists as numpy."""
+    if x is None:
+        return None
+    if _is_torch(x):
+        return x.detach().cpu()
+    return x if isinstance(x, np.ndarray) or hasattr(x, "__dlpack__") else np.asarray(x)
+
+
+def triplet_loss(embeddings: Any, labels: Any = None, *, triplets: Any = None,
+                 mining: str = "batch_hard", margin: float = 0.2, grad: bool = True,
+                 return_triplets: bool = False, device: str = "cpu",
+                 deterministic: bool = False) -> TripletLoss:
+    """The FaceNet triplet loss of ``embeddings`` (B, d): D is the squared L2 distance, no
+    normalisation is applied.
+
+    Pass exactly one of ``labels`` (B,) integers, mined with ``mining`` ("batch_all",
+    "batch_hard", "semi_hard"), or ``triplets`` (m, 3) integer rows (anchor, positive,
+    negative); ``mining`` is ignored with triplets. float64 embeddings run the engine's double
+    path (CPU only), float32 its float path on ``device`` ("cpu" or "cuda"; CUDA tensors are
+    copied to the host because the engine's CUDA loss takes host memory, and the gradient is
+    returned on the tensor's device). ``deterministic`` fixes the GPU's reduction order (the
+    CPU is always deterministic). Raises :class:`EngineError` naming the bad argument.
+    """
+    values = _core._triplet_loss(_host(embeddings), _host(labels), triplets=_host(triplets),
+                                 mining=mining, margin=margin, grad=grad,
+                                 return_triplets=return_triplets, device=device,
+                                 deterministic=deterministic)
+    loss_sum, loss_mean, count, active, g, picked, losses = values
+    if g is not None and _is_torch(embeddings):
+        import torch
+
+        g = torch.from_numpy(g).to(embeddings.device)
+    return TripletLoss(loss_sum, loss_mean, count, active, g, picked, losses)

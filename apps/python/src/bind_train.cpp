@@ -1,8 +1,184 @@
-// Bindings of engine/train (filled in by its owner).
+// Bindings of engine/train: the triplet loss (CPU reference in float32/float64, CUDA in float32)
+// as one function that facenet_engine.triplet_loss (train.py) wraps for numpy and torch.
+#include <nanobind/stl/optional.h>
+#include <nanobind/stl/string.h>
+#include <nanobind/stl/tuple.h>
+
+#include <cstdint>
+#include <limits>
+#include <memory>
+#include <mutex>
+#include <optional>
+#include <string>
+#include <type_traits>
+#include <vector>
+
 #include "apps/python/src/bindings.h"
+#include "engine/core/error.h"
+#include "engine/train/triplet.h"
 
 namespace facenet::python {
 
-void bind_train(nb::module_& /*m*/) {}
+namespace {
+
+template <typename Real>
+using Embeddings = nb::ndarray<const Real, nb::ndim<2>, nb::c_contig, nb::device::cpu>;
+// Labels and triplets come in any integer dtype (torch hands int64); they are narrowed to the
+// engine's int32 here with a range check instead of a silent wrap-around.
+using Integers = nb::ndarray<nb::ro, nb::device::cpu>;
+
+template <typename T>
+int64_t integer_at(const Integers& a, int64_t offset) {
+  return static_cast<int64_t>(static_cast<const T*>(a.data())[offset]);
+}
+
+// The integers of a 1-D or 2-D array in row-major order, as int32; `what` names the argument.
+std::vector<int32_t> to_int32(const Integers& a, const char* what) {
+  if (a.ndim() < 1 || a.ndim() > 2) fail("triplet_loss: ", what, " must be 1-D or 2-D");
+  const nb::dlpack::dtype t = a.dtype();
+  if (t.code != static_cast<uint8_t>(nb::dlpack::dtype_code::Int) &&
+      t.code != static_cast<uint8_t>(nb::dlpack::dtype_code::UInt))
+    fail("triplet_loss: ", what, " must hold integers");
+  const bool is_signed = t.code == static_cast<uint8_t>(nb::dlpack::dtype_code::Int);
+  const int64_t rows = static_cast<int64_t>(a.shape(0));
+  const int64_t cols = a.ndim() == 2 ? static_cast<int64_t>(a.shape(1)) : 1;
+  const int64_t row_stride = a.stride(0), col_stride = a.ndim() == 2 ? a.stride(1) : 0;
+  std::vector<int32_t> out;
+  out.reserve(static_cast<size_t>(rows * cols));
+  for (int64_t i = 0; i < rows; ++i)
+    for (int64_t j = 0; j < cols; ++j) {
+      const int64_t at = i * row_stride + j * col_stride;
+      int64_t v = 0;
+      switch (t.bits) {
+        case 8:
+          v = is_signed ? integer_at<int8_t>(a, at) : integer_at<uint8_t>(a, at);
+          break;
+        case 16:
+          v = is_signed ? integer_at<int16_t>(a, at) : integer_at<uint16_t>(a, at);
+          break;
+        case 32:
+          v = is_signed ? integer_at<int32_t>(a, at) : integer_at<uint32_t>(a, at);
+          break;
+        case 64:
+          // A uint64 above 2^63 reads as negative int64: it is out of range either way.
+          v = integer_at<int64_t>(a, at);
+          if (!is_signed && v < 0) v = std::numeric_limits<int64_t>::max();
+          break;
+        default:
+          fail("triplet_loss: ", what, " has an unsupported integer width");
+      }
+      if (v < std::numeric_limits<int32_t>::min() || v > std::numeric_limits<int32_t>::max())
+        fail("triplet_loss: ", what, "[", i * cols + j, "] = ", v, " is outside the int32 range");
+      out.push_back(static_cast<int32_t>(v));
+    }
+  return out;
+}
+
+std::vector<Triplet> to_triplets(const Integers& a) {
+  if (a.ndim() != 2 || a.shape(1) != 3) fail("triplet_loss: triplets must be (m, 3) integers");
+  const std::vector<int32_t> flat = to_int32(a, "triplets");
+  std::vector<Triplet> out(flat.size() / 3);
+  for (size_t t = 0; t < out.size(); ++t) out[t] = {flat[3 * t], flat[3 * t + 1], flat[3 * t + 2]};
+  return out;
+}
+
+// One CUDA triplet-loss object per process: it owns a GPU context and buffers that grow to the
+// largest batch, so repeated training steps allocate nothing. The mutex serialises callers.
+TripletResult compute_on_gpu(const float* e, int64_t batch, int64_t dim,
+                             const std::vector<int32_t>* labels,
+                             const std::vector<Triplet>* triplets, Mining mining,
+                             const TripletOptions& options) {
+  static std::mutex mutex;
+  static std::unique_ptr<TripletLossCuda> gpu;
+  std::lock_guard lock(mutex);
+  if (!gpu) gpu = std::make_unique<TripletLossCuda>(0);
+  return labels ? gpu->compute(e, batch, dim, *labels, mining, options)
+                : gpu->compute(e, batch, dim, *triplets, options);
+}
+
+// (loss_sum, loss_mean, count, active, grad | None, triplets | None, losses | None)
+using Values = std::tuple<double, double, int64_t, int64_t, nb::object, nb::object, nb::object>;
+
+template <typename Real>
+Values triplet_loss(Embeddings<Real> embeddings, std::optional<Integers> labels,
+                    std::optional<Integers> triplets, const std::string& mining, double margin,
+                    bool want_grad, bool return_triplets, const std::string& device,
+                    bool deterministic) {
+  if (labels.has_value() == triplets.has_value())
+    fail("triplet_loss: pass exactly one of labels and triplets");
+  if (device != "cpu" && device != "cuda")
+    fail("triplet_loss: device '", device, "': expected cpu or cuda");
+  if (device == "cuda" && !std::is_same_v<Real, float>)
+    fail("triplet_loss: device='cuda' takes float32 embeddings (float64 runs on the CPU)");
+  const int64_t batch = static_cast<int64_t>(embeddings.shape(0));
+  const int64_t dim = static_cast<int64_t>(embeddings.shape(1));
+  TripletOptions options;
+  options.margin = static_cast<float>(margin);
+  options.want_grad = want_grad;
+  options.want_triplets = return_triplets;
+  options.deterministic = deterministic;
+  const Mining mode = parse_mining(mining);
+  std::vector<int32_t> label_values;
+  std::vector<Triplet> triplet_values;
+  if (labels)
+    label_values = to_int32(*labels, "labels");
+  else
+    triplet_values = to_triplets(*triplets);
+
+  TripletResultT<Real> r;
+  {
+    nb::gil_scoped_release unlocked;
+    const Real* e = embeddings.data();
+    if constexpr (std::is_same_v<Real, float>) {
+      if (device == "cuda") {
+        r = compute_on_gpu(e, batch, dim, labels ? &label_values : nullptr, &triplet_values, mode,
+                           options);
+      }
+    }
+    if (device == "cpu")
+      r = labels ? facenet::triplet_loss(e, batch, dim, label_values, mode, options)
+                 : facenet::triplet_loss(e, batch, dim, triplet_values, options);
+  }
+  nb::object grad = nb::none(), picked = nb::none(), losses = nb::none();
+  if (want_grad)
+    grad = nb::cast(
+        to_numpy(std::move(r.grad), {static_cast<size_t>(batch), static_cast<size_t>(dim)}));
+  if (return_triplets) {
+    const size_t m = r.triplets.size();
+    std::vector<int32_t> flat;
+    flat.reserve(3 * m);
+    for (const Triplet& t : r.triplets) flat.insert(flat.end(), {t.a, t.p, t.n});
+    picked = nb::cast(to_numpy(std::move(flat), {m, size_t{3}}));
+    losses = nb::cast(to_numpy(std::move(r.losses), {r.losses.size()}));
+  }
+  return {r.loss_sum, r.loss_mean, r.count, r.active, grad, picked, losses};
+}
+
+constexpr const char* kDoc =
+    "FaceNet triplet loss J = sum_t max(D(a,p) - D(a,n) + margin, 0), D = squared L2, on "
+    "(B, d) embeddings.\n\n"
+    "Exactly one of `labels` (B,) integers, mined with `mining` = batch_all | batch_hard | "
+    "semi_hard, or `triplets` (m, 3) integer rows (a, p, n). float32 runs the engine's float "
+    "path (device cpu or cuda), float64 its double CPU path. Returns (loss_sum, loss_mean, "
+    "count, active, grad = dJ/dE of the sum (B, d) or None, triplets (m, 3) int32 or None, "
+    "per-triplet losses or None). Raises EngineError naming the bad argument. Use "
+    "facenet_engine.triplet_loss.";
+
+template <typename Real>
+void def_triplet_loss(nb::module_& m) {
+  m.def("_triplet_loss", &triplet_loss<Real>, nb::arg("embeddings"), nb::arg("labels") = nb::none(),
+        nb::kw_only(), nb::arg("triplets") = nb::none(), nb::arg("mining") = "batch_hard",
+        nb::arg("margin") = 0.2, nb::arg("grad") = true, nb::arg("return_triplets") = false,
+        nb::arg("device") = "cpu", nb::arg("deterministic") = false, kDoc);
+}
+
+}  // namespace
+
+void bind_train(nb::module_& m) {
+  // float32 first: other dtypes (float16, ints) convert to float32 in nanobind's second pass,
+  // while float64 matches the double overload exactly in the first.
+  def_triplet_loss<float>(m);
+  def_triplet_loss<double>(m);
+}
 
 }  // namespace facenet::python

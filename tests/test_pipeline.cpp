@@ -847,5 +847,19 @@ TEST_F(PipelineTest, AThrowingCallbackDoesNotStopThePipeline) {
   EXPECT_TRUE(next.get().ok());
 }
 
+// run() ends early when its callback throws, but only once every request it queued is
+// done: their inputs may borrow the caller's pixels, which the caller frees after the throw.
+TEST_F(PipelineTest, RunThatThrowsFinishesWhatItQueuedFirst) {
+  Pipeline pipe = make_pipeline(options(4, 1.0));
+  const HeldPixels lennon = pixels_of(aligned_crop("lennon-1"), PixelOrder::kRgb, 7);
+  std::vector<ImageInput> inputs;
+  for (int i = 0; i < 24; ++i)
+    inputs.push_back(ImageInput::borrowed_pixels(lennon.view, "lennon " + std::to_string(i)));
+  EXPECT_THROW(pipe.run(std::move(inputs), crop_options(), {},
+                        [](size_t, size_t) { throw std::runtime_error("caller stops"); }),
+               std::runtime_error);
+  EXPECT_EQ(pipe.stats().in_flight, 0) << "run() returned with requests still reading its inputs";
+}
+
 }  // namespace
 }  // namespace facenet

@@ -572,20 +572,27 @@ void Pipeline::run(std::vector<ImageInput> inputs, const RequestOptions& options
     if (on_result) on_result(r);
     if (on_progress) on_progress(++done, total);
   };
-  for (auto& in : inputs) {
-    auto r = std::make_shared<Request>();
-    r->input = std::move(in);
-    r->opt = options;
-    r->bulk = true;
-    pending.push_back(r->promise.get_future());
-    --guard.left;
-    impl_->enqueue(std::move(r), true, true);
-    // Hand over what is finished, in order, so results never pile up.
-    while (!pending.empty() &&
-           pending.front().wait_for(std::chrono::seconds(0)) == std::future_status::ready)
-      take_front();
+  try {
+    for (auto& in : inputs) {
+      auto r = std::make_shared<Request>();
+      r->input = std::move(in);
+      r->opt = options;
+      r->bulk = true;
+      pending.push_back(r->promise.get_future());
+      --guard.left;
+      impl_->enqueue(std::move(r), true, true);
+      // Hand over what is finished, in order, so results never pile up.
+      while (!pending.empty() &&
+             pending.front().wait_for(std::chrono::seconds(0)) == std::future_status::ready)
+        take_front();
+    }
+    while (!pending.empty()) take_front();
+  } catch (...) {
+    // A callback threw: the requests already queued still finish before run() returns, so
+    // that nothing they read (borrowed pixels) is used after the caller frees it.
+    for (auto& f : pending) f.wait();
+    throw;
   }
-  while (!pending.empty()) take_front();
 }
 
 std::vector<ImageResult> Pipeline::run(std::vector<ImageInput> inputs,

@@ -181,16 +181,104 @@ def test_enrol_and_identify_through_a_gallery(pipeline, photos, tmp_path):
     pipeline_rows = pipeline.set_gallery(path)
     assert pipeline_rows == 2
     results = pipeline.identify([photos[1], photos[3], photos[4]], threshold=0.6)
-    assert results[0].faces[0].match["best"] == "lennon"
-    assert results[1].faces[0].match["best"] == "clapton"
-    assert {f.match["best"] for f in results[2].faces} == {"unknown"}
-    assert 0 < results[0].faces[0].match["distance"] < 0.6
+    assert results[0].faces[0].match.best == "lennon"
+    assert results[1].faces[0].match.best == "clapton"
+    assert {f.match.best for f in results[2].faces} == {"unknown"}
+    assert 0 < results[0].faces[0].match.distance < 0.6
     with fe.Gallery.open(path) as g:
         v = g.verify("lennon", pipeline.encode(photos[1]), threshold=0.6)
-        assert v.match and abs(v.distance - results[0].faces[0].match["distance"]) < 1e-5
+        assert v.match and abs(v.distance - results[0].faces[0].match.distance) < 1e-5
 
 
 def test_crops_are_encoded_whole(pipeline, photos):
     chip = pipeline.align(photos[0]).faces[0].chips[0]
     whole = pipeline.encode(chip, detector="none")
     np.testing.assert_allclose(whole, pipeline.encode(photos[0]), atol=1e-5)
+
+
+def test_a_run_stopped_by_its_progress_callback_frees_nothing_in_use(photos):
+    p = fe.Pipeline(workers=2)  # detection only: many big images, each slow to prepare
+
+    class Stop(Exception):
+        pass
+
+    def stop(done, total):
+        raise Stop
+
+    with pytest.raises(Stop):
+        p.detect([np.full((900, 900, 3), 128, np.uint8) for _ in range(16)], progress=stop)
+    # Pipeline.run waited for what it had queued: nothing still reads the freed arrays.
+    assert p.stats()["in_flight"] == 0
+    assert len(p.detect(photos[4]).faces) == 2
+
+
+def test_torch_tensors_and_other_array_likes_are_images(pipeline, photos):
+    torch = pytest.importorskip("torch")
+    rgb = np.array(Image.open(photos[0]).convert("RGB"))
+    want = pipeline.encode(photos[0])
+    np.testing.assert_allclose(pipeline.encode(torch.from_numpy(rgb)), want, atol=1e-5)
+    np.testing.assert_allclose(pipeline.encode([torch.from_numpy(rgb)])[0], want, atol=1e-5)
+    np.testing.assert_allclose(pipeline.encode(Image.open(photos[0]).convert("RGB")), want,
+                               atol=1e-5)
+    with pytest.raises(TypeError, match="uint8"):
+        pipeline.encode([torch.zeros((50, 50, 3))])  # float pixels are not silently truncated
+    with pytest.raises(TypeError, match="uint8"):
+        pipeline.encode(rgb.astype(np.float32) / 255)
+    flipped = pipeline.encode(np.ascontiguousarray(rgb[::-1])[::-1])  # a negative row stride
+    np.testing.assert_allclose(flipped, want, atol=1e-5)
+
+
+def test_box_errors_name_the_image_and_the_box(pipeline, photos):
+    with pytest.raises(fe.EngineError, match=r"boxes\[0\]\[1\].*4 integers"):
+        pipeline.process(photos[0], "detect", boxes=[(1, 2, 30, 30), (1.5, 2, 30, 30)])
+    with pytest.raises(fe.EngineError, match=r"boxes\[0\]\[0\]"):
+        pipeline.process(photos[0], "detect", boxes=[(1, 2, 30)])
+    with pytest.raises(fe.EngineError, match="2 lists of boxes for 1 images"):
+        pipeline.process([photos[0]], "detect", boxes=[None, None])
+
+
+def test_results_and_errors_pickle(pipeline, photos, tmp_path):
+    r = pipeline.align(photos[4], align="all")
+    back = pickle.loads(pickle.dumps(r))
+    assert (back.name, back.status, back.width, back.height) == (r.name, r.status, r.width,
+                                                                  r.height)
+    assert [f.box for f in back.faces] == [f.box for f in r.faces]
+    np.testing.assert_array_equal(back.faces[1].landmarks, r.faces[1].landmarks)
+    np.testing.assert_array_equal(back.faces[0].chips, r.faces[0].chips)
+    enc = pickle.loads(pickle.dumps(pipeline.process(photos[0])))
+    np.testing.assert_array_equal(enc.faces[0].embedding, pipeline.encode(photos[0]))
+    with pytest.raises(fe.InputError) as info:
+        pipeline.encode(tmp_path / "missing.jpg")
+    err = pickle.loads(pickle.dumps(info.value))
+    assert str(err) == str(info.value) and err.results[0].status == "unreadable"
+
+
+def test_a_pickled_pipeline_keeps_its_gallery(pipeline, photos, tmp_path):
+    path = tmp_path / "g.db"
+    with fe.Gallery.create(path) as g:
+        pipeline.enroll(g, "lennon", photos[0])
+    p = fe.Pipeline(pipeline.model, threads=1)
+    p.set_gallery(path)
+    clone = pickle.loads(pickle.dumps(p))
+    match = clone.identify(photos[1], threshold=0.6).faces[0].match
+    assert match.best == "lennon" and match.distance < 0.6
+    assert match == p.identify(photos[1], threshold=0.6).faces[0].match
+
+
+def test_thresholds_are_checked(pipeline, photos, tmp_path):
+    path = tmp_path / "g.db"
+    with fe.Gallery.create(path) as g:
+        pipeline.enroll(g, "lennon", photos[0])
+    pipeline.set_gallery(path)
+    for bad in (-0.5, float("nan"), float("inf")):
+        with pytest.raises(fe.EngineError, match="threshold"):
+            pipeline.identify(photos[1], threshold=bad)
+    # None: the model's own threshold (dlib's 0.6), not the 0.7 fallback.
+    assert pipeline.default_threshold == pytest.approx(0.6)
+
+
+def test_constructor_defaults_hold_in_encode(resnet_model, pipeline, photos):
+    chip = pipeline.align(photos[0]).faces[0].chips[0]
+    crops = fe.Pipeline(resnet_model, detector="none", align="all", threads=1)
+    rows = crops.encode([chip, chip])
+    assert isinstance(rows, np.ndarray) and rows.shape == (2, 128)

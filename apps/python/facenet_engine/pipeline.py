@@ -3,9 +3,10 @@ landmarks -> align -> encode -> identify, batched across calls and threads by th
 
 from __future__ import annotations
 
+import math
 import os
 import threading
-from typing import Any, Callable, Iterable, List, Optional, Sequence, Tuple, Union
+from typing import Any, Callable, List, Optional, Sequence, Tuple, Union
 
 import numpy as np
 
@@ -27,9 +28,28 @@ class InputError(EngineError):
         super().__init__(message)
         self.results = results
 
+    def __reduce__(self):  # raised in a worker process, re-raised in the parent
+        return (InputError, (str(self), self.results))
+
 
 _CALL_OPTIONS = ("detector", "align", "upsample", "jitter", "mirror", "alignment", "color", "k",
                  "threshold")
+
+
+def _array_like(x: Any) -> bool:
+    """A pixel array: numpy, or anything numpy reads (a CPU torch tensor, a PIL image...)."""
+    return isinstance(x, np.ndarray) or hasattr(x, "__array_interface__") or \
+        hasattr(x, "__array__") or hasattr(x, "__dlpack__")
+
+
+def _numpy(x: Any, index: int) -> np.ndarray:
+    if isinstance(x, np.ndarray):
+        return x
+    if hasattr(x, "__dlpack__") and hasattr(x, "device") and getattr(x.device, "type", "cpu") != "cpu":
+        raise TypeError(f"image {index}: pixel tensors must be on the CPU, got device {x.device}")
+    if hasattr(x, "detach"):  # a torch tensor, possibly one that requires grad
+        x = x.detach()
+    return np.asarray(x)
 
 
 def _pixels(a: np.ndarray, index: int) -> np.ndarray:
@@ -45,8 +65,8 @@ def _pixels(a: np.ndarray, index: int) -> np.ndarray:
     if a.ndim != 3 or a.shape[2] != 3:
         raise ValueError(f"image {index}: expected (height, width[, 3 or 4]) pixels, got shape "
                          f"{a.shape}")
-    if a.strides[2] != 1 or a.strides[1] != 3:
-        a = np.ascontiguousarray(a)
+    if a.strides[2] != 1 or a.strides[1] != 3 or a.strides[0] < 3 * a.shape[1]:
+        a = np.ascontiguousarray(a)  # e.g. a flipped view (negative row stride)
     return a
 
 
@@ -54,12 +74,14 @@ def _as_list(images: Any) -> Tuple[List[Any], bool]:
     """The images as a list, and whether one image (not a sequence) was given."""
     if isinstance(images, (str, bytes, os.PathLike)):
         return [images], True
-    if isinstance(images, np.ndarray):
-        if images.ndim == 4:
-            return [_pixels(a, i) for i, a in enumerate(images)], False
-        return [_pixels(images, 0)], True
+    if _array_like(images):
+        a = _numpy(images, 0)
+        if a.ndim == 4:
+            return [_pixels(x, i) for i, x in enumerate(a)], False
+        return [_pixels(a, 0)], True
     out = list(images)
-    return [_pixels(a, i) if isinstance(a, np.ndarray) else a for i, a in enumerate(out)], False
+    return [_pixels(_numpy(a, i), i) if _array_like(a) and not isinstance(a, (str, bytes)) else a
+            for i, a in enumerate(out)], False
 
 
 def _progress_callback(progress: Progress, total: int) -> Optional[Callable[[int, int], Any]]:
@@ -113,9 +135,11 @@ class Pipeline:
                  dlib_models: Union[str, "os.PathLike[str]", None] = None,
                  detector: str = "hog", align: str = "largest", upsample: int = 0, jitter: int = 0,
                  mirror: bool = False, alignment: Optional[str] = None, color: str = "rgb"):
-        self._init_args = dict(model=model, device=device, precision=precision, threads=threads,
-                               batch=batch, max_delay_ms=max_delay_ms, max_queue=max_queue,
-                               workers=workers, dlib_models=dlib_models, detector=detector,
+        absolute = lambda p: None if p is None else os.path.abspath(os.fspath(p))  # noqa: E731
+        self._init_args = dict(model=absolute(model), device=device, precision=precision,
+                               threads=threads, batch=batch, max_delay_ms=max_delay_ms,
+                               max_queue=max_queue, workers=workers,
+                               dlib_models=absolute(dlib_models), detector=detector,
                                align=align, upsample=upsample, jitter=jitter, mirror=mirror,
                                alignment=alignment, color=color)
         self._defaults = dict(detector=detector, align=align, upsample=upsample, jitter=jitter,
@@ -124,12 +148,12 @@ class Pipeline:
             None if model is None else os.fspath(model), device, precision, threads, batch,
             -1.0 if max_delay_ms is None else float(max_delay_ms), max_queue, workers,
             None if dlib_models is None else os.fspath(dlib_models))
-        self._model = None if model is None else os.fspath(model)
+        self._model = self._init_args["model"]
         self._gallery_lock = threading.Lock()
         self._gallery: Optional[str] = None
 
     def __reduce__(self):
-        return (_restore, (self._init_args,))
+        return (_restore, (self._init_args, self._gallery))
 
     def __repr__(self) -> str:
         return f"Pipeline(model={self._model!r}, backend={self.backend_name!r})"
@@ -217,7 +241,13 @@ class Pipeline:
         call.alignment = o["alignment"]
         call.color = o["color"]
         call.k = int(o["k"])
-        call.threshold = -1.0 if o["threshold"] is None else float(o["threshold"])
+        if o["threshold"] is None:
+            call.threshold = -1.0
+        else:
+            call.threshold = float(o["threshold"])
+            if not math.isfinite(call.threshold) or call.threshold < 0:
+                raise EngineError(f"threshold {o['threshold']!r} must be a finite distance >= 0 "
+                                  "(None: the model's own)")
         if task == "identify" and self._gallery is None:
             raise EngineError("task identify needs a gallery: call set_gallery(path) first")
         results = self._impl.run(items, None if boxes is None else list(boxes), call,
@@ -255,8 +285,9 @@ class Pipeline:
         if single:
             results = [results]
         align = kw.get("align", self._defaults["align"])
+        crops = kw.get("detector", self._defaults["detector"]) == "none" or align == "none"
         d = self.dim
-        if align in ("all", "all-as-detected") and kw.get("detector") != "none":
+        if align in ("all", "all-as-detected") and not crops:
             out = [np.stack([f.embedding for f in r.faces]) if r.faces else
                    np.zeros((0, d), np.float32) for r in results]
             return out[0] if single else out
@@ -306,5 +337,8 @@ class Pipeline:
                               metadata=metadata)
 
 
-def _restore(args: dict) -> Pipeline:
-    return Pipeline(**args)
+def _restore(args: dict, gallery: Optional[str] = None) -> Pipeline:
+    p = Pipeline(**args)
+    if gallery is not None:
+        p.set_gallery(gallery)
+    return p

@@ -1,12 +1,14 @@
 // Bindings of engine/pipeline, the front door: Python inputs (paths, encoded bytes, uint8
 // pixel arrays) become ImageInputs, Pipeline::run does the work with the GIL released, and the
-// results come back as ImageResult/FaceResult objects whose arrays view the results' own memory.
+// results come back as ImageResult/FaceResult objects whose landmark and embedding arrays view
+// the results' own memory (chips are stacked into a new array).
 #include <nanobind/stl/filesystem.h>
 #include <nanobind/stl/function.h>
 #include <nanobind/stl/optional.h>
 #include <nanobind/stl/string.h>
 #include <nanobind/stl/vector.h>
 
+#include <cstring>
 #include <memory>
 
 #include "apps/python/src/bindings.h"
@@ -24,7 +26,8 @@ using UInt8Image = nb::ndarray<const uint8_t, nb::ndim<3>, nb::device::cpu>;
 
 // One Python image: str/PathLike (a file), bytes (encoded), or an H x W x 3 uint8 array whose
 // pixels are packed within a row (any row stride). `index` names arrays and bytes in errors.
-ImageInput to_input(nb::handle obj, size_t index, PixelOrder order) {
+// An array is borrowed, not copied: `held` keeps it alive until the run is over.
+ImageInput to_input(nb::handle obj, size_t index, PixelOrder order, std::vector<UInt8Image>& held) {
   if (nb::isinstance<nb::bytes>(obj)) {
     const auto b = nb::cast<nb::bytes>(obj);
     const auto* p = static_cast<const uint8_t*>(b.data());
@@ -33,10 +36,12 @@ ImageInput to_input(nb::handle obj, size_t index, PixelOrder order) {
   }
   if (nb::isinstance<nb::str>(obj) || nb::hasattr(obj, "__fspath__"))
     return ImageInput::file(nb::cast<fs::path>(obj));
+  // No conversion: a converted array would be a temporary the workers read after it is freed,
+  // and a float image would be truncated to 0/1 pixel values without a word.
   UInt8Image a;
-  if (!nb::try_cast(obj, a))
+  if (!nb::try_cast(obj, a, /*convert=*/false))
     fail("image ", index,
-         ": expected a path, encoded bytes or a uint8 array of shape (height, width, 3), got ",
+         ": expected a path, encoded bytes or a CPU uint8 array of shape (height, width, 3), got ",
          nb::inst_name(obj).c_str());
   const std::string name = "image[" + std::to_string(index) + "]";
   if (a.shape(2) != 3 || a.stride(2) != 1 || a.stride(1) != 3)
@@ -49,14 +54,17 @@ ImageInput to_input(nb::handle obj, size_t index, PixelOrder order) {
   view.width = static_cast<int>(a.shape(1));
   view.stride = a.stride(0);
   view.order = order;
+  held.push_back(a);
   // Borrowed: run() holds the arrays until it returns, and the workers convert them in parallel.
   return ImageInput::borrowed_pixels(view, name);
 }
 
-FaceBox to_box(nb::handle t) {
-  const auto seq = nb::cast<std::vector<long>>(t);
-  if (seq.size() != 4)
-    fail("a face box is (left, top, right, bottom); got ", seq.size(), " values");
+// boxes[image][box]: four integers (left, top, right, bottom).
+FaceBox to_box(nb::handle t, size_t image, size_t box) {
+  std::vector<long> seq;
+  if (!nb::try_cast(t, seq, /*convert=*/false) || seq.size() != 4)
+    fail("boxes[", image, "][", box, "]: expected 4 integers (left, top, right, bottom), got ",
+         nb::repr(t).c_str());
   return FaceBox{seq[0], seq[1], seq[2], seq[3]};
 }
 
@@ -113,12 +121,13 @@ struct PyPipeline {
     if (boxes && nb::len(*boxes) != n)
       fail("boxes: ", nb::len(*boxes), " lists of boxes for ", n, " images");
     std::vector<ImageInput> inputs;
+    std::vector<UInt8Image> held;  // the borrowed pixel arrays, alive until run() is over
     inputs.reserve(n);
     for (size_t i = 0; i < n; ++i) {
-      inputs.push_back(to_input(images[i], i, order));
+      inputs.push_back(to_input(images[i], i, order, held));
       if (boxes && !(*boxes)[i].is_none()) {
         std::vector<FaceBox> b;
-        for (nb::handle t : nb::iter((*boxes)[i])) b.push_back(to_box(t));
+        for (nb::handle t : nb::iter((*boxes)[i])) b.push_back(to_box(t, i, b.size()));
         inputs.back().with_boxes(std::move(b));
       }
     }
@@ -153,14 +162,90 @@ nb::object points(const std::vector<Point2f>& pts, nb::handle owner) {
       reinterpret_cast<const float*>(pts.data()), {pts.size(), 2}, owner));
 }
 
-nb::object match_dict(const Identification& m) {
-  nb::dict d;
-  d["best"] = m.best;
-  d["distance"] = m.distance;
+// The Python Identification (facenet_engine.gallery), the same type Gallery.identify returns.
+nb::object identification(const Identification& m) {
   nb::list top;
   for (const Candidate& c : m.top) top.append(nb::make_tuple(c.name, c.distance));
-  d["top"] = top;
-  return d;
+  return nb::module_::import_("facenet_engine.gallery")
+      .attr("Identification")(m.best, m.distance, top);
+}
+
+// ---- pickling: results go back from worker processes ----------------------------------------
+template <typename T>
+nb::bytes raw(const std::vector<T>& v) {
+  return nb::bytes(reinterpret_cast<const char*>(v.data()), v.size() * sizeof(T));
+}
+
+template <typename T>
+std::vector<T> unraw(nb::handle b) {
+  const auto bytes = nb::cast<nb::bytes>(b);
+  std::vector<T> v(bytes.size() / sizeof(T));
+  if (!v.empty()) std::memcpy(v.data(), bytes.data(), v.size() * sizeof(T));
+  return v;
+}
+
+nb::tuple face_state(const FaceResult& f) {
+  const FaceBox& b = f.face.box;
+  nb::list chips;
+  for (const Bgr8Image& c : f.chips) chips.append(nb::make_tuple(c.height, c.width, raw(c.pixels)));
+  nb::object match = nb::none();
+  if (f.match) {
+    nb::list top;
+    for (const Candidate& c : f.match->top) top.append(nb::make_tuple(c.name, c.distance));
+    match = nb::make_tuple(f.match->best, f.match->distance, top);
+  }
+  return nb::make_tuple(nb::make_tuple(b.left, b.top, b.right, b.bottom), f.face.score,
+                        raw(f.face.landmarks), raw(f.face.landmarks5), raw(f.embedding), chips,
+                        match, f.fallback, f.cnn);
+}
+
+FaceResult face_from_state(const nb::tuple& t) {
+  FaceResult f;
+  const auto box = nb::cast<std::vector<long>>(t[0]);
+  f.face.box = {box.at(0), box.at(1), box.at(2), box.at(3)};
+  f.face.score = nb::cast<double>(t[1]);
+  f.face.landmarks = unraw<Point2f>(t[2]);
+  f.face.landmarks5 = unraw<Point2f>(t[3]);
+  f.embedding = unraw<float>(t[4]);
+  for (nb::handle c : nb::iter(t[5])) {
+    const auto ct = nb::cast<nb::tuple>(c);
+    Bgr8Image chip;
+    chip.height = nb::cast<int>(ct[0]);
+    chip.width = nb::cast<int>(ct[1]);
+    chip.pixels = unraw<uint8_t>(ct[2]);
+    f.chips.push_back(std::move(chip));
+  }
+  if (!t[6].is_none()) {
+    const auto mt = nb::cast<nb::tuple>(t[6]);
+    Identification m;
+    m.best = nb::cast<std::string>(mt[0]);
+    m.distance = nb::cast<double>(mt[1]);
+    for (nb::handle c : nb::iter(mt[2]))
+      m.top.push_back({nb::cast<std::string>(c[0]), nb::cast<double>(c[1])});
+    f.match = std::move(m);
+  }
+  f.fallback = nb::cast<bool>(t[7]);
+  f.cnn = nb::cast<bool>(t[8]);
+  return f;
+}
+
+nb::tuple image_state(const ImageResult& r) {
+  nb::list faces;
+  for (const FaceResult& f : r.faces) faces.append(face_state(f));
+  return nb::make_tuple(r.name, static_cast<int>(r.status), r.error, r.width, r.height,
+                        r.off_centre_seen, faces);
+}
+
+ImageResult image_from_state(const nb::tuple& t) {
+  ImageResult r;
+  r.name = nb::cast<std::string>(t[0]);
+  r.status = static_cast<InputStatus>(nb::cast<int>(t[1]));
+  r.error = nb::cast<std::string>(t[2]);
+  r.width = nb::cast<int>(t[3]);
+  r.height = nb::cast<int>(t[4]);
+  r.off_centre_seen = nb::cast<bool>(t[5]);
+  for (nb::handle f : nb::iter(t[6])) r.faces.push_back(face_from_state(nb::cast<nb::tuple>(f)));
+  return r;
 }
 
 }  // namespace
@@ -213,10 +298,13 @@ void bind_pipeline(nb::module_& m) {
       .def_prop_ro(
           "match",
           [](const FaceResult& f) -> nb::object {
-            return f.match ? match_dict(*f.match) : nb::none();
+            return f.match ? identification(*f.match) : nb::none();
           },
-          "Task identify: {'best': name or 'unknown', 'distance': plain L2, 'top': [(name, "
-          "distance), ...]}; else None.")
+          "Task identify: an Identification (best: name or 'unknown', distance: plain L2, top: "
+          "[(name, distance), ...]); else None.")
+      .def("__getstate__", &face_state)
+      .def("__setstate__",
+           [](FaceResult& f, const nb::tuple& t) { new (&f) FaceResult(face_from_state(t)); })
       .def_ro("fallback", &FaceResult::fallback, "The box is the fallback box, not a detection.")
       .def_ro("cnn", &FaceResult::cnn, "Found by dlib's CNN detector.")
       .def("__repr__", [](const FaceResult& f) {
@@ -230,6 +318,9 @@ void bind_pipeline(nb::module_& m) {
   nb::class_<ImageResult>(m, "ImageResult",
                           "The result of one input image: its status, size and faces. A bad "
                           "input is a result with status and error, not an exception.")
+      .def("__getstate__", &image_state)
+      .def("__setstate__",
+           [](ImageResult& r, const nb::tuple& t) { new (&r) ImageResult(image_from_state(t)); })
       .def_ro("name", &ImageResult::name, "The input's name: its path, or image[i] / bytes[i].")
       .def_prop_ro(
           "status", [](const ImageResult& r) { return std::string(status_name(r.status)); },

@@ -11,6 +11,10 @@
 
 #include "engine/core/error.h"
 #include "engine/train/triplet.h"
+#ifdef FACENET_HAS_CUDA
+#include "engine/core/cuda_util.h"
+#include "engine/core/gpu.h"
+#endif
 #include "tests/test_util.h"
 
 namespace facenet {
@@ -498,6 +502,37 @@ TEST(TripletGpu, ExplicitTripletsMatchCpu) {
     for (size_t i = 0; i < c.losses.size(); ++i) EXPECT_NEAR(g.losses[i], c.losses[i], 1e-4);
     EXPECT_LT(rel_l2(g.grad, c.grad), 1e-4);
   }
+}
+
+// A batch already on the GPU (a CUDA tensor's memory) gives the host batch's loss, count and
+// gradient, with the gradient written to the caller's device buffer.
+TEST(TripletGpu, DeviceBatchMatchesHostBatch) {
+  FN_REQUIRE_GPU();
+#ifdef FACENET_HAS_CUDA
+  const Batch x = random_batch(128, 64, 8, 21);
+  TripletLossCuda gpu;
+  const cudaStream_t s = gpu.context().stream();
+  DeviceBuffer<float> e(x.e.size()), grad(x.e.size());
+  e.upload(x.e.data(), x.e.size(), s);
+  for (Mining mining : {Mining::kBatchAll, Mining::kBatchHard, Mining::kSemiHard}) {
+    TripletOptions o;
+    o.deterministic = true;
+    const TripletResult host = gpu.compute(x.e.data(), x.b, x.d, x.labels, mining, o);
+    gpu.set_batch_device(e.data(), x.b, x.d, x.labels, grad.data());
+    gpu.run(mining, o);
+    const TripletResult dev = gpu.fetch();
+    EXPECT_EQ(dev.count, host.count) << to_string(mining);
+    EXPECT_EQ(dev.active, host.active) << to_string(mining);
+    EXPECT_NEAR(dev.loss_sum, host.loss_sum, 1e-5 * std::max(1.0, host.loss_sum));
+    EXPECT_TRUE(dev.grad.empty()) << "a device batch's gradient stays on the device";
+    std::vector<float> g(x.e.size());
+    grad.download(g.data(), g.size(), s);
+    FN_GPU_CHECK(cudaStreamSynchronize(s));
+    EXPECT_LT(rel_l2(g, host.grad), 1e-6) << to_string(mining);
+  }
+  gpu.set_batch_device(e.data(), x.b, x.d, x.labels, nullptr);
+  expect_error([&] { gpu.run(Mining::kBatchHard, {}); }, {"set_batch_device's grad"});
+#endif
 }
 
 TEST(TripletGpu, RejectsNaNAndMisuse) {

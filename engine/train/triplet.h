@@ -117,6 +117,16 @@ class TripletLossCuda {
                  const std::vector<int32_t>& labels);
   void set_batch(const float* embeddings, int64_t batch, int64_t dim,
                  const std::vector<Triplet>& triplets);
+  // A batch already on this GPU (e.g. a CUDA tensor): `embeddings` (batch x dim float32,
+  // device memory) is read in place and the gradient is written to `grad` (batch x dim device
+  // memory; null when no run wants it), all on context().stream(): the caller orders its own
+  // stream before (an event waited on by that stream) and after (the reverse). Both must stay
+  // valid until fetch(), which then leaves TripletResult::grad empty. The embeddings are not
+  // checked for NaN/Inf: that would cost a pass over them and a sync.
+  void set_batch_device(const float* embeddings, int64_t batch, int64_t dim,
+                        const std::vector<int32_t>& labels, float* grad);
+  void set_batch_device(const float* embeddings, int64_t batch, int64_t dim,
+                        const std::vector<Triplet>& triplets, float* grad);
   // Mined modes need labels from set_batch; the explicit mode (no Mining) needs triplets.
   void run(Mining mining, const TripletOptions& options = {});
   void run(const TripletOptions& options = {});

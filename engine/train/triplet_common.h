@@ -15,12 +15,17 @@
 namespace facenet::triplet_detail {
 
 template <typename Real>
-void validate_embeddings(const Real* e, int64_t batch, int64_t dim) {
+void validate_embedding_shape(const Real* e, int64_t batch, int64_t dim) {
   if (batch < 1 || dim < 1)
     fail("triplet loss: embeddings must be B x d with B >= 1 and d >= 1, got ", batch, " x ", dim);
   if (batch > std::numeric_limits<int32_t>::max())
     fail("triplet loss: batch of ", batch, " rows exceeds the int32 index range");
   if (!e) fail("triplet loss: embeddings pointer is null");
+}
+
+template <typename Real>
+void validate_embeddings(const Real* e, int64_t batch, int64_t dim) {
+  validate_embedding_shape(e, batch, dim);
   for (int64_t i = 0; i < batch; ++i)
     for (int64_t k = 0; k < dim; ++k)
       if (!std::isfinite(e[i * dim + k]))

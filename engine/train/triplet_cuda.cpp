@@ -86,26 +86,55 @@ struct TripletLossCuda::Impl {
   DeviceBuffer<int64_t> pair_offset, anchor_active, emit_offset, active;
   DeviceBuffer<double> anchor_loss, sum;
 
+  // A device batch (set_batch_device): the caller's embeddings, read in place, and the
+  // caller's gradient buffer; null for a host batch (our own `e` and `grad`).
+  const float* device_e = nullptr;
+  float* device_grad = nullptr;
+
+  const float* emb() const { return device_e ? device_e : e.data(); }
+  // The gradient's destination, batch x dim (grown for a host batch).
+  float* grad_out() {
+    if (device_grad) return device_grad;
+    ensure(grad, batch * dim);
+    return grad.data();
+  }
+
   void upload_embeddings(const float* host, int64_t b, int64_t d) {
     validate_embeddings(host, b, d);
     batch = b;
     dim = d;
     upload(e, host, b * d, ctx.stream());
+    device_e = nullptr;
+    device_grad = nullptr;
     ran = false;
+  }
+
+  void use_device_embeddings(const float* device, int64_t b, int64_t d, float* grad_to) {
+    validate_embedding_shape(device, b, d);
+    batch = b;
+    dim = d;
+    device_e = device;
+    device_grad = grad_to;
+    ran = false;
+  }
+
+  void require_grad_buffer(const TripletOptions& o) const {
+    if (device_e && o.want_grad && !device_grad)
+      fail("TripletLossCuda::run: want_grad with a device batch needs set_batch_device's grad");
   }
 
   void sparse_grad(const TripletOptions& o) {
     if (!o.want_grad) return;
-    ensure(grad, batch * dim);
-    launch_triplet_grad_sparse(e.data(), batch, dim, triplets.data(), losses.data(), slots,
-                               o.deterministic, grad.data(), ctx.stream());
+    float* g = grad_out();
+    launch_triplet_grad_sparse(emb(), batch, dim, triplets.data(), losses.data(), slots,
+                               o.deterministic, g, ctx.stream());
   }
 
   void run_batch_hard(const TripletOptions& o) {
     const cudaStream_t s = ctx.stream();
     ensure(partials, batch * triplet_tile_count(batch));
-    launch_triplet_batch_hard_tiles(e.data(), norms.data(), labels.data(), batch, dim,
-                                    partials.data(), s);
+    launch_triplet_batch_hard_tiles(emb(), norms.data(), labels.data(), batch, dim, partials.data(),
+                                    s);
     slots = batch;
     ensure(triplets, 3 * slots);
     ensure(losses, slots);
@@ -117,7 +146,7 @@ struct TripletLossCuda::Impl {
 
   void distances() {
     ensure(dist, batch * batch);
-    launch_triplet_sq_l2(e.data(), norms.data(), batch, dim, dist.data(), ctx.stream());
+    launch_triplet_sq_l2(emb(), norms.data(), batch, dim, dist.data(), ctx.stream());
   }
 
   void run_semi_hard(const TripletOptions& o) {
@@ -141,7 +170,6 @@ struct TripletLossCuda::Impl {
       ensure(coef, batch * batch);
       ensure(colsum, batch);
       ensure(work, batch * dim);
-      ensure(grad, batch * dim);
       FN_GPU_CHECK(cudaMemsetAsync(colsum.data(), 0, batch * sizeof(int32_t), s));
     }
     launch_triplet_batch_all(dist.data(), labels.data(), batch, stats.max_positives, o.margin,
@@ -151,8 +179,8 @@ struct TripletLossCuda::Impl {
     launch_triplet_sum(anchor_loss.data(), anchor_active.data(), batch, sum.data(), active.data(),
                        s);
     if (o.want_grad)
-      launch_triplet_grad_dense(ctx.cublas(), e.data(), batch, dim, coef.data(), colsum.data(),
-                                work.data(), grad.data(), s);
+      launch_triplet_grad_dense(ctx.cublas(), emb(), batch, dim, coef.data(), colsum.data(),
+                                work.data(), grad_out(), s);
   }
 
   // Batch-all triplet list: per-anchor active counts -> offsets -> a second, emitting pass.
@@ -209,14 +237,38 @@ void TripletLossCuda::set_batch(const float* embeddings, int64_t batch, int64_t 
   m.input = Impl::Input::kTriplets;
 }
 
+void TripletLossCuda::set_batch_device(const float* embeddings, int64_t batch, int64_t dim,
+                                       const std::vector<int32_t>& labels, float* grad) {
+  Impl& m = *impl_;
+  validate_labels(labels, batch);
+  m.use_device_embeddings(embeddings, batch, dim, grad);
+  m.stats = label_stats(labels);
+  upload(m.labels, labels.data(), batch, m.ctx.stream());
+  upload(m.pair_offset, m.stats.pair_offset.data(), batch + 1, m.ctx.stream());
+  ensure(m.norms, batch);
+  m.input = Impl::Input::kLabels;
+}
+
+void TripletLossCuda::set_batch_device(const float* embeddings, int64_t batch, int64_t dim,
+                                       const std::vector<Triplet>& triplets, float* grad) {
+  Impl& m = *impl_;
+  validate_triplets(triplets, batch);
+  m.use_device_embeddings(embeddings, batch, dim, grad);
+  m.given = triplets;
+  const int64_t count = static_cast<int64_t>(triplets.size());
+  upload(m.triplets, reinterpret_cast<const int32_t*>(triplets.data()), 3 * count, m.ctx.stream());
+  m.input = Impl::Input::kTriplets;
+}
+
 void TripletLossCuda::run(Mining mining, const TripletOptions& o) {
   Impl& m = *impl_;
   if (m.input != Impl::Input::kLabels)
     fail("TripletLossCuda::run(", to_string(mining), "): call set_batch with labels first");
   validate_options(o);
+  m.require_grad_buffer(o);
   ensure(m.sum, 1);
   ensure(m.active, 1);
-  launch_triplet_row_norms(m.e.data(), m.batch, m.dim, m.norms.data(), m.ctx.stream());
+  launch_triplet_row_norms(m.emb(), m.batch, m.dim, m.norms.data(), m.ctx.stream());
   switch (mining) {
     case Mining::kBatchHard:
       m.run_batch_hard(o);
@@ -238,11 +290,12 @@ void TripletLossCuda::run(const TripletOptions& o) {
   if (m.input != Impl::Input::kTriplets)
     fail("TripletLossCuda::run: explicit triplets need set_batch with triplets first");
   validate_options(o);
+  m.require_grad_buffer(o);
   ensure(m.sum, 1);
   ensure(m.active, 1);
   m.slots = static_cast<int64_t>(m.given.size());
   ensure(m.losses, m.slots);
-  launch_triplet_given(m.e.data(), m.dim, m.triplets.data(), m.slots, o.margin, m.losses.data(),
+  launch_triplet_given(m.emb(), m.dim, m.triplets.data(), m.slots, o.margin, m.losses.data(),
                        m.ctx.stream());
   launch_triplet_sum(m.losses.data(), m.slots, m.sum.data(), m.active.data(), m.ctx.stream());
   m.sparse_grad(o);
@@ -259,7 +312,7 @@ TripletResult TripletLossCuda::fetch() {
   double sum = 0;
   m.sum.download(&sum, 1, s);
   m.active.download(&r.active, 1, s);
-  if (m.options.want_grad) r.grad = download(m.grad, m.batch * m.dim, s);
+  if (m.options.want_grad && !m.device_e) r.grad = download(m.grad, m.batch * m.dim, s);
   if (!mined) {
     r.triplets = m.given;
     r.losses = download(m.losses, m.slots, s);
@@ -329,6 +382,14 @@ void TripletLossCuda::set_batch(const float*, int64_t, int64_t, const std::vecto
   no_cuda();
 }
 void TripletLossCuda::set_batch(const float*, int64_t, int64_t, const std::vector<Triplet>&) {
+  no_cuda();
+}
+void TripletLossCuda::set_batch_device(const float*, int64_t, int64_t, const std::vector<int32_t>&,
+                                       float*) {
+  no_cuda();
+}
+void TripletLossCuda::set_batch_device(const float*, int64_t, int64_t, const std::vector<Triplet>&,
+                                       float*) {
   no_cuda();
 }
 void TripletLossCuda::run(Mining, const TripletOptions&) {

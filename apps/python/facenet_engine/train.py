@@ -12,7 +12,8 @@ from typing import Any, Optional
 import numpy as np
 
 from . import _core
-from .search import _is_torch
+from ._arrays import host as _host
+from ._arrays import is_torch as _is_torch
 
 __all__ = ["TripletLoss", "triplet_loss"]
 
@@ -42,15 +43,6 @@ class TripletLoss:
     grad: Optional[Any] = None
     triplets: Optional[np.ndarray] = None
     losses: Optional[np.ndarray] = None
-
-
-def _host(x: Any) -> Any:
-    """numpy arrays as they are, tensors detached and on the host, lists as numpy."""
-    if x is None:
-        return None
-    if _is_torch(x):
-        return x.detach().cpu()
-    return x if isinstance(x, np.ndarray) or hasattr(x, "__dlpack__") else np.asarray(x)
 
 
 def triplet_loss(embeddings: Any, labels: Any = None, *, triplets: Any = None,

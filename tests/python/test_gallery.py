@@ -8,11 +8,14 @@ import os
 import pickle
 import threading
 
+import re
+
 import numpy as np
 import pytest
 
 import facenet_engine as fe
 from conftest import run_cli
+from gil_probe import assert_python_keeps_running, seconds
 from facenet_engine import EngineError, Gallery
 
 MODEL = "test-net/v1#00000000deadbeef"
@@ -206,8 +209,9 @@ def test_bad_inputs_raise(enrolled, people):
             g.verify("bob", people["bob"][0], threshold=-1)
         with pytest.raises(EngineError, match="threshold"):
             g.identify(people["bob"], threshold=float("inf"))
-        with pytest.raises(EngineError):
+        with pytest.raises(EngineError, match="device 'tpu'") as err:
             g.identify(people["bob"], device="tpu")
+        assert enrolled in str(err.value)
 
 
 def test_open_and_create_errors(enrolled, tmp_path):
@@ -271,6 +275,50 @@ def test_model_file_as_model(path, nn4_model):
             g.enroll("c", np.zeros(dim + 1, np.float32), model=nn4_model)
     with pytest.raises(EngineError, match="dim=7"):
         Gallery.create(path + "2", model=nn4_model, dim=7)
+
+
+@pytest.mark.parametrize(
+    "missing",
+    [lambda d: d / "nn4.safetensors", lambda d: str(d / "nn4.safetensors"),
+     lambda d: d / "model-without-suffix", lambda d: str(d / "model-without-suffix"),
+     lambda d: "nn4.safetensors", lambda d: "models/nn4"],
+    ids=["Path", "str", "Path, no suffix", "str with separator", "bare .safetensors",
+         "relative"],
+)
+def test_missing_model_file_raises_and_fixes_nothing(path, people, tmp_path, missing):
+    """A mistyped model path is an error naming it, never a model spec that locks the gallery."""
+    model = missing(tmp_path)
+    named = re.escape(os.fspath(model))
+    with pytest.raises(EngineError, match=f"model file '{named}' not found"):
+        Gallery.create(path, model=model)
+    assert not os.path.exists(path)
+    with Gallery.create(path) as g:
+        with pytest.raises(EngineError, match=f"model file '{named}' not found") as err:
+            g.enroll("alice", people["alice"], model=model)
+        assert path in str(err.value)
+        assert g.stats()["model"] is None and len(g) == 0  # still open to any model
+        g.enroll("alice", people["alice"], model=MODEL)
+        for call in (lambda: g.verify("alice", people["alice"][0], model=model),
+                     lambda: g.identify(people["alice"], model=model),
+                     lambda: g.embeddings(model=model)):
+            with pytest.raises(EngineError, match=f"model file '{named}' not found"):
+                call()
+        # A spec is name/variant#fingerprint: its '/' does not make it a path.
+        assert g.verify("alice", people["alice"][0], model=MODEL).match
+        assert g.stats()["model"] == MODEL
+
+
+def test_closed_does_not_wait_for_a_long_identify(path):
+    """`closed` is read while another thread's identify holds the connection: it must not wait
+    for the connection's lock holding the GIL, which would stall every Python thread."""
+    rng = np.random.default_rng(SEED + 5)
+    with Gallery.create(path) as g:
+        g.enroll("many", unit_rows(rng, 20_000, 128), model=MODEL)
+        probes = unit_rows(rng, 64, 128)
+        per_probe = seconds(lambda: g.identify(probes, k=1)) / len(probes)
+        probes = unit_rows(rng, int(min(20_000, 0.5 / per_probe)), 128)
+        assert_python_keeps_running(lambda: g.identify(probes, k=1), poke=lambda: g.closed)
+        assert not g.closed
 
 
 def test_pickle_reopens(enrolled, people):

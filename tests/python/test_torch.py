@@ -34,7 +34,6 @@ def reference(queries, gallery, k):
 def test_search_tensors_in_place_and_torch_out(data):
     gallery, queries = data
     index = fe.FlatIndex(DIM)
-    assert fe._core._data_pointer(gallery) == gallery.data_ptr()
     index.add(gallery)
     assert index._last_input == gallery.data_ptr()
     dist, lab = index.search(queries, 6)
@@ -59,6 +58,18 @@ def test_tensors_that_need_conversion(data):
     ref_d, ref_l = reference(queries, gallery, 4)
     torch.testing.assert_close(dist.double(), ref_d, rtol=1e-4, atol=1e-5)
     assert torch.equal(lab, ref_l * 3)
+
+
+def test_tensor_ids_must_be_integers(data):
+    gallery, queries = data
+    index = fe.FlatIndex(DIM)
+    with pytest.raises(TypeError, match="FlatIndex.add: ids must be integers"):
+        index.add(gallery[:2], torch.tensor([1.7, 2.9]))
+    with pytest.raises(TypeError, match="FlatIndex.remove: ids must be integers"):
+        index.remove(torch.tensor([1.0], dtype=torch.bfloat16))
+    index.add(gallery[:3], torch.tensor([40, 41, 42], dtype=torch.int32))
+    assert torch.equal(index.search(gallery[:3], 1)[1][:, 0], torch.tensor([40, 41, 42]))
+    assert index.remove(torch.tensor([41, 99])) == 1
 
 
 def test_dlpack_round_trip(data):
@@ -204,6 +215,27 @@ def test_cuda_index_on_cuda_tensors(data):
     empty = fe.FlatIndex(DIM, device="cuda")
     d, l = empty.search(queries.cuda(), 2)
     assert torch.isinf(d).all() and (l == -1).all()
+
+
+def test_cuda_search_outputs_are_never_converted(data):
+    """Results written into a converted copy of an output would be lost: the binding refuses."""
+    needs_cuda()
+    gallery, queries = data
+    index = fe.FlatIndex(DIM, device="cuda")
+    index.add(gallery)
+    q = queries.cuda()
+    stream = torch.cuda.current_stream().cuda_stream
+    labels = torch.empty((21, 3), dtype=torch.int64, device="cuda")
+    wide = torch.empty((21, 3), dtype=torch.float64, device="cuda")
+    strided = torch.empty((3, 21), dtype=torch.float32, device="cuda").t()
+    for distances in (wide, strided):
+        with pytest.raises(TypeError):
+            index._search_cuda(q, 3, distances, labels, stream)
+    with pytest.raises(TypeError):
+        index._search_cuda(q, 3, torch.empty((21, 3), device="cuda"), labels.int(), stream)
+    distances = torch.empty((21, 3), dtype=torch.float32, device="cuda")
+    index._search_cuda(q, 3, distances, labels, stream)
+    assert (labels.cpu() == reference(queries, gallery, 3)[1]).float().mean() > 0.95
 
 
 def test_cuda_tensors_with_cpu_index(data):

@@ -71,7 +71,7 @@ def test_mined_loss_matches_numpy(batch, mining, dtype):
     triplets = mine(e, labels, mining, margin)
     losses, grad = reference(e, triplets, margin)
     rtol = 1e-5 if dtype == np.float32 else 1e-12
-    assert isinstance(r, fe.TripletLoss)
+    assert isinstance(r, fe.TripletLossResult)
     assert r.count == len(triplets) > 0
     assert r.active == int((losses > 0).sum()) > 0
     np.testing.assert_allclose(r.loss_sum, losses.sum(), rtol=rtol)
@@ -95,6 +95,12 @@ def test_explicit_triplets(batch):
     np.testing.assert_allclose(r.losses, losses, rtol=1e-5, atol=1e-6)
     np.testing.assert_allclose(r.loss_sum, losses.sum(), rtol=1e-5)
     np.testing.assert_allclose(r.grad, grad, rtol=1e-4, atol=1e-5)
+
+
+def test_result_type_does_not_clash_with_the_torch_module():
+    # facenet_engine.torch.TripletLoss is the nn.Module; the result dataclass has its own name.
+    assert "TripletLossResult" in fe.__all__ and "TripletLoss" not in fe.__all__
+    assert not hasattr(fe, "TripletLoss")
 
 
 def test_grad_and_triplets_only_when_asked(batch):

@@ -3,9 +3,10 @@ with 1:1 verification and 1:K identification on numpy arrays.
 
 A gallery holds embeddings of exactly one model, named by its embedding spec (the
 ``embedding_spec`` of :func:`facenet_engine.model_info`); wherever a ``model`` is asked for, a
-model file path works too and its spec is read from the file. Distances are plain L2 (not
-squared). Every mistake (missing file, unknown name, model mismatch, bad shape) raises
-:class:`facenet_engine.EngineError` with a message naming the gallery file.
+model file path works too and its spec is read from the file (a path that names no file raises
+EngineError). Distances are plain L2 (not squared). Every mistake (missing file, unknown name,
+model mismatch, bad shape) raises :class:`facenet_engine.EngineError` with a message naming the
+gallery file.
 
 One :class:`Gallery` is one connection: threads may share it (their calls take turns, the GIL
 released), or each open its own for parallel reads. Any number of readers and one writer at a
@@ -37,8 +38,9 @@ __all__ = [
 
 PathLike = Union[str, "os.PathLike[str]"]
 
-#: The tutorial's threshold on plain L2 distance between L2-normalised embeddings, used when a
-#: call is given none.
+#: The fallback threshold on plain L2 distance between L2-normalised embeddings (0.7, the
+#: OpenFace tutorial's), used when a call is given none. A gallery records only its model's spec,
+#: not the model's own threshold: for dlib's ResNet (0.6) pass ``Pipeline.default_threshold``.
 DEFAULT_THRESHOLD: float = _core.DEFAULT_THRESHOLD
 
 
@@ -86,17 +88,34 @@ def _file_spec(path: str, mtime_ns: int, size: int) -> Tuple[str, int]:
     return _core.model_embedding_spec(path)
 
 
-def _resolve_model(model: PathLike) -> Tuple[str, int]:
-    """(embedding spec, dim) of `model`: a model file's own, or (model, 0) for a spec string."""
+def _names_a_file(model: PathLike) -> bool:
+    """Whether `model` must be a model file rather than an embedding spec: a PathLike, a name
+    ending in .safetensors, or one with a path separator and no '#'. (A spec is
+    ``name/variant#fingerprint``: its '/' is not a separator, and it always has a '#'.)"""
+    if not isinstance(model, str):
+        return True
+    if model.endswith(".safetensors"):
+        return True
+    separators = [s for s in (os.sep, os.altsep) if s]
+    return "#" not in model and any(s in model for s in separators)
+
+
+def _resolve_model(model: PathLike, gallery: str) -> Tuple[str, int]:
+    """(embedding spec, dim) of `model`: a model file's own, or (model, 0) for a spec string.
+    A model that names a file which does not exist raises EngineError, so that a mistyped path
+    never becomes (and locks) a gallery's model spec."""
     text = os.fspath(model)
     if os.path.isfile(text):
         st = os.stat(text)
         return _file_spec(os.path.abspath(text), st.st_mtime_ns, st.st_size)
+    if _names_a_file(model):
+        raise EngineError(f"gallery '{gallery}': model file '{text}' not found (a model is a "
+                          f"model file or an embedding spec 'name/variant#fingerprint')")
     return text, 0
 
 
-def _spec_or_empty(model: Optional[PathLike]) -> str:
-    return "" if model is None else _resolve_model(model)[0]
+def _spec_or_empty(model: Optional[PathLike], gallery: str) -> str:
+    return "" if model is None else _resolve_model(model, gallery)[0]
 
 
 def _floats(x: ArrayLike) -> np.ndarray:
@@ -131,7 +150,7 @@ class Gallery:
         `model` (an embedding spec or a model file) and `dim` fix the gallery's model now; a model
         file gives its own dim. Without them the first enrolment fixes the model."""
         path = os.fspath(path)
-        spec, model_dim = ("", 0) if model is None else _resolve_model(model)
+        spec, model_dim = ("", 0) if model is None else _resolve_model(model, path)
         if model_dim and dim and model_dim != dim:
             raise EngineError(
                 f"cannot create gallery '{path}': model {model} makes {model_dim}-dimensional "
@@ -193,7 +212,7 @@ class Gallery:
         spec or model file) under `name`, in one transaction. A new name is created with
         `metadata` (a JSON-serialisable dict; ignored for an existing name); `sources` gives one
         image path per row, or None. Returns the identity with its new embedding count."""
-        spec, model_dim = _resolve_model(model)
+        spec, model_dim = _resolve_model(model, self._g.path)
         x = _floats(embeddings)
         if model_dim and x.ndim in (1, 2) and x.shape[-1] != model_dim:
             raise EngineError(
@@ -241,7 +260,7 @@ class Gallery:
         """(vectors float32 (N, D), the identity name of each row) of the whole gallery, or of
         `name` only, read from one snapshot in enrolment order. An empty gallery gives N = 0.
         A `model` given must be the gallery's."""
-        return self._g.embeddings(name, _spec_or_empty(model))
+        return self._g.embeddings(name, _spec_or_empty(model, self._g.path))
 
     def verify(
         self,
@@ -252,8 +271,15 @@ class Gallery:
         model: Optional[PathLike] = None,
     ) -> Verification:
         """1:1: is `probe` (D,) the person `name`? The distance is the smallest plain L2 to the
-        person's embeddings; `threshold` defaults to :data:`DEFAULT_THRESHOLD`."""
-        row = self._g.verify(name, _floats(probe), _threshold(threshold), _spec_or_empty(model))
+        person's embeddings.
+
+        `threshold` None means :data:`DEFAULT_THRESHOLD` (0.7), whatever the gallery's model: a
+        gallery knows its model's spec, not its threshold. Pass the model's own threshold,
+        :attr:`Pipeline.default_threshold <facenet_engine.Pipeline.default_threshold>` of the
+        pipeline that made the embeddings, for models other than OpenFace's (dlib's ResNet:
+        0.6)."""
+        spec = _spec_or_empty(model, self._g.path)
+        row = self._g.verify(name, _floats(probe), _threshold(threshold), spec)
         return Verification(*row)
 
     def identify(
@@ -267,10 +293,14 @@ class Gallery:
     ) -> List[Identification]:
         """1:K: the `k` nearest identities of each probe ((n, D) or (D,)), searched exactly
         over a snapshot of the gallery on `device` (``"cpu"`` or ``"cuda"``). The index is
-        built per call; for many calls on an unchanging gallery, batch the probes."""
-        rows = self._g.identify(
-            _floats(probes), int(k), _threshold(threshold), device, _spec_or_empty(model)
-        )
+        built per call; for many calls on an unchanging gallery, batch the probes.
+
+        A best match farther than `threshold` is ``"unknown"``. `threshold` None means
+        :data:`DEFAULT_THRESHOLD` (0.7), whatever the gallery's model; pass
+        :attr:`Pipeline.default_threshold <facenet_engine.Pipeline.default_threshold>` (the
+        model's own threshold) for models other than OpenFace's (dlib's ResNet: 0.6)."""
+        spec = _spec_or_empty(model, self._g.path)
+        rows = self._g.identify(_floats(probes), int(k), _threshold(threshold), device, spec)
         return [Identification(best, distance, list(top)) for best, distance, top in rows]
 
     def check(self) -> str:

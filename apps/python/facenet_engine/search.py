@@ -2,6 +2,8 @@
 tensor (PyTorch included).
 
 Distances are SQUARED L2, ascending; labels are the int64 ids given to :meth:`FlatIndex.add`.
+Ids must have an integer dtype (floats raise TypeError rather than being truncated; a uint64
+id above 2**63 - 1 raises EngineError rather than wrapping).
 
 Arrays and tensors:
 
@@ -25,33 +27,12 @@ from typing import Any, Optional, Tuple
 import numpy as np
 
 from . import _core
+from ._arrays import host as _host
+from ._arrays import int64_ids as _int64_ids
+from ._arrays import is_torch as _is_torch
 from ._core import EngineError
 
 __all__ = ["FlatIndex", "knn_search"]
-
-
-def _is_torch(x: Any) -> bool:
-    """True for torch.Tensor (and subclasses such as nn.Parameter), without importing torch."""
-    return any(c.__module__.split(".")[0] == "torch" and c.__name__ == "Tensor" for c in type(x).__mro__)
-
-
-def _host(x: Any) -> Any:
-    """What the engine reads on the host: numpy arrays and CPU tensors as they are (nanobind
-    converts dtype/layout only when needed), CUDA tensors copied to the host, lists as numpy."""
-    if _is_torch(x):
-        x = x.detach()  # DLPack refuses tensors that require grad
-        return x if x.device.type == "cpu" else x.cpu()
-    if isinstance(x, np.ndarray) or hasattr(x, "__dlpack__"):
-        return x
-    return np.asarray(x, dtype=np.float32)
-
-
-def _ids(ids: Any) -> Any:
-    if ids is None:
-        return None
-    if _is_torch(ids):
-        return ids.detach().cpu()
-    return np.asarray(ids, dtype=np.int64) if not isinstance(ids, np.ndarray) else ids
 
 
 def _restore(dim: int, storage: str, device: str, threads: int, vectors: np.ndarray,
@@ -79,20 +60,21 @@ class FlatIndex(_core.FlatIndexBase):
         super().__init__(dim, storage=storage, device=device, threads=threads)
 
     def add(self, vectors: Any, ids: Any = None) -> None:
-        """Adds the rows of ``vectors`` (n, dim) with int64 ``ids`` (n,) (default: len(self)
-        onwards). Raises :class:`EngineError` on a wrong shape, NaN/inf, or a repeated id."""
-        super().add(_host(vectors), _ids(ids))
+        """Adds the rows of ``vectors`` (n, dim) with integer ``ids`` (n,) that fit int64
+        (default: len(self) onwards). Raises :class:`EngineError` on a wrong shape, NaN/inf, a
+        repeated or out-of-range id, TypeError on non-integer ids."""
+        super().add(_host(vectors, np.float32), _int64_ids(ids, "FlatIndex.add: ids"))
 
     def remove(self, ids: Any) -> int:
-        """Removes ``ids`` (unknown ones are ignored); returns how many were removed."""
-        return super().remove(_ids(ids))
+        """Removes integer ``ids`` (unknown ones are ignored); returns how many were removed."""
+        return super().remove(_int64_ids(ids, "FlatIndex.remove: ids"))
 
     def search(self, queries: Any, k: int) -> Tuple[Any, Any]:
         """The ``k`` nearest ids of each query row: ``(distances, labels)``, float32 and int64,
         (nq, k), squared L2 ascending; padded with inf / -1 when k > len(self). numpy in ->
         numpy out; torch in -> torch out on the input's device."""
         if not _is_torch(queries):
-            return super().search(_host(queries), k)
+            return super().search(_host(queries, np.float32), k)
         if queries.device.type == "cuda" and self.device == "cuda":
             return self._search_device(queries, k)
         distances, labels = super().search(_host(queries), k)

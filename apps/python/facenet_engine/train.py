@@ -12,14 +12,16 @@ from typing import Any, Optional
 import numpy as np
 
 from . import _core
-from .search import _is_torch
+from ._arrays import host as _host
+from ._arrays import is_torch as _is_torch
 
-__all__ = ["TripletLoss", "triplet_loss"]
+__all__ = ["TripletLossResult", "triplet_loss"]
 
 
 @dataclass(frozen=True)
-class TripletLoss:
-    """What :func:`triplet_loss` computed.
+class TripletLossResult:
+    """What :func:`triplet_loss` computed (the differentiable loss module is
+    :class:`facenet_engine.torch.TripletLoss`).
 
     - ``loss_sum``: J = sum over counted triplets of max(D(a,p) - D(a,n) + margin, 0), with D
       the squared L2 distance.
@@ -44,19 +46,10 @@ class TripletLoss:
     losses: Optional[np.ndarray] = None
 
 
-def _host(x: Any) -> Any:
-    """numpy arrays as they are, tensors detached and on the host, lists as numpy."""
-    if x is None:
-        return None
-    if _is_torch(x):
-        return x.detach().cpu()
-    return x if isinstance(x, np.ndarray) or hasattr(x, "__dlpack__") else np.asarray(x)
-
-
 def triplet_loss(embeddings: Any, labels: Any = None, *, triplets: Any = None,
                  mining: str = "batch_hard", margin: float = 0.2, grad: bool = True,
                  return_triplets: bool = False, device: str = "cpu",
-                 deterministic: bool = False) -> TripletLoss:
+                 deterministic: bool = False) -> TripletLossResult:
     """The FaceNet triplet loss of ``embeddings`` (B, d): D is the squared L2 distance, no
     normalisation is applied.
 
@@ -77,4 +70,4 @@ def triplet_loss(embeddings: Any, labels: Any = None, *, triplets: Any = None,
         import torch
 
         g = torch.from_numpy(g).to(embeddings.device)
-    return TripletLoss(loss_sum, loss_mean, count, active, g, picked, losses)
+    return TripletLossResult(loss_sum, loss_mean, count, active, g, picked, losses)

@@ -9,6 +9,7 @@
 #include <nanobind/stl/unique_ptr.h>
 #include <nanobind/stl/vector.h>
 
+#include <atomic>
 #include <cmath>
 #include <mutex>
 #include <optional>
@@ -34,9 +35,6 @@ using VerificationRow = std::tuple<std::string, double, double, bool>;
 using IdentificationRow =
     std::tuple<std::string, double, std::vector<std::pair<std::string, double>>>;
 
-// Any-rank C-contiguous float32 host array; its rank is checked per call (as_rows).
-using Floats = nb::ndarray<const float, nb::c_contig, nb::device::cpu>;
-
 IdentityRow identity_row(const Identity& i) {
   return {i.id, i.name, i.metadata, i.created_at, i.embeddings};
 }
@@ -45,19 +43,6 @@ GalleryMode parse_mode(const std::string& mode) {
   if (mode == "r") return GalleryMode::kRead;
   if (mode == "w") return GalleryMode::kWrite;
   fail("gallery mode must be 'r' (read) or 'w' (write), got '", mode, "'");
-}
-
-// An array of shape (n, dim) or (dim,) seen as n rows of dim floats.
-struct Rows {
-  const float* data = nullptr;
-  size_t n = 0;
-  int dim = 0;
-};
-
-Rows as_rows(const Floats& x, const std::string& what) {
-  if (x.ndim() == 1) return {x.data(), 1, static_cast<int>(x.shape(0))};
-  if (x.ndim() == 2) return {x.data(), x.shape(0), static_cast<int>(x.shape(1))};
-  fail(what, ": expected an array of shape (n, dim) or (dim,), got ", x.ndim(), " dimensions");
 }
 
 void require_threshold(const char* what, double threshold) {
@@ -92,14 +77,13 @@ class PyGallery {
 
   const std::string& path() const { return path_; }
   const char* mode() const { return mode_ == GalleryMode::kWrite ? "w" : "r"; }
-  bool closed() {
-    std::lock_guard<std::mutex> lock(mu_);
-    return !gallery_;
-  }
+  // Atomic, not under mu_: a reader holding the GIL must never wait for a long identify.
+  bool closed() const { return closed_.load(); }
   void close() {
     nb::gil_scoped_release release;
     std::lock_guard<std::mutex> lock(mu_);
     gallery_.reset();
+    closed_ = true;
   }
 
   // Runs body(gallery) with the GIL released and this connection locked. The GIL goes first,
@@ -112,11 +96,12 @@ class PyGallery {
     return body(*gallery_);
   }
 
-  IdentityRow enroll(const std::string& name, const Floats& x, const std::string& model,
+  IdentityRow enroll(const std::string& name, const HostFloats& x, const std::string& model,
                      const std::vector<std::string>& sources, const std::string& metadata) {
-    const Rows r = as_rows(x, "enroll '" + name + "' into gallery '" + path_ + "'");
+    const Rows r =
+        rows_of(x, "enroll '" + name + "' into gallery '" + path_ + "': embeddings", 0, true);
     return identity_row(with([&](Gallery& g) {
-      return g.enroll(name, {model, r.dim}, r.data, r.n, sources, metadata);
+      return g.enroll(name, {model, r.dim}, r.data, static_cast<size_t>(r.n), sources, metadata);
     }));
   }
 
@@ -177,11 +162,11 @@ class PyGallery {
     return {to_numpy(std::move(matrix.vectors), {rows, dim}), std::move(names)};
   }
 
-  VerificationRow verify(const std::string& name, const Floats& probe, double threshold,
+  VerificationRow verify(const std::string& name, const HostFloats& probe, double threshold,
                          const std::string& model) {
     if (probe.ndim() != 1)
-      fail("verify '", name, "' in gallery '", path_, "': expected one probe of shape (dim,), got ",
-           probe.ndim(), " dimensions");
+      fail("verify '", name, "' in gallery '", path_, "': probe has shape ", shape_of(probe),
+           ", expected one probe (dim,)");
     require_threshold("verify", threshold);
     const int got = static_cast<int>(probe.shape(0));
     const Verification v = with([&](Gallery& g) {
@@ -193,17 +178,18 @@ class PyGallery {
     return {v.name, v.distance, v.threshold, v.match};
   }
 
-  std::vector<IdentificationRow> identify(const Floats& probes, int k, double threshold,
+  std::vector<IdentificationRow> identify(const HostFloats& probes, int k, double threshold,
                                           const std::string& device, const std::string& model) {
-    const Rows r = as_rows(probes, "identify in gallery '" + path_ + "'");
+    const Rows r = rows_of(probes, "identify in gallery '" + path_ + "': probes", 0, true);
     require_threshold("identify", threshold);
     if (k < 1) fail("identify in gallery '", path_, "': k must be >= 1, got ", k);
-    const Device dev = parse_device(device);
+    Device dev{};
+    blame("identify in gallery '" + path_ + "'", [&] { dev = parse_device(device); });
     const std::vector<Identification> found = with([&](Gallery& g) {
       GalleryMatrix m = g.load_all(model);
       require_dim(path_, "identify", r.dim, m.spec.dim);
       Identifier identifier(std::move(m), dev);
-      return identifier.identify(r.data, static_cast<int64_t>(r.n), k, threshold);
+      return identifier.identify(r.data, r.n, k, threshold);
     });
     std::vector<IdentificationRow> rows;
     rows.reserve(found.size());
@@ -220,6 +206,7 @@ class PyGallery {
   GalleryMode mode_;
   std::mutex mu_;  // guards gallery_: one SQLite connection, one thread at a time
   std::optional<Gallery> gallery_;
+  std::atomic<bool> closed_{false};  // set with gallery_.reset(), read without mu_
 };
 
 std::pair<std::string, int> model_embedding_spec(const std::string& path) {

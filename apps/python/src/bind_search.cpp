@@ -24,44 +24,19 @@ namespace facenet::python {
 
 namespace {
 
-// Host arrays the engine reads in place: nanobind passes float32 / int64 C-contiguous numpy
-// arrays and CPU DLPack tensors through untouched, and converts other dtypes or layouts.
-using HostMatrix = nb::ndarray<const float, nb::c_contig, nb::device::cpu>;
+// Ids are int64 exactly: the ids arguments are bound .noconvert(), so nanobind never casts a
+// float or uint64 array to a temporary (which would truncate 1.7 to 1 and wrap ids >= 2^63);
+// facenet_engine.FlatIndex checks and converts other integer dtypes first.
 using HostIds = nb::ndarray<const int64_t, nb::c_contig, nb::device::cpu>;
 using CudaMatrix = nb::ndarray<const float, nb::c_contig, nb::device::cuda>;
 template <typename T>
 using CudaOutput = nb::ndarray<T, nb::c_contig, nb::device::cuda>;
-
-std::string shape_of(size_t ndim, const int64_t* shape) {
-  std::string s = "(";
-  for (size_t i = 0; i < ndim; ++i) s += (i ? ", " : "") + std::to_string(shape[i]);
-  return s + (ndim == 1 ? ",)" : ")");
-}
-
-// Rows of an (n, dim) array; anything else is a caller mistake named by `what`.
-template <typename Array>
-int64_t rows_of(const Array& a, int dim, const char* what) {
-  if (a.ndim() != 2 || a.shape(1) != static_cast<size_t>(dim))
-    fail(what, " has shape ", shape_of(a.ndim(), a.shape_ptr()), ", expected (n, ", dim, ")");
-  return static_cast<int64_t>(a.shape(0));
-}
 
 // k arrives as int64 so that a huge Python int is reported as a bad k, not a type mismatch.
 int check_k(int64_t k) {
   if (k < 1 || k > std::numeric_limits<int>::max())
     fail("FlatIndex.search: k = ", k, " must be in [1, ", std::numeric_limits<int>::max(), "]");
   return static_cast<int>(k);
-}
-
-// Runs an engine call; its facenet::Error gets `context` (the Python call and argument) in front,
-// because the engine's own message names its C++ function, not what the Python caller passed.
-template <typename F>
-void blame(const char* context, F&& call) {
-  try {
-    call();
-  } catch (const Error& e) {
-    fail(context, ": ", e.what());
-  }
 }
 
 // The CUDA stream handle the caller passed as an integer (torch: stream.cuda_stream).
@@ -85,8 +60,10 @@ class FlatIndexBase {
   FlatIndexBase(int dim, const std::string& storage, const std::string& device, int threads)
       : dim_(dim), storage_(storage), device_(device) {
     if (device == "cpu") {
+      check_threads(threads);
       cpu_ = std::make_unique<CpuFlatIndex>(dim, parse_cpu_storage(storage));
-      set_threads(threads);
+      cpu_->set_threads(threads);  // not shared yet: no lock
+      threads_ = threads;
       return;
     }
     if (device != "cuda") fail("FlatIndex: device '", device, "': expected cpu or cuda");
@@ -111,10 +88,13 @@ class FlatIndexBase {
     return device_;
   }
   int threads() const {
-    return threads_;
+    return threads_.load();
   }
+  // Exclusive: CPU searches read the engine's thread count under the shared lock. Call it with
+  // the GIL released, as every locking call here.
   void set_threads(int threads) {
-    if (threads < 0) fail("FlatIndex: threads = ", threads, " must be >= 0 (0: OpenMP default)");
+    check_threads(threads);
+    std::unique_lock lock(mutex_);
     threads_ = threads;
     if (cpu_) cpu_->set_threads(threads);
   }
@@ -201,10 +181,14 @@ class FlatIndexBase {
   }
 
  private:
+  static void check_threads(int threads) {
+    if (threads < 0) fail("FlatIndex: threads = ", threads, " must be >= 0 (0: OpenMP default)");
+  }
+
   int dim_;
   std::string storage_;
   std::string device_;
-  int threads_ = 0;
+  std::atomic<int> threads_{0};
   std::unique_ptr<CpuFlatIndex> cpu_;
 #ifdef FACENET_HAS_CUDA
   std::unique_ptr<GpuContext> context_;
@@ -233,42 +217,55 @@ void bind_search(nb::module_& m) {
       .def_prop_ro("dim", &FlatIndexBase::dim, "Dimension of the vectors.")
       .def_prop_ro("storage", &FlatIndexBase::storage, "Gallery element type: fp32, bf16 or fp16.")
       .def_prop_ro("device", &FlatIndexBase::device, "Where the gallery lives: cpu or cuda.")
-      .def_prop_rw("threads", &FlatIndexBase::threads, &FlatIndexBase::set_threads,
-                   "OpenMP threads per CPU search (0: the OpenMP default).")
-      .def("__len__", &FlatIndexBase::size, "Number of vectors in the index.")
+      .def_prop_rw(
+          "threads", &FlatIndexBase::threads,
+          [](FlatIndexBase& self, int threads) {
+            nb::gil_scoped_release unlocked;  // waits for running searches
+            self.set_threads(threads);
+          },
+          "OpenMP threads per CPU search (0: the OpenMP default). Setting it waits for the "
+          "searches in flight.")
+      .def(
+          "__len__",
+          [](const FlatIndexBase& self) {
+            nb::gil_scoped_release unlocked;  // an add may hold the lock
+            return self.size();
+          },
+          "Number of vectors in the index.")
       .def_prop_ro("_last_input", &FlatIndexBase::last_input,
                    "Address of the last vectors/queries buffer the engine read (tests check "
                    "that inputs are used in place).")
       .def(
           "add",
-          [](FlatIndexBase& self, HostMatrix vectors, std::optional<HostIds> ids) {
-            const int64_t n = rows_of(vectors, self.dim(), "FlatIndex.add: vectors");
+          [](FlatIndexBase& self, HostFloats vectors, std::optional<HostIds> ids) {
+            const int64_t n = rows_of(vectors, "FlatIndex.add: vectors", self.dim()).n;
             if (ids && (ids->ndim() != 1 || ids->shape(0) != static_cast<size_t>(n)))
-              fail("FlatIndex.add: ids has shape ", shape_of(ids->ndim(), ids->shape_ptr()),
-                   ", expected (", n, ",) to match vectors");
+              fail("FlatIndex.add: ids has shape ", shape_of(*ids), ", expected (", n,
+                   ",) to match vectors");
             nb::gil_scoped_release unlocked;
             self.add(vectors.data(), n, ids ? ids->data() : nullptr);
           },
-          nb::arg("vectors"), nb::arg("ids") = nb::none(),
+          nb::arg("vectors"), nb::arg("ids").noconvert() = nb::none(),
           "Adds the rows of `vectors` (n, dim) with int64 `ids` (n,); without ids they are "
-          "len(self) .. len(self)+n-1. Raises EngineError on a wrong shape, a NaN/inf "
+          "len(self) .. len(self)+n-1 (ids must be an int64 C-contiguous array: TypeError "
+          "otherwise, never a cast). Raises EngineError on a wrong shape, a NaN/inf "
           "component or an id already in the index. Releases the GIL.")
       .def(
           "remove",
           [](FlatIndexBase& self, HostIds ids) {
             if (ids.ndim() != 1)
-              fail("FlatIndex.remove: ids has shape ", shape_of(ids.ndim(), ids.shape_ptr()),
-                   ", expected (n,)");
+              fail("FlatIndex.remove: ids has shape ", shape_of(ids), ", expected (n,)");
             nb::gil_scoped_release unlocked;
             return self.remove(ids.data(), static_cast<int64_t>(ids.shape(0)));
           },
-          nb::arg("ids"),
-          "Removes the given ids (unknown ids are ignored) and returns how many were removed. "
-          "The last rows move into the holes, which changes the order of equal distances.")
+          nb::arg("ids").noconvert(),
+          "Removes the given int64 ids (unknown ids are ignored) and returns how many were "
+          "removed. The last rows move into the holes, which changes the order of equal "
+          "distances.")
       .def(
           "search",
-          [](FlatIndexBase& self, HostMatrix queries, int64_t k_arg) {
-            const int64_t nq = rows_of(queries, self.dim(), "FlatIndex.search: queries");
+          [](FlatIndexBase& self, HostFloats queries, int64_t k_arg) {
+            const int64_t nq = rows_of(queries, "FlatIndex.search: queries", self.dim()).n;
             const int k = check_k(k_arg);
             std::vector<float> distances(static_cast<size_t>(nq * k));
             std::vector<int64_t> labels(distances.size());
@@ -290,7 +287,7 @@ void bind_search(nb::module_& m) {
           "_search_cuda",
           [](FlatIndexBase& self, CudaMatrix queries, int64_t k_arg, CudaOutput<float> distances,
              CudaOutput<int64_t> labels, uintptr_t stream) {
-            const int64_t nq = rows_of(queries, self.dim(), "FlatIndex.search: queries");
+            const int64_t nq = rows_of(queries, "FlatIndex.search: queries", self.dim()).n;
             const int k = check_k(k_arg);
             auto expect = [&](const auto& out, const char* what) {
               if (out.ndim() != 2 || out.shape(0) != queries.shape(0) ||
@@ -302,14 +299,19 @@ void bind_search(nb::module_& m) {
             nb::gil_scoped_release unlocked;
             self.search_cuda(queries.data(), nq, k, distances.data(), labels.data(), stream);
           },
-          nb::arg("queries"), nb::arg("k"), nb::arg("distances"), nb::arg("labels"),
-          nb::arg("stream"),
-          "Device search into preallocated device outputs, ordered on the CUDA stream whose "
-          "handle is `stream` (events, no host sync). Needs a non-empty index and queries.")
+          // Outputs without conversion: results written into a converted temporary would be lost.
+          nb::arg("queries"), nb::arg("k"), nb::arg("distances").noconvert(),
+          nb::arg("labels").noconvert(), nb::arg("stream"),
+          "Device search into preallocated float32 / int64 C-contiguous device outputs (TypeError "
+          "for any other, never a converted copy), ordered on the CUDA stream whose handle is "
+          "`stream` (events, no host sync). Needs a non-empty index and queries.")
       .def(
           "_rows",
           [](const FlatIndexBase& self) {
-            auto [rows, ids] = self.rows();
+            auto [rows, ids] = [&] {
+              nb::gil_scoped_release unlocked;  // an add may hold the lock
+              return self.rows();
+            }();
             const size_t n = ids.size();
             return std::make_pair(to_numpy(std::move(rows), {n, static_cast<size_t>(self.dim())}),
                                   to_numpy(std::move(ids), {n}));

@@ -3,7 +3,8 @@
 # build/venv, made from Debian's /usr/bin/python3 with its site packages (numpy, torch), plus
 # the build and test requirements from PyPI, then `pip install .` with a kept build folder
 # (build/python) so a second run rebuilds only what changed. Prints the venv's python.
-# Env: FACENET_PY_VENV (venv path), FACENET_PY_CUDA=OFF (skip the CUDA build: faster).
+# Env: FACENET_PY_VENV (venv path), FACENET_PY_BUILD (build folder), FACENET_PY_CUDA=OFF
+# (skip the CUDA build: faster).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 venv=${FACENET_PY_VENV:-build/venv}
@@ -19,6 +20,6 @@ cuda=${FACENET_PY_CUDA:-}
 if [ -z "$cuda" ]; then
   if command -v nvcc >/dev/null || [ -x /usr/local/cuda/bin/nvcc ]; then cuda=ON; else cuda=OFF; fi
 fi
-args=(--no-build-isolation -Cbuild-dir=build/python "-Ccmake.define.FACENET_CUDA=$cuda")
+args=(--no-build-isolation "-Cbuild-dir=${FACENET_PY_BUILD:-build/python}" "-Ccmake.define.FACENET_CUDA=$cuda")
 "$venv/bin/python" -m pip install -q "${args[@]}" . >&2
 echo "$venv/bin/python"

@@ -48,7 +48,7 @@ class TripletLossResult:
 
 def triplet_loss(embeddings: Any, labels: Any = None, *, triplets: Any = None,
                  mining: str = "batch_hard", margin: float = 0.2, grad: bool = True,
-                 return_triplets: bool = False, device: str = "cpu",
+                 return_triplets: bool = False, device: Optional[str] = None,
                  deterministic: bool = False) -> TripletLossResult:
     """The FaceNet triplet loss of ``embeddings`` (B, d): D is the squared L2 distance, no
     normalisation is applied.
@@ -56,11 +56,19 @@ def triplet_loss(embeddings: Any, labels: Any = None, *, triplets: Any = None,
     Pass exactly one of ``labels`` (B,) integers, mined with ``mining`` ("batch_all",
     "batch_hard", "semi_hard"), or ``triplets`` (m, 3) integer rows (anchor, positive,
     negative); ``mining`` is ignored with triplets. float64 embeddings run the engine's double
-    path (CPU only), float32 its float path on ``device`` ("cpu" or "cuda"; CUDA tensors are
-    copied to the host because the engine's CUDA loss takes host memory, and the gradient is
-    returned on the tensor's device). ``deterministic`` fixes the GPU's reduction order (the
-    CPU is always deterministic). Raises :class:`EngineError` naming the bad argument.
+    path (CPU only), float32 its float path on ``device`` ("cpu" or "cuda"; None: where the
+    embeddings are). A float32 CUDA tensor on ``device="cuda"`` is read in place and its
+    gradient written into a new tensor on the same device, ordered on the caller's current
+    CUDA stream (no copy, no host round trip but for the scalars); other CUDA tensors go
+    through the host. ``deterministic`` fixes the GPU's reduction order (the CPU is always
+    deterministic). Raises :class:`EngineError` naming the bad argument.
     """
+    on_gpu = _is_torch(embeddings) and embeddings.device.type == "cuda"
+    if device is None:
+        device = "cuda" if on_gpu else "cpu"
+    if on_gpu and device == "cuda" and embeddings.dtype == _torch_float32():
+        return _on_device(embeddings, labels, triplets, mining, margin, grad, return_triplets,
+                          deterministic)
     values = _core._triplet_loss(_host(embeddings), _host(labels), triplets=_host(triplets),
                                  mining=mining, margin=margin, grad=grad,
                                  return_triplets=return_triplets, device=device,
@@ -70,4 +78,29 @@ def triplet_loss(embeddings: Any, labels: Any = None, *, triplets: Any = None,
         import torch
 
         g = torch.from_numpy(g).to(embeddings.device)
+    return TripletLossResult(loss_sum, loss_mean, count, active, g, picked, losses)
+
+
+def _torch_float32():
+    import torch
+
+    return torch.float32
+
+
+def _on_device(embeddings: Any, labels: Any, triplets: Any, mining: str, margin: float,
+               grad: bool, return_triplets: bool, deterministic: bool) -> TripletLossResult:
+    """A CUDA float32 tensor: read in place, the gradient into a tensor on its device, on the
+    caller's current stream."""
+    import torch
+
+    e = embeddings.detach()
+    if not e.is_contiguous():
+        e = e.contiguous()
+    g = torch.empty_like(e) if grad else None
+    stream = torch.cuda.current_stream(e.device).cuda_stream
+    values = _core._triplet_loss_cuda(e, _host(labels), triplets=_host(triplets), grad=g,
+                                      mining=mining, margin=margin,
+                                      return_triplets=return_triplets,
+                                      deterministic=deterministic, stream=stream)
+    loss_sum, loss_mean, count, active, _, picked, losses = values
     return TripletLossResult(loss_sum, loss_mean, count, active, g, picked, losses)

@@ -39,13 +39,6 @@ int check_k(int64_t k) {
   return static_cast<int>(k);
 }
 
-// The CUDA stream handle the caller passed as an integer (torch: stream.cuda_stream).
-#ifdef FACENET_HAS_CUDA
-cudaStream_t as_stream(uintptr_t handle) {
-  return reinterpret_cast<cudaStream_t>(handle);
-}
-#endif
-
 }  // namespace
 
 // One index on either device, plus a host copy of the rows in slot order: the engine has no
@@ -73,8 +66,7 @@ class FlatIndexBase {
       fail("FlatIndex: storage '", storage, "' with device='cuda': expected fp32 or fp16");
     context_ = std::make_unique<GpuContext>(0);
     gpu_ = std::make_unique<GpuFlatIndex>(*context_, dim, parse_gpu_storage(storage));
-    inputs_ready_ = make_event(cudaEventDisableTiming);
-    results_ready_ = make_event(cudaEventDisableTiming);
+    order_ = std::make_unique<StreamOrder>();
 #endif
   }
 
@@ -160,14 +152,11 @@ class FlatIndexBase {
     if (!gpu_) fail("FlatIndex.search: CUDA queries need an index with device='cuda'");
     std::unique_lock lock(mutex_);
     last_input_ = reinterpret_cast<uintptr_t>(queries);
-    const cudaStream_t caller = as_stream(caller_stream);
     FN_GPU_CHECK(cudaSetDevice(context_->device()));
-    FN_GPU_CHECK(cudaEventRecord(inputs_ready_.get(), caller));
-    FN_GPU_CHECK(cudaStreamWaitEvent(context_->stream(), inputs_ready_.get(), 0));
-    blame("FlatIndex.search: queries",
-          [&] { gpu_->search_device(queries, nq, k, distances, labels); });
-    FN_GPU_CHECK(cudaEventRecord(results_ready_.get(), context_->stream()));
-    FN_GPU_CHECK(cudaStreamWaitEvent(caller, results_ready_.get(), 0));
+    order_->run(caller_stream, context_->stream(), [&] {
+      blame("FlatIndex.search: queries",
+            [&] { gpu_->search_device(queries, nq, k, distances, labels); });
+    });
 #else
     (void)queries, (void)nq, (void)k, (void)distances, (void)labels, (void)caller_stream;
     fail("FlatIndex.search: CUDA queries: ", gpu_status());
@@ -193,7 +182,7 @@ class FlatIndexBase {
 #ifdef FACENET_HAS_CUDA
   std::unique_ptr<GpuContext> context_;
   std::unique_ptr<GpuFlatIndex> gpu_;
-  UniqueEvent inputs_ready_, results_ready_;
+  std::unique_ptr<StreamOrder> order_;
 #endif
   std::vector<float> rows_;  // size() x dim_, slot order
   SlotMap mirror_;

@@ -15,6 +15,7 @@
 
 #include "apps/python/src/bindings.h"
 #include "engine/core/error.h"
+#include "engine/core/gpu.h"
 #include "engine/train/triplet.h"
 
 namespace facenet::python {
@@ -83,40 +84,71 @@ std::vector<Triplet> to_triplets(const Integers& a) {
 }
 
 // One CUDA triplet-loss object per process: it owns a GPU context and buffers that grow to the
-// largest batch, so repeated training steps allocate nothing. The mutex serialises callers.
+// largest batch, so repeated training steps allocate nothing. Callers hold `mutex`.
+std::mutex gpu_mutex;
+TripletLossCuda& gpu_loss() {
+  static std::unique_ptr<TripletLossCuda> gpu;
+  if (!gpu) gpu = std::make_unique<TripletLossCuda>(0);
+  return *gpu;
+}
+
 TripletResult compute_on_gpu(const float* e, int64_t batch, int64_t dim,
                              const std::vector<int32_t>* labels,
                              const std::vector<Triplet>* triplets, Mining mining,
                              const TripletOptions& options) {
-  static std::mutex mutex;
-  static std::unique_ptr<TripletLossCuda> gpu;
-  std::lock_guard lock(mutex);
-  if (!gpu) gpu = std::make_unique<TripletLossCuda>(0);
-  return labels ? gpu->compute(e, batch, dim, *labels, mining, options)
-                : gpu->compute(e, batch, dim, *triplets, options);
+  std::lock_guard lock(gpu_mutex);
+  TripletLossCuda& gpu = gpu_loss();
+  return labels ? gpu.compute(e, batch, dim, *labels, mining, options)
+                : gpu.compute(e, batch, dim, *triplets, options);
 }
 
 // (loss_sum, loss_mean, count, active, grad | None, triplets | None, losses | None)
 using Values = std::tuple<double, double, int64_t, int64_t, nb::object, nb::object, nb::object>;
+
+void require_one_of(const std::optional<Integers>& labels,
+                    const std::optional<Integers>& triplets) {
+  if (labels.has_value() == triplets.has_value())
+    fail("triplet_loss: pass exactly one of labels and triplets");
+}
+
+TripletOptions triplet_options(double margin, bool want_grad, bool return_triplets,
+                               bool deterministic) {
+  TripletOptions options;
+  options.margin = static_cast<float>(margin);
+  options.want_grad = want_grad;
+  options.want_triplets = return_triplets;
+  options.deterministic = deterministic;
+  return options;
+}
+
+// The values Python gets, grad aside (it is numpy here, or the caller's tensor on the GPU).
+template <typename Real>
+Values values_of(TripletResultT<Real>& r, nb::object grad, bool return_triplets) {
+  nb::object picked = nb::none(), losses = nb::none();
+  if (return_triplets) {
+    const size_t m = r.triplets.size();
+    std::vector<int32_t> flat;
+    flat.reserve(3 * m);
+    for (const Triplet& t : r.triplets) flat.insert(flat.end(), {t.a, t.p, t.n});
+    picked = nb::cast(to_numpy(std::move(flat), {m, size_t{3}}));
+    losses = nb::cast(to_numpy(std::move(r.losses), {r.losses.size()}));
+  }
+  return {r.loss_sum, r.loss_mean, r.count, r.active, grad, picked, losses};
+}
 
 template <typename Real>
 Values triplet_loss(Embeddings<Real> embeddings, std::optional<Integers> labels,
                     std::optional<Integers> triplets, const std::string& mining, double margin,
                     bool want_grad, bool return_triplets, const std::string& device,
                     bool deterministic) {
-  if (labels.has_value() == triplets.has_value())
-    fail("triplet_loss: pass exactly one of labels and triplets");
+  require_one_of(labels, triplets);
   if (device != "cpu" && device != "cuda")
     fail("triplet_loss: device '", device, "': expected cpu or cuda");
   if (device == "cuda" && !std::is_same_v<Real, float>)
     fail("triplet_loss: device='cuda' takes float32 embeddings (float64 runs on the CPU)");
   const int64_t batch = static_cast<int64_t>(embeddings.shape(0));
   const int64_t dim = static_cast<int64_t>(embeddings.shape(1));
-  TripletOptions options;
-  options.margin = static_cast<float>(margin);
-  options.want_grad = want_grad;
-  options.want_triplets = return_triplets;
-  options.deterministic = deterministic;
+  const TripletOptions options = triplet_options(margin, want_grad, return_triplets, deterministic);
   const Mining mode = parse_mining(mining);
   std::vector<int32_t> label_values;
   std::vector<Triplet> triplet_values;
@@ -139,19 +171,64 @@ Values triplet_loss(Embeddings<Real> embeddings, std::optional<Integers> labels,
       r = labels ? facenet::triplet_loss(e, batch, dim, label_values, mode, options)
                  : facenet::triplet_loss(e, batch, dim, triplet_values, options);
   }
-  nb::object grad = nb::none(), picked = nb::none(), losses = nb::none();
+  nb::object grad = nb::none();
   if (want_grad)
     grad = nb::cast(
         to_numpy(std::move(r.grad), {static_cast<size_t>(batch), static_cast<size_t>(dim)}));
-  if (return_triplets) {
-    const size_t m = r.triplets.size();
-    std::vector<int32_t> flat;
-    flat.reserve(3 * m);
-    for (const Triplet& t : r.triplets) flat.insert(flat.end(), {t.a, t.p, t.n});
-    picked = nb::cast(to_numpy(std::move(flat), {m, size_t{3}}));
-    losses = nb::cast(to_numpy(std::move(r.losses), {r.losses.size()}));
+  return values_of(r, grad, return_triplets);
+}
+
+using CudaEmbeddings = nb::ndarray<const float, nb::ndim<2>, nb::c_contig, nb::device::cuda>;
+using CudaGrad = nb::ndarray<float, nb::ndim<2>, nb::c_contig, nb::device::cuda>;
+
+// CUDA tensors: the embeddings are read where they are and the gradient is written into
+// `grad` (the caller's tensor, same shape), on the engine's stream ordered after and before the
+// caller's `stream`; only the scalars (and the triplets, when asked) come to the host.
+Values triplet_loss_cuda(CudaEmbeddings embeddings, std::optional<Integers> labels,
+                         std::optional<Integers> triplets, std::optional<CudaGrad> grad,
+                         const std::string& mining, double margin, bool return_triplets,
+                         bool deterministic, uintptr_t stream) {
+  require_one_of(labels, triplets);
+  const int64_t batch = static_cast<int64_t>(embeddings.shape(0));
+  const int64_t dim = static_cast<int64_t>(embeddings.shape(1));
+  if (embeddings.device_id() != 0 || (grad && grad->device_id() != 0))
+    fail("triplet_loss: CUDA tensors must be on cuda:0, the engine's GPU");
+  if (grad && (grad->shape(0) != embeddings.shape(0) || grad->shape(1) != embeddings.shape(1)))
+    fail("triplet_loss: grad must be (", batch, ", ", dim, ") like the embeddings");
+  const TripletOptions options =
+      triplet_options(margin, grad.has_value(), return_triplets, deterministic);
+  const Mining mode = parse_mining(mining);
+  std::vector<int32_t> label_values;
+  std::vector<Triplet> triplet_values;
+  if (labels)
+    label_values = to_int32(*labels, "labels");
+  else
+    triplet_values = to_triplets(*triplets);
+  TripletResult r;
+  {
+    nb::gil_scoped_release unlocked;
+#ifdef FACENET_HAS_CUDA
+    std::lock_guard lock(gpu_mutex);
+    TripletLossCuda& gpu = gpu_loss();
+    static StreamOrder order;
+    float* g = grad ? grad->data() : nullptr;
+    order.run(stream, gpu.context().stream(), [&] {
+      if (labels) {
+        gpu.set_batch_device(embeddings.data(), batch, dim, label_values, g);
+        gpu.run(mode, options);
+      } else {
+        gpu.set_batch_device(embeddings.data(), batch, dim, triplet_values, g);
+        gpu.run(options);
+      }
+    });
+    r = gpu.fetch();  // waits for the engine's stream only, for the scalars
+#else
+    (void)stream, (void)mode;
+    require_gpu("triplet_loss(device='cuda')");
+    fail("triplet_loss: this build has no CUDA");
+#endif
   }
-  return {r.loss_sum, r.loss_mean, r.count, r.active, grad, picked, losses};
+  return values_of(r, grad ? nb::cast(*grad) : nb::none(), return_triplets);
 }
 
 constexpr const char* kDoc =
@@ -179,6 +256,15 @@ void bind_train(nb::module_& m) {
   // while float64 matches the double overload exactly in the first.
   def_triplet_loss<float>(m);
   def_triplet_loss<double>(m);
+  m.def("_triplet_loss_cuda", &triplet_loss_cuda, nb::arg("embeddings"),
+        nb::arg("labels") = nb::none(), nb::kw_only(), nb::arg("triplets") = nb::none(),
+        nb::arg("grad").noconvert() = nb::none(), nb::arg("mining") = "batch_hard",
+        nb::arg("margin") = 0.2, nb::arg("return_triplets") = false,
+        nb::arg("deterministic") = false, nb::arg("stream") = 0,
+        "The triplet loss of CUDA float32 (B, d) embeddings, read in place; the gradient of the "
+        "sum is written into `grad` (B, d) on the device when given. Ordered after and before "
+        "the caller's CUDA `stream` (an integer handle) without a host synchronisation, but "
+        "for the scalars. Use facenet_engine.triplet_loss.");
 }
 
 }  // namespace facenet::python

@@ -11,6 +11,9 @@
 #include <vector>
 
 #include "engine/core/error.h"
+#ifdef FACENET_HAS_CUDA
+#include "engine/core/cuda_util.h"
+#endif
 
 namespace facenet::python {
 
@@ -80,5 +83,29 @@ nb::ndarray<nb::numpy, T> to_numpy(std::vector<T>&& values, std::initializer_lis
   nb::capsule free_owner(owner, [](void* p) noexcept { delete static_cast<std::vector<T>*>(p); });
   return nb::ndarray<nb::numpy, T>(owner->data(), shape, free_owner);
 }
+
+#ifdef FACENET_HAS_CUDA
+// Work on the engine's stream ordered after everything already queued on the caller's stream
+// (a framework's current stream, passed as an integer handle: torch's stream.cuda_stream), and
+// the caller's stream ordered after that work: two events, no host synchronisation.
+class StreamOrder {
+ public:
+  StreamOrder()
+      : inputs_ready_(make_event(cudaEventDisableTiming)),
+        results_ready_(make_event(cudaEventDisableTiming)) {}
+  template <typename Work>
+  void run(uintptr_t caller_handle, cudaStream_t engine, Work&& work) {
+    const auto caller = reinterpret_cast<cudaStream_t>(caller_handle);
+    FN_GPU_CHECK(cudaEventRecord(inputs_ready_.get(), caller));
+    FN_GPU_CHECK(cudaStreamWaitEvent(engine, inputs_ready_.get(), 0));
+    work();
+    FN_GPU_CHECK(cudaEventRecord(results_ready_.get(), engine));
+    FN_GPU_CHECK(cudaStreamWaitEvent(caller, results_ready_.get(), 0));
+  }
+
+ private:
+  UniqueEvent inputs_ready_, results_ready_;
+};
+#endif
 
 }  // namespace facenet::python

@@ -118,6 +118,22 @@ struct TripletLossCuda::Impl {
     ran = false;
   }
 
+  // The batch's labels (mined modes) or triplets (explicit), after its embeddings.
+  void set_labels(const std::vector<int32_t>& l) {
+    stats = label_stats(l);
+    upload(labels, l.data(), batch, ctx.stream());
+    upload(pair_offset, stats.pair_offset.data(), batch + 1, ctx.stream());
+    ensure(norms, batch);
+    input = Input::kLabels;
+  }
+
+  void set_triplets(const std::vector<Triplet>& t) {
+    given = t;
+    const int64_t count = static_cast<int64_t>(t.size());
+    upload(triplets, reinterpret_cast<const int32_t*>(t.data()), 3 * count, ctx.stream());
+    input = Input::kTriplets;
+  }
+
   void require_grad_buffer(const TripletOptions& o) const {
     if (device_e && o.want_grad && !device_grad)
       fail("TripletLossCuda::run: want_grad with a device batch needs set_batch_device's grad");
@@ -216,48 +232,30 @@ GpuContext& TripletLossCuda::context() {
 
 void TripletLossCuda::set_batch(const float* embeddings, int64_t batch, int64_t dim,
                                 const std::vector<int32_t>& labels) {
-  Impl& m = *impl_;
   validate_labels(labels, batch);
-  m.upload_embeddings(embeddings, batch, dim);
-  m.stats = label_stats(labels);
-  upload(m.labels, labels.data(), batch, m.ctx.stream());
-  upload(m.pair_offset, m.stats.pair_offset.data(), batch + 1, m.ctx.stream());
-  ensure(m.norms, batch);
-  m.input = Impl::Input::kLabels;
+  impl_->upload_embeddings(embeddings, batch, dim);
+  impl_->set_labels(labels);
 }
 
 void TripletLossCuda::set_batch(const float* embeddings, int64_t batch, int64_t dim,
                                 const std::vector<Triplet>& triplets) {
-  Impl& m = *impl_;
   validate_triplets(triplets, batch);
-  m.upload_embeddings(embeddings, batch, dim);
-  m.given = triplets;
-  const int64_t count = static_cast<int64_t>(triplets.size());
-  upload(m.triplets, reinterpret_cast<const int32_t*>(triplets.data()), 3 * count, m.ctx.stream());
-  m.input = Impl::Input::kTriplets;
+  impl_->upload_embeddings(embeddings, batch, dim);
+  impl_->set_triplets(triplets);
 }
 
 void TripletLossCuda::set_batch_device(const float* embeddings, int64_t batch, int64_t dim,
                                        const std::vector<int32_t>& labels, float* grad) {
-  Impl& m = *impl_;
   validate_labels(labels, batch);
-  m.use_device_embeddings(embeddings, batch, dim, grad);
-  m.stats = label_stats(labels);
-  upload(m.labels, labels.data(), batch, m.ctx.stream());
-  upload(m.pair_offset, m.stats.pair_offset.data(), batch + 1, m.ctx.stream());
-  ensure(m.norms, batch);
-  m.input = Impl::Input::kLabels;
+  impl_->use_device_embeddings(embeddings, batch, dim, grad);
+  impl_->set_labels(labels);
 }
 
 void TripletLossCuda::set_batch_device(const float* embeddings, int64_t batch, int64_t dim,
                                        const std::vector<Triplet>& triplets, float* grad) {
-  Impl& m = *impl_;
   validate_triplets(triplets, batch);
-  m.use_device_embeddings(embeddings, batch, dim, grad);
-  m.given = triplets;
-  const int64_t count = static_cast<int64_t>(triplets.size());
-  upload(m.triplets, reinterpret_cast<const int32_t*>(triplets.data()), 3 * count, m.ctx.stream());
-  m.input = Impl::Input::kTriplets;
+  impl_->use_device_embeddings(embeddings, batch, dim, grad);
+  impl_->set_triplets(triplets);
 }
 
 void TripletLossCuda::run(Mining mining, const TripletOptions& o) {

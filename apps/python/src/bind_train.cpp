@@ -150,12 +150,10 @@ Values triplet_loss(Embeddings<Real> embeddings, std::optional<Integers> labels,
   const int64_t dim = static_cast<int64_t>(embeddings.shape(1));
   const TripletOptions options = triplet_options(margin, want_grad, return_triplets, deterministic);
   const Mining mode = parse_mining(mining);
-  std::vector<int32_t> label_values;
-  std::vector<Triplet> triplet_values;
-  if (labels)
-    label_values = to_int32(*labels, "labels");
-  else
-    triplet_values = to_triplets(*triplets);
+  const std::vector<int32_t> label_values =
+      labels ? to_int32(*labels, "labels") : std::vector<int32_t>{};
+  const std::vector<Triplet> triplet_values =
+      triplets ? to_triplets(*triplets) : std::vector<Triplet>{};
 
   TripletResultT<Real> r;
   {
@@ -198,12 +196,10 @@ Values triplet_loss_cuda(CudaEmbeddings embeddings, std::optional<Integers> labe
   const TripletOptions options =
       triplet_options(margin, grad.has_value(), return_triplets, deterministic);
   const Mining mode = parse_mining(mining);
-  std::vector<int32_t> label_values;
-  std::vector<Triplet> triplet_values;
-  if (labels)
-    label_values = to_int32(*labels, "labels");
-  else
-    triplet_values = to_triplets(*triplets);
+  const std::vector<int32_t> label_values =
+      labels ? to_int32(*labels, "labels") : std::vector<int32_t>{};
+  const std::vector<Triplet> triplet_values =
+      triplets ? to_triplets(*triplets) : std::vector<Triplet>{};
   TripletResult r;
   {
     nb::gil_scoped_release unlocked;

@@ -1,0 +1,214 @@
+"""Benchmark of the face_recognition drop-in against the real face_recognition 1.3.0 + dlib, in
+the same run: photos/s of ``load_image_file + face_encodings`` (HOG, one upsampling,
+num_jitters=1) over the same LFW photos, each implementation in its own process, the order
+alternating per repetition, median of the repetitions; plus the package's batched path
+``fe.Pipeline(model).encode(paths, upsample=1, align="largest")``. Prints JSON.
+
+  python tools/bench_face_recognition.py [--photos 500] [--reps 3] [--threads 2] [-o out.json]
+  python tools/bench_face_recognition.py --profile   # cProfile of the drop-in worker
+
+The photos: the first N distinct files of LFW's pairs.txt, in that order (the shared data
+holds only pairs.txt's images). The real package runs in the venv tools/peer_face_recognition.sh
+makes; it never shares a process with facenet_engine.
+"""
+
+import argparse
+import json
+import os
+import pathlib
+import platform
+import re
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+
+REPO = pathlib.Path(__file__).resolve().parents[1]
+SHARED = pathlib.Path(os.environ.get("FACENET_SHARED", REPO.parent / "shared"))
+PEER_SH = REPO / "tools" / "peer_face_recognition.sh"
+PEER_PY = REPO / "tools" / "peer_face_recognition.py"
+WARMUP = 5  # photos run once before timing in every worker (model loading, first-call costs)
+
+
+def lfw_first_files(n):
+    """The first `n` distinct files of pairs.txt, in file order."""
+    root = SHARED / "data" / "lfw"
+    seen, order = set(), []
+    for line in (root / "pairs.txt").read_text().splitlines()[1:]:
+        f = line.split("\t")
+        pairs = [(f[0], f[1]), (f[0], f[2])] if len(f) == 3 else [(f[0], f[1]), (f[2], f[3])]
+        for name, number in pairs:
+            path = str(root / "lfw-deepfunneled" / name / f"{name}_{int(number):04d}.jpg")
+            if path not in seen:
+                seen.add(path)
+                order.append(path)
+    if len(order) < n:
+        raise SystemExit(f"pairs.txt names only {len(order)} files, {n} asked")
+    return order[:n]
+
+
+# --- workers (each in its own process) -----------------------------------------------------
+
+
+def _timed(run, paths):
+    run(paths[:WARMUP])
+    start = time.perf_counter()
+    faces = run(paths)
+    seconds = time.perf_counter() - start
+    return {"photos": len(paths), "faces": faces, "seconds": seconds,
+            "photos_per_s": len(paths) / seconds}
+
+
+def worker_dropin(paths, threads):
+    from facenet_engine import face_recognition
+    from facenet_engine.face_recognition import api
+
+    api._set_pipeline_options(threads=threads)
+
+    def run(ps):
+        return sum(len(face_recognition.face_encodings(face_recognition.load_image_file(p)))
+                   for p in ps)
+
+    return dict(impl="dropin", **_timed(run, paths))
+
+
+def worker_batched(paths, threads):
+    import numpy as np
+
+    import facenet_engine as fe
+
+    pipeline = fe.Pipeline(fe.dlib_resnet_model(), threads=threads)
+
+    def run(ps):
+        rows = pipeline.encode(ps, upsample=1, align="largest")
+        return int(np.isfinite(np.asarray(rows)[:, 0]).sum())
+
+    return dict(impl="batched", **_timed(run, paths))
+
+
+WORKERS = {"dropin": worker_dropin, "batched": worker_batched}
+
+
+# --- the orchestrator ----------------------------------------------------------------------
+
+
+def _peer_python():
+    made = subprocess.run(["bash", str(PEER_SH)], capture_output=True, text=True)
+    if made.returncode != 0:
+        raise SystemExit(f"no face_recognition venv: {made.stderr[-800:]}")
+    return made.stdout.strip().splitlines()[-1]
+
+
+def _thread_env(threads):
+    env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "PYTHONHOME")}
+    for var in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"):
+        env[var] = str(threads)
+    return env
+
+
+def _run_json(cmd, env):
+    proc = subprocess.run(cmd, capture_output=True, text=True, env=env)
+    if proc.returncode != 0:
+        raise SystemExit(f"{' '.join(cmd[:3])} failed: {proc.stderr[-2000:]}")
+    return json.loads(proc.stdout.strip().splitlines()[-1])
+
+
+def _machine():
+    lscpu = subprocess.run(["lscpu"], capture_output=True, text=True).stdout
+    field = dict(re.findall(r"^([^:]+):\s*(.*)$", lscpu, flags=re.M))
+    flags = field.get("Flags", "").split()
+    isa = [f for f in ("sse4_2", "avx", "avx2", "fma", "avx512f", "avx512_bf16", "amx_bf16")
+           if f in flags]
+    return {"cpu": field.get("Model name", platform.processor()), "cpus": os.cpu_count(),
+            "isa": isa, "load_average": os.getloadavg()}
+
+
+def _versions():
+    import numpy
+    import PIL
+
+    import facenet_engine as fe
+    return {"facenet_engine": fe.__version__, "numpy": numpy.__version__,
+            "Pillow": PIL.__version__, "python": platform.python_version()}
+
+
+def orchestrate(args):
+    paths = lfw_first_files(args.photos)
+    peer = _peer_python()
+    env = _thread_env(args.threads)
+    with tempfile.TemporaryDirectory() as tmp:
+        listing = pathlib.Path(tmp) / "photos.txt"
+        listing.write_text("\n".join(paths) + "\n")
+        threads = ["--threads", str(args.threads)]
+        commands = {
+            "dropin": [sys.executable, __file__, "--worker", "dropin", str(listing), *threads],
+            "face_recognition": [peer, str(PEER_PY), "bench", str(listing)],
+            "batched": [sys.executable, __file__, "--worker", "batched", str(listing), *threads],
+        }
+        runs = {name: [] for name in commands}
+        order = list(commands)
+        load_before = os.getloadavg()
+        for rep in range(args.reps):
+            for name in (order if rep % 2 == 0 else order[::-1]):
+                result = _run_json(commands[name], env)
+                result["rep"] = rep
+                runs[name].append(result)
+                print(f"rep {rep} {name}: {result['photos_per_s']:.2f} photos/s", file=sys.stderr)
+    median = {n: statistics.median(r["photos_per_s"] for r in rs) for n, rs in runs.items()}
+    report = {
+        "what": "photos/s of load_image_file + face_encodings (HOG upsample 1, num_jitters 1); "
+                "batched: Pipeline.encode(paths, upsample=1, align='largest')",
+        "photos": len(paths),
+        "selection": "first distinct files of LFW pairs.txt, in file order (deep-funneled, 250x250)",
+        "reps": args.reps, "threads": args.threads, "warmup_photos": WARMUP,
+        "order": "alternating per repetition: " + " / ".join([",".join(order), ",".join(order[::-1])]),
+        "machine": dict(_machine(), load_average_before=load_before),
+        "versions": dict(_versions(), **runs["face_recognition"][0]["versions"]),
+        "median_photos_per_s": median,
+        "speedup_dropin_vs_face_recognition": median["dropin"] / median["face_recognition"],
+        "speedup_batched_vs_face_recognition": median["batched"] / median["face_recognition"],
+        "faces": {n: rs[0]["faces"] for n, rs in runs.items()},
+        "runs": runs,
+    }
+    text = json.dumps(report, indent=2)
+    print(text)
+    if args.output:
+        pathlib.Path(args.output).write_text(text + "\n")
+
+
+def profile(args):
+    """cProfile of the drop-in worker on the photos: where its time goes (stderr)."""
+    import cProfile
+    import pstats
+
+    paths = lfw_first_files(args.photos)
+    prof = cProfile.Profile()
+    prof.enable()
+    result = worker_dropin(paths, args.threads)
+    prof.disable()
+    pstats.Stats(prof, stream=sys.stderr).sort_stats("cumulative").print_stats(25)
+    print(json.dumps(result))
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--photos", type=int, default=500)
+    parser.add_argument("--reps", type=int, default=3)
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("-o", "--output")
+    parser.add_argument("--profile", action="store_true")
+    parser.add_argument("--worker", choices=sorted(WORKERS))
+    parser.add_argument("listing", nargs="?")
+    args = parser.parse_args()
+    if args.worker:
+        paths = pathlib.Path(args.listing).read_text().split()
+        print(json.dumps(WORKERS[args.worker](paths, args.threads)))
+    elif args.profile:
+        profile(args)
+    else:
+        orchestrate(args)
+
+
+if __name__ == "__main__":
+    main()

@@ -31,8 +31,11 @@ def reference(out, images, cnn):
     for path in images:
         img = face_recognition.load_image_file(path)
         hog = face_recognition.face_locations(img)
-        # A box that is not a detection (the first one, shrunk), to test known locations.
+        # Boxes that are not detections, to test known locations: the first one shrunk, and
+        # one a little larger than the image (face_recognition does not clip given boxes).
+        height, width = img.shape[:2]
         known = [(t + 4, r - 4, b - 4, l + 4) for (t, r, b, l) in hog[:1]]
+        known.append((-10, width + 10, height + 10, -10))
         raw = face_recognition.api._raw_face_locations(img)
         record = {
             "image": path,

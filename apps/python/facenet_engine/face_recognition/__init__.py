@@ -20,12 +20,4 @@ from .api import (  # noqa: E402
     load_image_file,
 )
 
-__all__ = [
-    "load_image_file",
-    "face_locations",
-    "batch_face_locations",
-    "face_landmarks",
-    "face_encodings",
-    "compare_faces",
-    "face_distance",
-]
+from .api import __all__  # noqa: E402,F811  (the names above)

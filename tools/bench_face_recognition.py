@@ -5,11 +5,14 @@ alternating per repetition, median of the repetitions; plus the package's batche
 ``fe.Pipeline(model).encode(paths, upsample=1, align="largest")``. Prints JSON.
 
   python tools/bench_face_recognition.py [--photos 500] [--reps 3] [--threads 2] [-o out.json]
-  python tools/bench_face_recognition.py --profile   # cProfile of the drop-in worker
+  python tools/bench_face_recognition.py --variants     # + drop-in variants (threads, callers)
+  python tools/bench_face_recognition.py --profile      # where the drop-in's time goes
 
 The photos: the first N distinct files of LFW's pairs.txt, in that order (the shared data
 holds only pairs.txt's images). The real package runs in the venv tools/peer_face_recognition.sh
-makes; it never shares a process with facenet_engine.
+makes; it never shares a process with facenet_engine. --threads (default 2, this machine's
+cores) caps OpenMP/BLAS threads in every process and is the batched pipeline's thread count;
+the drop-in keeps its own setting (one thread in the forward pass, see its api module).
 """
 
 import argparse
@@ -60,17 +63,39 @@ def _timed(run, paths):
             "photos_per_s": len(paths) / seconds}
 
 
-def worker_dropin(paths, threads):
+def _encode_one(path):
     from facenet_engine import face_recognition
+
+    return len(face_recognition.face_encodings(face_recognition.load_image_file(path)))
+
+
+def worker_dropin(paths, threads):
+    """The drop-in as it comes (its pipeline's own thread settings); `threads` is not used."""
+    from facenet_engine.face_recognition import api
+
+    result = _timed(lambda ps: sum(map(_encode_one, ps)), paths)
+    return dict(impl="dropin", forward_threads=api._FORWARD_THREADS, **result)
+
+
+def worker_dropin_forward_threads(paths, threads):
+    """The drop-in with `threads` OpenMP threads in its network's forward pass."""
     from facenet_engine.face_recognition import api
 
     api._set_pipeline_options(threads=threads)
+    result = _timed(lambda ps: sum(map(_encode_one, ps)), paths)
+    return dict(impl="dropin_forward_threads", forward_threads=threads, **result)
+
+
+def worker_dropin_2_callers(paths, threads):
+    """The drop-in called from 2 Python threads at once (the pipeline releases the GIL): what
+    a caller who can overlap photos gets from the unchanged API."""
+    from concurrent.futures import ThreadPoolExecutor
 
     def run(ps):
-        return sum(len(face_recognition.face_encodings(face_recognition.load_image_file(p)))
-                   for p in ps)
+        with ThreadPoolExecutor(2) as pool:
+            return sum(pool.map(_encode_one, ps))
 
-    return dict(impl="dropin", **_timed(run, paths))
+    return dict(impl="dropin_2_callers", **_timed(run, paths))
 
 
 def worker_batched(paths, threads):
@@ -87,7 +112,8 @@ def worker_batched(paths, threads):
     return dict(impl="batched", **_timed(run, paths))
 
 
-WORKERS = {"dropin": worker_dropin, "batched": worker_batched}
+WORKERS = {"dropin": worker_dropin, "dropin_forward_threads": worker_dropin_forward_threads,
+           "dropin_2_callers": worker_dropin_2_callers, "batched": worker_batched}
 
 
 # --- the orchestrator ----------------------------------------------------------------------
@@ -140,12 +166,16 @@ def orchestrate(args):
     with tempfile.TemporaryDirectory() as tmp:
         listing = pathlib.Path(tmp) / "photos.txt"
         listing.write_text("\n".join(paths) + "\n")
-        threads = ["--threads", str(args.threads)]
-        commands = {
-            "dropin": [sys.executable, __file__, "--worker", "dropin", str(listing), *threads],
-            "face_recognition": [peer, str(PEER_PY), "bench", str(listing)],
-            "batched": [sys.executable, __file__, "--worker", "batched", str(listing), *threads],
-        }
+        def ours(worker):
+            return [sys.executable, __file__, "--worker", worker, str(listing),
+                    "--threads", str(args.threads)]
+
+        commands = {"dropin": ours("dropin"),
+                    "face_recognition": [peer, str(PEER_PY), "bench", str(listing)],
+                    "batched": ours("batched")}
+        if args.variants:
+            commands["dropin_forward_threads"] = ours("dropin_forward_threads")
+            commands["dropin_2_callers"] = ours("dropin_2_callers")
         runs = {name: [] for name in commands}
         order = list(commands)
         load_before = os.getloadavg()
@@ -166,8 +196,7 @@ def orchestrate(args):
         "machine": dict(_machine(), load_average_before=load_before),
         "versions": dict(_versions(), **runs["face_recognition"][0]["versions"]),
         "median_photos_per_s": median,
-        "speedup_dropin_vs_face_recognition": median["dropin"] / median["face_recognition"],
-        "speedup_batched_vs_face_recognition": median["batched"] / median["face_recognition"],
+        "speedup_vs_face_recognition": {n: m / median["face_recognition"] for n, m in median.items()},
         "faces": {n: rs[0]["faces"] for n, rs in runs.items()},
         "runs": runs,
     }
@@ -177,7 +206,7 @@ def orchestrate(args):
         pathlib.Path(args.output).write_text(text + "\n")
 
 
-def _phases(paths, threads):
+def _phases(paths):
     """ms per photo of each step of load_image_file + face_encodings, one step at a time:
     PIL decode, HOG detection + landmarks (a detect call), the encode of already found boxes
     (landmarks + chip + ResNet), the ResNet alone on 150x150 chips, and the whole call."""
@@ -186,7 +215,6 @@ def _phases(paths, threads):
     from facenet_engine import face_recognition
     from facenet_engine.face_recognition import api
 
-    api._set_pipeline_options(threads=threads)
     pipeline = api._get_pipeline()
     images = [face_recognition.load_image_file(p) for p in paths]
     boxes = [[f.box for f in r.faces] for r in pipeline.detect(images, upsample=1)]
@@ -220,7 +248,7 @@ def profile(args):
     result = worker_dropin(paths, args.threads)
     prof.disable()
     pstats.Stats(prof, stream=sys.stderr).sort_stats("tottime").print_stats(12)
-    result["ms_per_photo"] = _phases(paths[:min(len(paths), 100)], args.threads)
+    result["ms_per_photo"] = _phases(paths[:min(len(paths), 100)])
     result["load_average"] = os.getloadavg()
     print(json.dumps(result, indent=2))
 
@@ -232,6 +260,9 @@ def main():
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("-o", "--output")
     parser.add_argument("--profile", action="store_true")
+    parser.add_argument("--variants", action="store_true",
+                        help="also the drop-in with --threads in its forward pass, and called "
+                             "from 2 Python threads at once")
     parser.add_argument("--worker", choices=sorted(WORKERS))
     parser.add_argument("listing", nargs="?")
     args = parser.parse_args()

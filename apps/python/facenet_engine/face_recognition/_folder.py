@@ -7,8 +7,6 @@ import os
 import re
 from typing import Callable, Iterable, List, Optional
 
-from . import api
-
 # face_recognition matches the extension anywhere after a dot (re.match of '.*\.(jpg|jpeg|png)'),
 # so "a.png.txt" counts too; kept for the same file lists.
 _IMAGE_NAME = re.compile(r".*\.(jpg|jpeg|png)", flags=re.I)
@@ -19,11 +17,6 @@ def image_files_in_folder(folder: str) -> List[str]:
     return [os.path.join(folder, name) for name in os.listdir(folder) if _IMAGE_NAME.match(name)]
 
 
-def _single_threaded_worker() -> None:
-    # `cpus` processes each running a multi-threaded pipeline would oversubscribe the cores.
-    api._set_pipeline_options(threads=1)
-
-
 def run_in_process_pool(function: Callable, argument_tuples: Iterable[tuple], cpus: int) -> None:
     """`function(*args)` for each tuple in a pool of `cpus` processes (-1: one per core), with
     the forkserver start method where it exists (face_recognition: macOS' libdispatch)."""
@@ -31,7 +24,7 @@ def run_in_process_pool(function: Callable, argument_tuples: Iterable[tuple], cp
     context = multiprocessing
     if "forkserver" in multiprocessing.get_all_start_methods():
         context = multiprocessing.get_context("forkserver")
-    pool = context.Pool(processes=processes, initializer=_single_threaded_worker)
+    pool = context.Pool(processes=processes)
     try:
         pool.starmap(function, argument_tuples)
     finally:

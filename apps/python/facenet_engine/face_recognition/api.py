@@ -22,6 +22,8 @@ How a call maps onto the pipeline:
 - ``num_jitters`` <= 1 encodes the chip once (dlib: no jitter); ``n > 1`` encodes n jittered
   copies and averages them (``jitter=n``).
 - Images are RGB (or gray) uint8 arrays (``color="rgb"``).
+- The pipeline runs the network on one thread (one chip per call; see ``_FORWARD_THREADS``);
+  calls from several threads at once share it and overlap.
 
 Where the drop-in differs from face_recognition + dlib, unavoidably or on purpose:
 
@@ -190,6 +192,13 @@ class full_object_detection:  # noqa: N801  (dlib's name)
 
 # --- the one pipeline ----------------------------------------------------------------------
 
+# Every face_recognition call is one image, so the ResNet runs one chip at a time: a second
+# OpenMP thread in that forward saves ~nothing on a quiet machine, and on a busy one its
+# barriers wait for a descheduled thread (20 -> 1-3 photos/s measured with one other compile
+# running; bench/results/face-recognition-cpu-2026-12-01). Callers overlapping calls from
+# several threads still use every core: the pipeline prepares photos on one worker per core.
+_FORWARD_THREADS = 1
+
 _pipeline: Optional[Any] = None
 _pipeline_lock = threading.Lock()
 # Constructor options of the pipeline made next (threads, device, ...): _set_pipeline_options.
@@ -203,7 +212,8 @@ def _get_pipeline() -> Any:
     if pipeline is None:
         with _pipeline_lock:
             if _pipeline is None:
-                options = dict(color="rgb", detector="hog", align="all-as-detected")
+                options = dict(color="rgb", detector="hog", align="all-as-detected",
+                               threads=_FORWARD_THREADS)
                 options.update(_pipeline_options)
                 _pipeline = _fe.Pipeline(_fe.dlib_resnet_model(), **options)
             pipeline = _pipeline

@@ -133,6 +133,15 @@ def _thread_env(threads):
     return env
 
 
+def _wait_quiet(max_load, timeout_s):
+    """Waits until the 1-minute load average is below `max_load` (others build on this
+    machine); returns the load seen, or the last one after `timeout_s`."""
+    deadline = time.monotonic() + timeout_s
+    while os.getloadavg()[0] >= max_load and time.monotonic() < deadline:
+        time.sleep(10)
+    return os.getloadavg()[0]
+
+
 def _run_json(cmd, env):
     proc = subprocess.run(cmd, capture_output=True, text=True, env=env)
     if proc.returncode != 0:
@@ -178,11 +187,11 @@ def orchestrate(args):
             commands["dropin_2_callers"] = ours("dropin_2_callers")
         runs = {name: [] for name in commands}
         order = list(commands)
-        load_before = os.getloadavg()
         for rep in range(args.reps):
             for name in (order if rep % 2 == 0 else order[::-1]):
+                load_before = _wait_quiet(args.max_load, args.quiet_timeout)
                 result = _run_json(commands[name], env)
-                result["rep"] = rep
+                result.update(rep=rep, load_before=load_before, load_after=os.getloadavg()[0])
                 runs[name].append(result)
                 print(f"rep {rep} {name}: {result['photos_per_s']:.2f} photos/s", file=sys.stderr)
     median = {n: statistics.median(r["photos_per_s"] for r in rs) for n, rs in runs.items()}
@@ -193,7 +202,8 @@ def orchestrate(args):
         "selection": "first distinct files of LFW pairs.txt, in file order (deep-funneled, 250x250)",
         "reps": args.reps, "threads": args.threads, "warmup_photos": WARMUP,
         "order": "alternating per repetition: " + " / ".join([",".join(order), ",".join(order[::-1])]),
-        "machine": dict(_machine(), load_average_before=load_before),
+        "machine": _machine(),
+        "max_load": args.max_load,
         "versions": dict(_versions(), **runs["face_recognition"][0]["versions"]),
         "median_photos_per_s": median,
         "speedup_vs_face_recognition": {n: m / median["face_recognition"] for n, m in median.items()},
@@ -260,6 +270,10 @@ def main():
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("-o", "--output")
     parser.add_argument("--profile", action="store_true")
+    parser.add_argument("--max-load", type=float, default=1.5,
+                        help="wait before each run until the 1-minute load is below this")
+    parser.add_argument("--quiet-timeout", type=float, default=600,
+                        help="seconds to wait for that at most (the load is recorded)")
     parser.add_argument("--variants", action="store_true",
                         help="also the drop-in with --threads in its forward pass, and called "
                              "from 2 Python threads at once")

@@ -5,6 +5,7 @@ and benchmark, which run in another process (the two must never share one).
   reference OUT.json IMAGE...   boxes, landmarks and encodings of each image (JSON)
   bench LIST.txt                photos/s of load_image_file + face_encodings over the files
                                 LIST.txt names (JSON on stdout)
+  phases LIST.txt               ms per photo of each step of that (JSON on stdout)
 """
 
 import argparse
@@ -82,6 +83,32 @@ def bench(list_file):
     print()
 
 
+def phases(list_file):
+    """ms per photo of each step of load_image_file + face_encodings in the real package:
+    decode, HOG detection (face_locations), and the encode of known boxes (5-point landmarks +
+    chip + ResNet)."""
+    with open(list_file) as f:
+        paths = [line.strip() for line in f if line.strip()]
+    images = [face_recognition.load_image_file(p) for p in paths]
+    boxes = [face_recognition.api._raw_face_locations(i) for i in images]
+    known = [[face_recognition.api._rect_to_css(b) for b in bs] for bs in boxes]
+    steps = {
+        "load_image_file": lambda i: face_recognition.load_image_file(paths[i]),
+        "detect_hog_up1": lambda i: face_recognition.api._raw_face_locations(images[i]),
+        "encode_known_boxes": lambda i: face_recognition.face_encodings(images[i], known[i]),
+        "face_encodings": lambda i: face_recognition.face_encodings(images[i]),
+    }
+    out = {}
+    for name, step in steps.items():
+        step(0)
+        start = time.perf_counter()
+        for i in range(len(paths)):
+            step(i)
+        out[name] = 1000 * (time.perf_counter() - start) / len(paths)
+    json.dump({"impl": "face_recognition", "photos": len(paths), "ms_per_photo": out}, sys.stdout)
+    print()
+
+
 def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     sub = parser.add_subparsers(dest="command", required=True)
@@ -91,9 +118,13 @@ def main():
     ref.add_argument("--cnn", action="store_true", help="also the CNN detector (slow)")
     b = sub.add_parser("bench")
     b.add_argument("list_file")
+    ph = sub.add_parser("phases")
+    ph.add_argument("list_file")
     args = parser.parse_args()
     if args.command == "reference":
         reference(args.out, args.images, args.cnn)
+    elif args.command == "phases":
+        phases(args.list_file)
     else:
         bench(args.list_file)
 

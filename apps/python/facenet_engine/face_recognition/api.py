@@ -193,9 +193,9 @@ class full_object_detection:  # noqa: N801  (dlib's name)
 # --- the one pipeline ----------------------------------------------------------------------
 
 # Every face_recognition call is one image, so the ResNet runs one chip at a time: a second
-# OpenMP thread in that forward saves ~nothing on a quiet machine, and on a busy one its
-# barriers wait for a descheduled thread (20 -> 1-3 photos/s measured with one other compile
-# running; bench/results/face-recognition-cpu-2026-12-01). Callers overlapping calls from
+# OpenMP thread in that forward saves ~nothing on a quiet machine (27.8 vs 27.3 photos/s), and
+# on a busy one its barriers wait for a descheduled thread (next to one compile: 2.8 against
+# 20.0 photos/s; bench/results/face-recognition-cpu-2026-12-01). Callers overlapping calls from
 # several threads still use every core: the pipeline prepares photos on one worker per core.
 _FORWARD_THREADS = 1
 

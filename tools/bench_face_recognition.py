@@ -27,6 +27,8 @@ import sys
 import tempfile
 import time
 
+from bench_steps import ms_per_item
+
 REPO = pathlib.Path(__file__).resolve().parents[1]
 SHARED = pathlib.Path(os.environ.get("FACENET_SHARED", REPO.parent / "shared"))
 PEER_SH = REPO / "tools" / "peer_face_recognition.sh"
@@ -236,14 +238,7 @@ def _phases(paths):
         "resnet_one_chip": lambda i: pipeline.encode([chip], detector="none"),
         "face_encodings": lambda i: face_recognition.face_encodings(images[i]),
     }
-    out = {}
-    for name, step in steps.items():
-        step(0)
-        start = time.perf_counter()
-        for i in range(len(paths)):
-            step(i)
-        out[name] = 1000 * (time.perf_counter() - start) / len(paths)
-    return out
+    return ms_per_item(steps, len(paths))
 
 
 def profile(args):

@@ -16,6 +16,7 @@ import time
 import dlib
 import face_recognition
 import numpy as np
+from bench_steps import ms_per_item
 
 
 def _locations(img, upsample, model):
@@ -98,13 +99,7 @@ def phases(list_file):
         "encode_known_boxes": lambda i: face_recognition.face_encodings(images[i], known[i]),
         "face_encodings": lambda i: face_recognition.face_encodings(images[i]),
     }
-    out = {}
-    for name, step in steps.items():
-        step(0)
-        start = time.perf_counter()
-        for i in range(len(paths)):
-            step(i)
-        out[name] = 1000 * (time.perf_counter() - start) / len(paths)
+    out = ms_per_item(steps, len(paths))
     json.dump({"impl": "face_recognition", "photos": len(paths), "ms_per_photo": out}, sys.stdout)
     print()
 

@@ -44,7 +44,9 @@ struct HttpError {
 
 void answer_json(httplib::Response& res, int status, const json& body) {
   res.status = status;
-  res.set_content(body.dump() + "\n", "application/json");
+  // Names and file names come from the client and need not be UTF-8: replaced, not thrown.
+  res.set_content(body.dump(-1, ' ', false, json::error_handler_t::replace) + "\n",
+                  "application/json");
 }
 
 void answer_error(httplib::Response& res, const HttpError& e) {

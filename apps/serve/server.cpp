@@ -574,10 +574,15 @@ struct Server::Impl {
     return name;
   }
 
-  void require_identity(const std::string& name) {
-    std::lock_guard<std::mutex> lock(gallery_mu);
+  // Caller holds gallery_mu.
+  void require_identity_locked(const std::string& name) {
     if (!gallery->has_identity(name))
       http_fail(404, "unknown identity", "no identity '" + name + "' in " + opt.gallery);
+  }
+
+  void require_identity(const std::string& name) {
+    std::lock_guard<std::mutex> lock(gallery_mu);
+    require_identity_locked(name);
   }
 
   void list(const httplib::Request& req, httplib::Response& res) {
@@ -601,8 +606,7 @@ struct Server::Impl {
     (void)Query(req, {});
     const std::string name = name_of(req);
     std::lock_guard<std::mutex> lock(gallery_mu);
-    if (!gallery->has_identity(name))
-      http_fail(404, "unknown identity", "no identity '" + name + "' in " + opt.gallery);
+    require_identity_locked(name);
     answer_json(res, 200, identity_json(gallery->find_identity(name)));
   }
 
@@ -610,8 +614,7 @@ struct Server::Impl {
     (void)Query(req, {});
     const std::string name = name_of(req);
     std::lock_guard<std::mutex> lock(gallery_mu);
-    if (!gallery->has_identity(name))
-      http_fail(404, "unknown identity", "no identity '" + name + "' in " + opt.gallery);
+    require_identity_locked(name);
     const int64_t gone = gallery->remove_identity(name);  // committed before the answer
     reload_index();
     answer_json(res, 200, {{"removed", name}, {"embeddings", gone}});

@@ -5,6 +5,7 @@
 
 #include <arpa/inet.h>
 #include <httplib.h>
+#include <sys/socket.h>
 
 #include <chrono>
 #include <cmath>
@@ -194,10 +195,21 @@ bool is_loopback_host(const std::string& host) {
   return inet_pton(AF_INET, host.c_str(), &a) == 1 && (ntohl(a.s_addr) >> 24) == 127;
 }
 
+// httplib's Server, with the listening socket's backlog raised after binding: the library
+// listens with a backlog of 5 (CPPHTTPLIB_LISTEN_BACKLOG, compiled into Debian's library), so
+// 64 clients connecting at once lose SYNs and wait out TCP's 1 s, 3 s, 7 s retransmissions.
+// listen() again on a listening socket only changes its backlog (Linux).
+class HttpServer : public httplib::Server {
+ public:
+  void raise_backlog(int backlog) {
+    if (svr_sock_ != INVALID_SOCKET) ::listen(svr_sock_, backlog);
+  }
+};
+
 struct Server::Impl {
   Pipeline& pipeline;
   ServerOptions opt;
-  httplib::Server http;
+  HttpServer http;
   int port = 0;
   Metrics metrics;
   std::atomic<bool> draining{false};
@@ -220,6 +232,7 @@ struct Server::Impl {
     port = opt.port == 0 ? http.bind_to_any_port(opt.host)
                          : (http.bind_to_port(opt.host, opt.port) ? opt.port : -1);
     if (port <= 0) fail("cannot listen on ", opt.host, ":", opt.port, " (in use, or a bad host)");
+    http.raise_backlog(SOMAXCONN);
   }
 
   // ---- gallery ---------------------------------------------------------------------------
@@ -251,7 +264,10 @@ struct Server::Impl {
     http.set_read_timeout(opt.limits.read_timeout_s, 0);
     http.set_write_timeout(opt.limits.write_timeout_s, 0);
     http.set_keep_alive_timeout(5);
-    http.set_keep_alive_max_count(1000);
+    http.set_keep_alive_max_count(100000);
+    // Answers are written as headers then body: without this, Nagle's algorithm holds the body
+    // until the client's delayed ACK (~40 ms per request on loopback).
+    http.set_tcp_nodelay(true);
     http.set_pre_routing_handler(
         [this](const httplib::Request& req, httplib::Response& res) { return admit(req, res); });
     // The library's own refusals (413 payload, 404 route, 400 parse) get our error body too.

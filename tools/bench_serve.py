@@ -133,6 +133,7 @@ def main():
     a = ap.parse_args()
     files = sorted(os.path.join(CROPS, f) for f in os.listdir(CROPS) if f.endswith(".png"))
     bodies = [open(f, "rb").read() for f in files]
+    load_at_start = os.getloadavg()[0]
     port = free_port()
     tmp = tempfile.mkdtemp(prefix="bench-serve-")
     server = subprocess.Popen(
@@ -163,7 +164,9 @@ def main():
                 "clients back to back, vs facenet encode (batch path) on the same crops",
         "machine": {"cpu": cpu_model(), "cores": os.cpu_count()},
         "model": os.path.basename(a.model), "crops": [os.path.basename(f) for f in files],
-        "max_batch": a.max_batch, "seconds_per_level": a.seconds,
+        "max_batch": a.max_batch, "threads": a.threads, "seconds_per_level": a.seconds,
+        # The load generator shares the cores with the service; other load skews both.
+        "load_average_at_start": load_at_start,
         "levels": levels,
         "mean_batch_chips": round(batches.get("facenet_batch_size_sum", 0) /
                                   max(1, batches.get("facenet_batch_size_count", 1)), 2),

@@ -6,6 +6,7 @@
 #include <arpa/inet.h>
 #include <httplib.h>
 #include <sys/socket.h>
+#include <unistd.h>
 
 #include <chrono>
 #include <cmath>
@@ -16,6 +17,7 @@
 #include <nlohmann/json.hpp>
 #include <set>
 #include <thread>
+#include <utility>
 
 #include "apps/face_json.h"
 #include "apps/serve/image_size.h"
@@ -204,6 +206,11 @@ class HttpServer : public httplib::Server {
   void raise_backlog(int backlog) {
     if (svr_sock_ != INVALID_SOCKET) ::listen(svr_sock_, backlog);
   }
+  // httplib closes the socket only when listening ends: a server bound but never run would
+  // keep its port.
+  void close_if_never_run() {
+    if (!is_running() && svr_sock_ != INVALID_SOCKET) ::close(svr_sock_.exchange(INVALID_SOCKET));
+  }
 };
 
 struct Server::Impl {
@@ -289,9 +296,13 @@ struct Server::Impl {
     });
   }
 
+  // Set when a request reaches admit(), on the thread that will answer it; requests the library
+  // refuses before that (a bad request line, a body over the limit) are counted with 0 s.
   static thread_local Clock::time_point request_start;
   static double seconds_since(const httplib::Request&) {
-    return std::chrono::duration<double>(Clock::now() - request_start).count();
+    const Clock::time_point start = std::exchange(request_start, Clock::time_point{});
+    if (start == Clock::time_point{}) return 0;
+    return std::chrono::duration<double>(Clock::now() - start).count();
   }
 
   // Before routing: the header limit, then the access key. Handled = answered here.

@@ -14,6 +14,7 @@
 #include <chrono>
 #include <filesystem>
 #include <fstream>
+#include <functional>
 #include <map>
 #include <mutex>
 #include <nlohmann/json.hpp>
@@ -29,6 +30,7 @@
 #include "engine/image/image_io.h"
 #include "engine/pipeline/pipeline.h"
 #include "engine/search/gallery.h"
+#include "tests/cli_fixture.h"
 #include "tests/model_fixture.h"
 #include "tests/test_util.h"
 
@@ -286,6 +288,71 @@ TEST_F(ServeTest, EnrolIdentifyVerifyListGetDelete) {
   for (const json& t : after.second["images"][0]["faces"][0]["top"])
     EXPECT_NE(t["name"], "clapton");
   EXPECT_EQ(client().Delete("/v1/identities/clapton")->status, 404);
+}
+
+// Every field the CLI prints for a face (or an image) is in the service's answer with the same
+// value: the CLI run on the same file and the same gallery, read while the service holds it.
+void expect_cli_fields(const json& cli, const json& http, const std::string& where) {
+  ASSERT_TRUE(cli.is_object()) << where << ": " << cli.dump();
+  for (const auto& [key, want] : cli.items()) {
+    if (key == "image") continue;  // a path for the CLI, the part's name for the service
+    ASSERT_TRUE(http.contains(key)) << where << ": no \"" << key << "\" in " << http.dump();
+    const std::function<void(const json&, const json&, const std::string&)> same =
+        [&](const json& w, const json& g, const std::string& at) {
+          if (w.is_number_float() || (w.is_number() && g.is_number_float())) {
+            ASSERT_TRUE(g.is_number()) << at;
+            EXPECT_NEAR(g.get<double>(), w.get<double>(), 1e-5) << at;
+          } else if (w.is_array() || w.is_object()) {
+            ASSERT_EQ(g.size(), w.size()) << at;
+            for (auto wi = w.begin(), gi = g.begin(); wi != w.end(); ++wi, ++gi)
+              same(*wi, *gi, at + "/" + (w.is_object() ? wi.key() : "[]"));
+          } else {
+            EXPECT_EQ(g, w) << at;
+          }
+        };
+    same(want, http[key], where + "." + key);
+  }
+}
+
+json cli_json(const std::string& args, const fs::path& dir) {
+  const test::CliResult r = test::run_cli(args, dir);
+  EXPECT_EQ(r.status, 0) << args << "\n" << r.err;
+  return json::parse(r.out.substr(0, r.out.find('\n')), nullptr, false);
+}
+
+TEST_F(ServeTest, AnswersCarryTheFieldsAndValuesTheCliPrints) {
+  start();
+  const std::string db = (dir_ / "gallery.db").string();
+  const std::string model = test::converted_model("openface").string();
+  ASSERT_EQ(post_image("/v1/identities/clapton/faces", bytes_of(aligned_crop("clapton-1"))).first,
+            201);
+  ASSERT_EQ(post_image("/v1/identities/lennon/faces", bytes_of(aligned_crop("lennon-1"))).first,
+            201);
+  const fs::path probe = aligned_crop("clapton-2");
+
+  const auto enc = post_image("/v1/encode", bytes_of(probe));
+  expect_cli_fields(cli_json("encode --model '" + model + "' '" + probe.string() + "'", dir_),
+                    enc.second["images"][0]["faces"][0], "encode");
+  const auto id = post_image("/v1/identify?k=2", bytes_of(probe));
+  expect_cli_fields(cli_json("identify --gallery '" + db + "' --model '" + model + "' --k 2 '" +
+                                 probe.string() + "'",
+                             dir_),
+                    id.second["images"][0]["faces"][0], "identify");
+  const auto v = post_image("/v1/verify?name=lennon", bytes_of(probe));
+  expect_cli_fields(cli_json("verify --gallery '" + db + "' --model '" + model +
+                                 "' --name lennon '" + probe.string() + "'",
+                             dir_),
+                    v.second["images"][0]["faces"][0], "verify");
+  if (!fs::exists(default_dlib_models_dir() / "shape_predictor_68_face_landmarks.dat")) return;
+  const fs::path photo = lfw_photo("Aaron_Sorkin");
+  const auto det = post_image("/v1/detect", bytes_of(photo), "image/jpeg");
+  expect_cli_fields(cli_json("detect '" + photo.string() + "'", dir_), det.second["images"][0],
+                    "detect");
+  const auto photo_id = post_image("/v1/identify?align=all", bytes_of(photo), "image/jpeg");
+  expect_cli_fields(cli_json("identify --gallery '" + db + "' --model '" + model +
+                                 "' --align all '" + photo.string() + "'",
+                             dir_),
+                    photo_id.second["images"][0]["faces"][0], "identify --align all");
 }
 
 // ---- errors -----------------------------------------------------------------------------

@@ -159,6 +159,67 @@ void expect_error_body(const std::pair<int, json>& r, int status, const std::str
       << "'" << part << "' not in " << r.second.dump();
 }
 
+// Sends raw bytes on a fresh connection; returns what came back before the server closed it
+// or `wait` passed.
+std::string raw_exchange(int port, const std::string& bytes, std::chrono::milliseconds wait,
+                         bool half_close = true) {
+  const int fd = socket(AF_INET, SOCK_STREAM, 0);
+  sockaddr_in a{};
+  a.sin_family = AF_INET;
+  a.sin_port = htons(static_cast<uint16_t>(port));
+  a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+  if (connect(fd, reinterpret_cast<sockaddr*>(&a), sizeof a) != 0) {
+    close(fd);
+    return "connect failed";
+  }
+  timeval tv{static_cast<time_t>(wait.count() / 1000),
+             static_cast<suseconds_t>(wait.count() % 1000 * 1000)};
+  setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof tv);
+  [[maybe_unused]] ssize_t sent = send(fd, bytes.data(), bytes.size(), MSG_NOSIGNAL);
+  if (half_close) shutdown(fd, SHUT_WR);
+  std::string got;
+  char buf[4096];
+  for (ssize_t n; (n = recv(fd, buf, sizeof buf, 0)) > 0;) got.append(buf, n);
+  close(fd);
+  return got;
+}
+
+// Sends each request on one keep-alive connection after the previous answer (headers and its
+// Content-Length body) has come back; returns the answers, fewer if the server closed early.
+std::vector<std::string> raw_conversation(int port, const std::vector<std::string>& requests) {
+  const int fd = socket(AF_INET, SOCK_STREAM, 0);
+  sockaddr_in a{};
+  a.sin_family = AF_INET;
+  a.sin_port = htons(static_cast<uint16_t>(port));
+  a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+  std::vector<std::string> answers;
+  if (connect(fd, reinterpret_cast<sockaddr*>(&a), sizeof a) == 0) {
+    timeval tv{5, 0};
+    setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof tv);
+    std::string pending;
+    for (const std::string& r : requests) {
+      if (send(fd, r.data(), r.size(), MSG_NOSIGNAL) != static_cast<ssize_t>(r.size())) break;
+      char buf[4096];
+      size_t end = std::string::npos, need = 0;
+      while (true) {
+        if ((end = pending.find("\r\n\r\n")) != std::string::npos) {
+          const size_t at = pending.find("Content-Length: ");
+          need = end + 4 + (at < end ? std::stoul(pending.substr(at + 16)) : 0);
+          if (pending.size() >= need) break;
+        }
+        const ssize_t n = recv(fd, buf, sizeof buf, 0);
+        if (n <= 0) break;
+        pending.append(buf, n);
+      }
+      if (end == std::string::npos || pending.size() < need) break;
+      answers.push_back(pending.substr(0, need));
+      pending.erase(0, need);
+    }
+  }
+  close(fd);
+  return answers;
+}
+
 // ---- endpoints --------------------------------------------------------------------------
 
 TEST_F(ServeTest, HealthAndReadiness) {
@@ -448,6 +509,16 @@ TEST_F(ServeTest, AccessKeys) {
   EXPECT_EQ(post_image("/v1/identities/adams/faces", adams, "image/png", bearer(kWriteKey)).first,
             201);
   EXPECT_EQ(client().Delete("/v1/identities/adams", bearer(kWriteKey))->status, 200);
+  // A refused request's body is read, not left to be parsed as the connection's next request:
+  // the same connection then answers a second request.
+  const std::string refused =
+      "POST /v1/identities/a/faces HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer " + kReadKey +
+      "\r\nContent-Type: image/png\r\nContent-Length: 5000\r\n\r\n" + std::string(5000, 'x');
+  const std::vector<std::string> answers =
+      raw_conversation(server_->port(), {refused, "GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n"});
+  ASSERT_EQ(answers.size(), 2u);
+  EXPECT_EQ(answers[0].rfind("HTTP/1.1 403", 0), 0u) << answers[0];
+  EXPECT_EQ(answers[1].rfind("HTTP/1.1 200", 0), 0u) << answers[1];
 }
 
 TEST(ServeKeys, FileFormatAndRefusals) {
@@ -572,31 +643,6 @@ TEST_F(ServeTest, ConcurrentMixedClientsGetThePipelinesAnswers) {
 }
 
 // ---- malformed and slow requests ----------------------------------------------------------
-
-// Sends raw bytes on a fresh connection; returns what came back before the server closed it
-// or `wait` passed.
-std::string raw_exchange(int port, const std::string& bytes, std::chrono::milliseconds wait,
-                         bool half_close = true) {
-  const int fd = socket(AF_INET, SOCK_STREAM, 0);
-  sockaddr_in a{};
-  a.sin_family = AF_INET;
-  a.sin_port = htons(static_cast<uint16_t>(port));
-  a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
-  if (connect(fd, reinterpret_cast<sockaddr*>(&a), sizeof a) != 0) {
-    close(fd);
-    return "connect failed";
-  }
-  timeval tv{static_cast<time_t>(wait.count() / 1000),
-             static_cast<suseconds_t>(wait.count() % 1000 * 1000)};
-  setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof tv);
-  [[maybe_unused]] ssize_t sent = send(fd, bytes.data(), bytes.size(), MSG_NOSIGNAL);
-  if (half_close) shutdown(fd, SHUT_WR);
-  std::string got;
-  char buf[4096];
-  for (ssize_t n; (n = recv(fd, buf, sizeof buf, 0)) > 0;) got.append(buf, n);
-  close(fd);
-  return got;
-}
 
 TEST_F(ServeTest, MalformedAndSlowRequestsDoNotHurtTheService) {
   serve::ServerOptions o;

@@ -275,15 +275,22 @@ struct Server::Impl {
     // Answers are written as headers then body: without this, Nagle's algorithm holds the body
     // until the client's delayed ACK (~40 ms per request on loopback).
     http.set_tcp_nodelay(true);
-    http.set_pre_routing_handler(
-        [this](const httplib::Request& req, httplib::Response& res) { return admit(req, res); });
+    http.set_pre_routing_handler([](const httplib::Request&, httplib::Response&) {
+      request_start = Clock::now();
+      return httplib::Server::HandlerResponse::Unhandled;
+    });
     // The library's own refusals (413 payload, 404 route, 400 parse) get our error body too.
-    http.set_error_handler(
-        httplib::Server::HandlerWithResponse([](const httplib::Request&, httplib::Response& res) {
+    const std::string too_large = "the request body is over " +
+                                  std::to_string(opt.limits.max_body_bytes) +
+                                  " bytes (--max-body-bytes)";
+    http.set_error_handler(httplib::Server::HandlerWithResponse(
+        [too_large](const httplib::Request&, httplib::Response& res) {
           if (!res.body.empty()) return httplib::Server::HandlerResponse::Unhandled;
-          answer_json(res, res.status,
-                      {{"error", error_name(res.status)},
-                       {"detail", res.status == 404 ? "no such endpoint" : "see the status code"}});
+          const char* detail = res.status == 404   ? "no such endpoint"
+                               : res.status == 413 ? too_large.c_str()
+                               : res.status == 400 ? "the request could not be parsed"
+                                                   : "see the status code";
+          answer_json(res, res.status, {{"error", error_name(res.status)}, {"detail", detail}});
           return httplib::Server::HandlerResponse::Handled;
         }));
     http.set_exception_handler(
@@ -296,7 +303,7 @@ struct Server::Impl {
     });
   }
 
-  // Set when a request reaches admit(), on the thread that will answer it; requests the library
+  // Set when a request is routed, on the thread that will answer it; requests the library
   // refuses before that (a bad request line, a body over the limit) are counted with 0 s.
   static thread_local Clock::time_point request_start;
   static double seconds_since(const httplib::Request&) {
@@ -305,37 +312,31 @@ struct Server::Impl {
     return std::chrono::duration<double>(Clock::now() - start).count();
   }
 
-  // Before routing: the header limit, then the access key. Handled = answered here.
-  httplib::Server::HandlerResponse admit(const httplib::Request& req, httplib::Response& res) {
-    request_start = Clock::now();
+  // The header limit, then the access key; throws HttpError. Checked in the handler, once the
+  // body is read (at most --max-body-bytes): an answer from httplib's pre-routing hook would
+  // leave the body unread, to be parsed as the next request of the keep-alive connection.
+  void admit(const httplib::Request& req, httplib::Response& res) const {
     size_t header_bytes = 0;
     for (const auto& [k, v] : req.headers) header_bytes += k.size() + v.size() + 4;
-    try {
-      if (header_bytes > opt.limits.max_header_bytes)
-        http_fail(431, "headers too large",
-                  std::to_string(header_bytes) + " bytes of headers (at most " +
-                      std::to_string(opt.limits.max_header_bytes) + ")");
-      if (req.path == "/healthz" || req.path == "/readyz" || !opt.keys)
-        return httplib::Server::HandlerResponse::Unhandled;
-      const std::string auth = req.get_header_value("Authorization");
-      const std::string bearer = "Bearer ";
-      if (auth.compare(0, bearer.size(), bearer) != 0) {
-        res.set_header("WWW-Authenticate", "Bearer");
-        http_fail(401, "unauthorized", "an Authorization: Bearer <key> header is required");
-      }
-      const Access access = opt.keys->check(auth.substr(bearer.size()));
-      if (access == Access::kNone) {
-        res.set_header("WWW-Authenticate", "Bearer error=\"invalid_token\"");
-        http_fail(401, "unauthorized", "the key is not valid");  // never echo the key
-      }
-      const bool writes = req.method != "GET" && req.path.rfind("/v1/identities", 0) == 0;
-      if (writes && access != Access::kReadWrite)
-        http_fail(403, "forbidden", req.method + " " + req.path + " needs a read-write key");
-    } catch (const HttpError& e) {
-      answer_error(res, e);
-      return httplib::Server::HandlerResponse::Handled;
+    if (header_bytes > opt.limits.max_header_bytes)
+      http_fail(431, "headers too large",
+                std::to_string(header_bytes) + " bytes of headers (at most " +
+                    std::to_string(opt.limits.max_header_bytes) + ")");
+    if (req.path == "/healthz" || req.path == "/readyz" || !opt.keys) return;
+    const std::string auth = req.get_header_value("Authorization");
+    const std::string bearer = "Bearer ";
+    if (auth.compare(0, bearer.size(), bearer) != 0) {
+      res.set_header("WWW-Authenticate", "Bearer");
+      http_fail(401, "unauthorized", "an Authorization: Bearer <key> header is required");
     }
-    return httplib::Server::HandlerResponse::Unhandled;
+    const Access access = opt.keys->check(auth.substr(bearer.size()));
+    if (access == Access::kNone) {
+      res.set_header("WWW-Authenticate", "Bearer error=\"invalid_token\"");
+      http_fail(401, "unauthorized", "the key is not valid");  // never echo the key
+    }
+    const bool writes = req.method != "GET" && req.path.rfind("/v1/identities", 0) == 0;
+    if (writes && access != Access::kReadWrite)
+      http_fail(403, "forbidden", req.method + " " + req.path + " needs a read-write key");
   }
 
   // Runs a handler, turning what it throws into the error answer.
@@ -343,6 +344,7 @@ struct Server::Impl {
   httplib::Server::Handler guarded(F&& handler) {
     return [this, handler](const httplib::Request& req, httplib::Response& res) {
       try {
+        admit(req, res);
         handler(req, res);
       } catch (const HttpError& e) {
         answer_error(res, e);

@@ -159,19 +159,24 @@ void expect_error_body(const std::pair<int, json>& r, int status, const std::str
       << "'" << part << "' not in " << r.second.dump();
 }
 
-// Sends raw bytes on a fresh connection; returns what came back before the server closed it
-// or `wait` passed.
-std::string raw_exchange(int port, const std::string& bytes, std::chrono::milliseconds wait,
-                         bool half_close = true) {
+// A TCP connection to 127.0.0.1:port, or -1.
+int connect_loopback(int port) {
   const int fd = socket(AF_INET, SOCK_STREAM, 0);
   sockaddr_in a{};
   a.sin_family = AF_INET;
   a.sin_port = htons(static_cast<uint16_t>(port));
   a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
-  if (connect(fd, reinterpret_cast<sockaddr*>(&a), sizeof a) != 0) {
-    close(fd);
-    return "connect failed";
-  }
+  if (connect(fd, reinterpret_cast<sockaddr*>(&a), sizeof a) == 0) return fd;
+  close(fd);
+  return -1;
+}
+
+// Sends raw bytes on a fresh connection; returns what came back before the server closed it
+// or `wait` passed.
+std::string raw_exchange(int port, const std::string& bytes, std::chrono::milliseconds wait,
+                         bool half_close = true) {
+  const int fd = connect_loopback(port);
+  if (fd < 0) return "connect failed";
   timeval tv{static_cast<time_t>(wait.count() / 1000),
              static_cast<suseconds_t>(wait.count() % 1000 * 1000)};
   setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof tv);
@@ -187,13 +192,9 @@ std::string raw_exchange(int port, const std::string& bytes, std::chrono::millis
 // Sends each request on one keep-alive connection after the previous answer (headers and its
 // Content-Length body) has come back; returns the answers, fewer if the server closed early.
 std::vector<std::string> raw_conversation(int port, const std::vector<std::string>& requests) {
-  const int fd = socket(AF_INET, SOCK_STREAM, 0);
-  sockaddr_in a{};
-  a.sin_family = AF_INET;
-  a.sin_port = htons(static_cast<uint16_t>(port));
-  a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+  const int fd = connect_loopback(port);
   std::vector<std::string> answers;
-  if (connect(fd, reinterpret_cast<sockaddr*>(&a), sizeof a) == 0) {
+  if (fd >= 0) {
     timeval tv{5, 0};
     setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof tv);
     std::string pending;
@@ -215,8 +216,8 @@ std::vector<std::string> raw_conversation(int port, const std::vector<std::strin
       answers.push_back(pending.substr(0, need));
       pending.erase(0, need);
     }
+    close(fd);
   }
-  close(fd);
   return answers;
 }
 

@@ -485,6 +485,14 @@ TEST_F(ServeTest, FullQueueIs503WithRetryAfter) {
       << "a lone image still fits";
 }
 
+TEST_F(ServeTest, PipelineSlowerThanTheRequestTimeoutIs504) {
+  serve::ServerOptions o;
+  o.limits.request_timeout_s = 1e-6;  // no image is decoded and encoded in a microsecond
+  start(o);
+  expect_error_body(post_image("/v1/encode", bytes_of(aligned_crop("adams"))), 504, "within");
+  EXPECT_EQ(client().Get("/healthz")->status, 200) << "the abandoned request harms nothing";
+}
+
 // ---- access keys ------------------------------------------------------------------------
 
 TEST_F(ServeTest, AccessKeys) {

@@ -12,6 +12,7 @@
 
 #include "apps/cli_common.h"
 #include "apps/embedding_writer.h"
+#include "apps/face_json.h"
 #include "engine/core/error.h"
 #include "engine/eval/lfw_eval.h"
 #include "engine/model/dlib_resnet.h"
@@ -23,16 +24,6 @@ namespace fs = std::filesystem;
 namespace facenet::cli {
 
 namespace {
-
-nlohmann::json points_json(const std::vector<Point2f>& pts) {
-  nlohmann::json a = nlohmann::json::array();
-  for (const auto& p : pts) a.push_back({p.x, p.y});
-  return a;
-}
-
-nlohmann::json box_json(const FaceBox& b) {
-  return {b.left, b.top, b.right, b.bottom};
-}
 
 // ---- convert dlib-resnet -------------------------------------------------------------------
 void add_convert_dlib(CLI::App& app) {
@@ -77,11 +68,7 @@ int run_detect(const DetectArgs& a) {
       return;
     }
     nlohmann::json faces = nlohmann::json::array();
-    for (const FaceResult& f : r.faces)
-      faces.push_back({{"box", box_json(f.face.box)},
-                       {"score", f.face.score},
-                       {"landmarks68", points_json(f.face.landmarks)},
-                       {"landmarks5", points_json(f.face.landmarks5)}});
+    for (const FaceResult& f : r.faces) faces.push_back(detected_face_json(f));
     std::cout << nlohmann::json({{"image", r.name},
                                  {"width", r.width},
                                  {"height", r.height},

@@ -2,6 +2,7 @@
 #include <fstream>
 
 #include "apps/cli_common.h"
+#include "apps/face_json.h"
 #include "engine/core/error.h"
 #include "engine/pipeline/enroll.h"
 #include "engine/search/gallery.h"
@@ -232,9 +233,8 @@ void add_identify(CLI::App& app, int& exit_code) {
     for (const ImageResult& r :
          run_probes(pipeline, request, std::move(inputs), "identify", skipped)) {
       for (size_t i = 0; i < r.faces.size(); ++i) {
-        const FaceBox& b = r.faces[i].face.box;
         nlohmann::json line = {{"image", r.name}};
-        if (!crops) line.update({{"face", i}, {"box", {b.left, b.top, b.right, b.bottom}}});
+        line.update(face_position_json(i, r.faces[i], crops));
         line.update(r.faces[i].match->to_json(request.threshold));
         std::cout << line.dump() << "\n";
       }

@@ -4,7 +4,11 @@
 
 #include "apps/cli_common.h"
 #include "apps/embedding_writer.h"
+#include "apps/face_json.h"
 #include "apps/openmp_defaults.h"
+#ifdef FACENET_HAS_SERVE
+#include "apps/serve/cli_serve.h"
+#endif
 #ifdef FACENET_HAS_DLIB
 #include "apps/cli_faces.h"
 #endif
@@ -144,14 +148,10 @@ int run_encode(const EncodeArgs& a) {
         }
         for (size_t i = 0; i < r.faces.size(); ++i, ++faces) {
           const FaceResult& f = r.faces[i];
-          if (crops) {
-            writer.add({{"image", r.name}}, r.name, f.embedding.data(), dim);
-          } else {
-            const FaceBox& b = f.face.box;
-            writer.add(
-                {{"image", r.name}, {"face", i}, {"box", {b.left, b.top, b.right, b.bottom}}},
-                r.name + "#" + std::to_string(i), f.embedding.data(), dim);
-          }
+          nlohmann::json line = {{"image", r.name}};
+          line.update(cli::face_position_json(i, f, crops));
+          writer.add(line, crops ? r.name : r.name + "#" + std::to_string(i), f.embedding.data(),
+                     dim);
         }
         writer.flush();  // what is done is kept even if a later input fails hard
       },
@@ -297,6 +297,9 @@ int main(int argc, char** argv) {
   add_encode(app, exit_code);
   add_bench(app);
   cli::add_gallery_commands(app, exit_code);
+#ifdef FACENET_HAS_SERVE
+  cli::add_serve_command(app, exit_code);
+#endif
 #ifdef FACENET_HAS_DLIB
   cli::add_face_commands(app, exit_code);
 #endif

@@ -22,8 +22,8 @@ namespace facenet::cli {
 namespace {
 constexpr const char* kSpinCount = "20000";
 // The commands whose work goes through the front door's preparing threads.
-constexpr const char* kPipelineCommands[] = {"encode", "detect",   "enroll",
-                                             "verify", "identify", "eval"};
+constexpr const char* kPipelineCommands[] = {"encode",   "detect", "enroll", "verify",
+                                             "identify", "eval",   "serve"};
 }  // namespace
 
 bool is_pipeline_command(const char* command) {

@@ -4,7 +4,7 @@
 namespace facenet::cli {
 
 // Whether a facenet command runs images through the front door (encode, detect, enroll,
-// verify, identify, eval): those take the spin limit; the others keep the runtime's default.
+// verify, identify, eval, serve): those take the spin limit; the others keep the runtime's default.
 bool is_pipeline_command(const char* command);
 
 // Where GOMP_SPINCOUNT is unset, sets it to 20000 and re-executes the program

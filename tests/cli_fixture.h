@@ -26,6 +26,19 @@ inline std::string slurp(const fs::path& p) {
   return ss.str();
 }
 
+// Runs the facenet binary with `args` (shell words), its output captured in files in `dir`.
+inline CliResult run_cli(const std::string& args, const fs::path& dir) {
+  const fs::path out = dir / "stdout.txt", err = dir / "stderr.txt";
+  const std::string cmd =
+      "'" + cli_path() + "' " + args + " >'" + out.string() + "' 2>'" + err.string() + "'";
+  const int raw = std::system(cmd.c_str());
+  CliResult r;
+  r.status = WIFEXITED(raw) ? WEXITSTATUS(raw) : -1;
+  r.out = slurp(out);
+  r.err = slurp(err);
+  return r;
+}
+
 // Runs the facenet binary in a per-test temporary directory and captures its output.
 class Cli : public ::testing::Test {
  protected:
@@ -37,17 +50,7 @@ class Cli : public ::testing::Test {
   }
   void TearDown() override { fs::remove_all(dir_); }
 
-  CliResult run(const std::string& args) {
-    const fs::path out = dir_ / "stdout.txt", err = dir_ / "stderr.txt";
-    const std::string cmd =
-        "'" + cli_path() + "' " + args + " >'" + out.string() + "' 2>'" + err.string() + "'";
-    const int raw = std::system(cmd.c_str());
-    CliResult r;
-    r.status = WIFEXITED(raw) ? WEXITSTATUS(raw) : -1;
-    r.out = slurp(out);
-    r.err = slurp(err);
-    return r;
-  }
+  CliResult run(const std::string& args) { return run_cli(args, dir_); }
 
   std::string model() { return converted_model("openface").string(); }
   std::string happy(const std::string& f) {

@@ -9,7 +9,7 @@ pkgs=(
   libopencv-dev libcli11-dev nlohmann-json3-dev libsqlite3-dev
   libopenblas-dev libopenblas0-pthread libgtest-dev libbenchmark-dev
   libfaiss-dev python3-numpy python3-torch python3-faiss python3-opencv
-  libdlib-dev libdnnl-dev curl python3-pip python3-dev python3-venv
+  libdlib-dev libdnnl-dev curl python3-pip python3-dev python3-venv libcpp-httplib-dev
 )
 
 missing=()

@@ -1,0 +1,20 @@
+// The JSON fields the CLI prints per face, shared with the HTTP service so both answer alike.
+#pragma once
+
+#include <nlohmann/json.hpp>
+
+#include "engine/pipeline/pipeline.h"
+
+namespace facenet::cli {
+
+nlohmann::json box_json(const FaceBox& b);  // [left, top, right, bottom], inclusive pixels
+nlohmann::json points_json(const std::vector<Point2f>& pts);  // [[x, y], ...]
+
+// `detect`: {"box", "score", "landmarks68", "landmarks5"}.
+nlohmann::json detected_face_json(const FaceResult& f);
+
+// Where face `index` of a photo is: {"face": index, "box"}; for an aligned crop (the whole
+// input is the face) nothing, as `encode` and `identify` print without --align.
+nlohmann::json face_position_json(size_t index, const FaceResult& f, bool crops);
+
+}  // namespace facenet::cli

@@ -14,13 +14,22 @@ file) and random unit vectors for the others, written with sqlite3 in the galler
 the search cost is that of the real size.
 
   tools/bench_serve.py encode --model nn4.safetensors [--clients 1,8,64] [--seconds 10]
-  tools/bench_serve.py identify --model resnet.safetensors [--gallery-size 10000]
+  tools/bench_serve.py identify --model resnet.safetensors [--gallery-size 10000] [--peer-fastapi]
+
+identify --peer-fastapi also starts, in the same run, the service users build today (issue 14):
+FastAPI + uvicorn around the real face_recognition 1.3.0, tools/peer_serve_face_recognition.py
+in the venv tools/peer_face_recognition.sh makes, with the same gallery size (its own encoding
+of the same enrolled photo, random unit vectors for the rest). Both are up at once and idle in
+turn: at each level one is driven, then the other (the order alternating level by level), by
+the same clients on the same photos and path, and the JSON has the ratio per level. Each
+level also records the load average before and after, and the CPU seconds that the driven
+service, this load generator and everything else on the machine spent while it was measured.
 
 Only the standard library: a minimal client that writes a request and reads a Content-Length
-answer (the service always sends one). The FastAPI + face_recognition peer of issue 14 is not
-here: fastapi, uvicorn and face_recognition are not installed on this machine."""
+answer (both services always send one)."""
 import argparse
 import asyncio
+import contextlib
 import json
 import random
 import sqlite3
@@ -90,22 +99,44 @@ async def client(port, path, ctype, body, deadline, latencies, errors):
         writer.close()
 
 
-async def level(port, path, ctype, bodies, clients, seconds):
+def machine_busy_s():
+    """CPU seconds all cores have spent not idle since boot (/proc/stat)."""
+    ticks = [int(x) for x in open("/proc/stat").readline().split()[1:9]]
+    return (sum(ticks) - ticks[3] - ticks[4]) / os.sysconf("SC_CLK_TCK")
+
+
+def process_cpu_s(pid):
+    """User + system CPU seconds of process `pid`, all its threads."""
+    fields = open(f"/proc/{pid}/stat").read().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+async def level(port, path, ctype, bodies, clients, seconds, pid):
     latencies, errors = [], {}
     # Warm-up at this concurrency (not counted): connections, caches, the batcher's rhythm.
     warm = time.monotonic() + min(2.0, seconds / 4)
     await asyncio.gather(*(client(port, path, ctype, bodies[i % len(bodies)], warm, [], {})
                            for i in range(clients)))
+    load_before = os.getloadavg()
+    busy0, service0, me0 = machine_busy_s(), process_cpu_s(pid), process_cpu_s(os.getpid())
     t0 = time.monotonic()
     await asyncio.gather(*(client(port, path, ctype, bodies[i % len(bodies)], t0 + seconds,
                                   latencies, errors) for i in range(clients)))
     wall = time.monotonic() - t0
+    busy = machine_busy_s() - busy0
+    service, me = process_cpu_s(pid) - service0, process_cpu_s(os.getpid()) - me0
     latencies.sort()
     q = lambda p: latencies[min(len(latencies) - 1, int(p * len(latencies)))] * 1e3
     return {"clients": clients, "requests": len(latencies), "seconds": round(wall, 3),
             "images_per_s": round(len(latencies) / wall, 2),
             "p50_ms": round(q(0.50), 2), "p99_ms": round(q(0.99), 2),
-            "p99_over_p50": round(q(0.99) / q(0.50), 2), "errors": errors}
+            "p99_over_p50": round(q(0.99) / q(0.50), 2), "errors": errors,
+            "load_average_before": [round(x, 2) for x in load_before],
+            "load_average_after": [round(x, 2) for x in os.getloadavg()],
+            # Over the measured seconds: "other" is everything but the two, e.g. a CI run.
+            "cpu_s": {"service": round(service, 2), "load_generator": round(me, 2),
+                      "other": round(busy - service - me, 2),
+                      "available": round(wall * os.cpu_count(), 2)}}
 
 
 def cli_ceiling(command, files, copies):
@@ -161,6 +192,66 @@ class Service:
         self.proc.wait()
 
 
+def peer_python(a):
+    """The face_recognition venv's python (made once by tools/peer_face_recognition.sh)."""
+    if a.peer_python:
+        return a.peer_python
+    done = subprocess.run(["bash", os.path.join(ROOT, "tools", "peer_face_recognition.sh")],
+                          stdout=subprocess.PIPE, text=True)
+    if done.returncode != 0:
+        raise SystemExit("bench_serve: no face_recognition venv (tools/peer_face_recognition.sh)")
+    return done.stdout.strip().splitlines()[-1]
+
+
+class PeerService(Service):
+    """tools/peer_serve_face_recognition.py (FastAPI + uvicorn + face_recognition) on a free
+    loopback port, its gallery `size` rows: `enroll`'s face and random unit vectors."""
+
+    def __init__(self, python, enroll, size, log):
+        self.port = free_port()
+        self.log = log
+        self.proc = subprocess.Popen(
+            [python, os.path.join(ROOT, "tools", "peer_serve_face_recognition.py"), "--port",
+             str(self.port), "--enroll", enroll, "--gallery-size", str(size)],
+            stdout=subprocess.DEVNULL, stderr=open(log, "w"))
+        for _ in range(1200):
+            try:
+                self.health = json.load(urllib.request.urlopen(self.url("/healthz"), timeout=1))
+                return
+            except OSError:
+                if self.proc.poll() is not None:
+                    break
+                time.sleep(0.1)
+        self.proc.kill()
+        raise SystemExit("bench_serve: the FastAPI peer did not come up:\n" +
+                         open(log).read()[-2000:])
+
+
+def peer_versions(python):
+    code = ("import importlib.metadata as m, json, platform; print(json.dumps(dict("
+            "{p: m.version(p) for p in ('face_recognition', 'dlib-bin', 'numpy', 'Pillow', "
+            "'fastapi', 'starlette', 'pydantic', 'anyio', 'uvicorn', 'httptools', 'uvloop')}, "
+            "python=platform.python_version())))")
+    return json.loads(subprocess.run([python, "-c", code], check=True, stdout=subprocess.PIPE,
+                                     text=True).stdout)
+
+
+def answers(port, path, ctype, files, enrolled, peer):
+    """One request per photo: how many got a face, and whether the enrolled photo came back as
+    its person (a check that both services do the work, not a figure)."""
+    faces, enrolled_hit = 0, None
+    for f in files:
+        req = urllib.request.Request(f"http://127.0.0.1:{port}{path}", data=open(f, "rb").read(),
+                                     headers={"Content-Type": ctype})
+        got = json.load(urllib.request.urlopen(req))
+        found = got["faces"] if peer else got["images"][0]["faces"]
+        faces += bool(found)
+        if f == files[0]:
+            enrolled_hit = bool(found) and found[0]["name" if peer else "identity"] == enrolled
+    return {"photos_with_a_face": faces, "photos": len(files),
+            "enrolled_photo_identified": enrolled_hit}
+
+
 def fill_gallery(path, total):
     """Adds random unit vectors as identities r00001... until the gallery holds `total`."""
     db = sqlite3.connect(path)
@@ -200,7 +291,16 @@ def main():
                     help="copies of each image for the CLI (default: 100 encode, 5 identify)")
     ap.add_argument("--gallery-size", type=int, default=10000)
     ap.add_argument("--photos", type=int, default=16, help="identify: distinct LFW photos")
+    ap.add_argument("--upsample", type=int, default=None,
+                    help="identify: HOG upsampling sent to both services (default: each one's "
+                         "own, facenet serve 0, face_recognition 1)")
+    ap.add_argument("--peer-fastapi", action="store_true",
+                    help="identify: also drive FastAPI + uvicorn + face_recognition, same run")
+    ap.add_argument("--peer-python", help="the face_recognition venv's python "
+                                          "(default: what tools/peer_face_recognition.sh prints)")
     a = ap.parse_args()
+    if a.peer_fastapi and a.workload != "identify":
+        ap.error("--peer-fastapi: identify only (the peer takes raw photos)")
     load_at_start = os.getloadavg()[0]
     tmp = tempfile.mkdtemp(prefix="bench-serve-")
     gallery = os.path.join(tmp, "g.db")
@@ -212,6 +312,8 @@ def main():
     else:
         files = lfw_photos(a.photos)
         path, ctype, copies = "/v1/identify?align=largest", "image/jpeg", a.cli_copies or 5
+        if a.upsample is not None:
+            path += f"&upsample={a.upsample}"
         with Service(a, gallery) as s:  # one real person fixes the gallery's model and dim
             req = urllib.request.Request(s.url("/v1/identities/" + os.path.basename(
                 os.path.dirname(files[0])) + "/faces?align=largest"), data=open(files[0], "rb").read(),
@@ -220,12 +322,27 @@ def main():
         fill_gallery(gallery, a.gallery_size)
         cli = [a.facenet, "identify", "--gallery", gallery, "--model", a.model, "--align",
                "largest", "--threads", str(a.threads)]
+        if a.upsample is not None:
+            cli += ["--upsample", str(a.upsample)]
     bodies = [open(f, "rb").read() for f in files]
+    python = peer_python(a) if a.peer_fastapi else None
+    levels, peer_levels, checks = [], [], {}
     try:
-        with Service(a, gallery) as s:
+        with contextlib.ExitStack() as up:
+            s = up.enter_context(Service(a, gallery))
             ready = json.load(urllib.request.urlopen(s.url("/readyz")))
-            levels = [asyncio.run(level(s.port, path, ctype, bodies, int(c), a.seconds))
-                      for c in a.clients.split(",")]
+            runs = [(s, levels)]
+            if python:
+                peer = up.enter_context(PeerService(python, files[0], ready["identities"],
+                                                    os.path.join(tmp, "peer.log")))
+                runs.append((peer, peer_levels))
+                enrolled = os.path.basename(os.path.dirname(files[0]))
+                checks = {"facenet": answers(s.port, path, ctype, files, enrolled, False),
+                          "peer": answers(peer.port, path, ctype, files, enrolled, True)}
+            for i, c in enumerate(a.clients.split(",")):
+                for service, out in (runs if i % 2 == 0 else runs[::-1]):
+                    out.append(asyncio.run(level(service.port, path, ctype, bodies, int(c),
+                                                 a.seconds, service.proc.pid)))
             metrics = urllib.request.urlopen(s.url("/metrics")).read().decode()
         ceiling = cli_ceiling(cli, files, copies)
     finally:
@@ -233,7 +350,7 @@ def main():
     batches = {l.split()[0]: float(l.split()[1]) for l in metrics.splitlines()
                if l.startswith("facenet_batch_size_sum") or l.startswith("facenet_batch_size_count")}
     top = levels[-1]
-    print(json.dumps({
+    report = {
         "what": f"facenet serve POST {path}, one image per request, keep-alive clients back to "
                 f"back, vs `facenet {cli[1]}` (the batch path) on the same images",
         "machine": {"cpu": cpu_model(), "cores": os.cpu_count()},
@@ -248,8 +365,34 @@ def main():
         "cli_batch_path": ceiling,
         f"ratio_{top['clients']}_clients_vs_cli": round(top["images_per_s"] /
                                                         ceiling["images_per_s"], 3),
-        "missing": ["FastAPI + uvicorn + face_recognition peer (not installed here)"],
-    }, indent=2))
+    }
+    if a.workload == "identify":
+        report["upsample"] = (a.upsample if a.upsample is not None else
+                              "each service's default: facenet serve 0, face_recognition 1")
+    if python:
+        report["peer_fastapi"] = {
+            "what": "tools/peer_serve_face_recognition.py: FastAPI + uvicorn, 1 worker, plain "
+                    "`def` endpoint in FastAPI's threadpool; per request face_recognition "
+                    "load_image_file -> face_locations (HOG) -> face_encodings (largest face) "
+                    "-> face_distance over the gallery numpy array, tolerance 0.6",
+            "versions": peer_versions(python), "event_loop": peer.health["event_loop"],
+            "gallery_identities": peer.health["identities"], "levels": peer_levels}
+        report["answers"] = checks
+        report["vs_peer_fastapi"] = [
+            {"clients": ours["clients"], "facenet_images_per_s": ours["images_per_s"],
+             "peer_images_per_s": theirs["images_per_s"],
+             "ratio": round(ours["images_per_s"] / theirs["images_per_s"], 2)
+             if theirs["images_per_s"] else None,
+             "facenet_p50_ms": ours["p50_ms"], "peer_p50_ms": theirs["p50_ms"],
+             "facenet_p99_ms": ours["p99_ms"], "peer_p99_ms": theirs["p99_ms"],
+             "meets_5x": ours["images_per_s"] >= 5 * theirs["images_per_s"]}
+            for ours, theirs in zip(levels, peer_levels)]
+        report["target"] = "facenet serve >= 5x the peer's images/s (issue 14)"
+    elif a.workload == "identify":
+        report["missing"] = ["FastAPI + uvicorn + face_recognition peer (run with --peer-fastapi)"]
+    else:
+        report["missing"] = ["FastAPI + uvicorn + face_recognition peer (identify only)"]
+    print(json.dumps(report, indent=2))
 
 
 if __name__ == "__main__":

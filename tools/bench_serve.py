@@ -100,9 +100,11 @@ async def client(port, path, ctype, body, deadline, latencies, errors):
 
 
 def machine_busy_s():
-    """CPU seconds all cores have spent not idle since boot (/proc/stat)."""
+    """(busy, steal): CPU seconds all cores have run something since boot, and those the
+    hypervisor gave to other guests while this one wanted them (/proc/stat)."""
     ticks = [int(x) for x in open("/proc/stat").readline().split()[1:9]]
-    return (sum(ticks) - ticks[3] - ticks[4]) / os.sysconf("SC_CLK_TCK")
+    hz = os.sysconf("SC_CLK_TCK")
+    return (sum(ticks) - ticks[3] - ticks[4] - ticks[7]) / hz, ticks[7] / hz
 
 
 def process_cpu_s(pid):
@@ -123,7 +125,7 @@ async def level(port, path, ctype, bodies, clients, seconds, pid):
     await asyncio.gather(*(client(port, path, ctype, bodies[i % len(bodies)], t0 + seconds,
                                   latencies, errors) for i in range(clients)))
     wall = time.monotonic() - t0
-    busy = machine_busy_s() - busy0
+    busy, steal = (x1 - x0 for x1, x0 in zip(machine_busy_s(), busy0))
     service, me = process_cpu_s(pid) - service0, process_cpu_s(os.getpid()) - me0
     latencies.sort()
     q = lambda p: latencies[min(len(latencies) - 1, int(p * len(latencies)))] * 1e3
@@ -133,9 +135,10 @@ async def level(port, path, ctype, bodies, clients, seconds, pid):
             "p99_over_p50": round(q(0.99) / q(0.50), 2), "errors": errors,
             "load_average_before": [round(x, 2) for x in load_before],
             "load_average_after": [round(x, 2) for x in os.getloadavg()],
-            # Over the measured seconds: "other" is everything but the two, e.g. a CI run.
+            # Over the measured seconds: "other" is everything else here, e.g. a CI run; "steal"
+            # the time the hypervisor ran other guests instead (a noisy neighbour).
             "cpu_s": {"service": round(service, 2), "load_generator": round(me, 2),
-                      "other": round(busy - service - me, 2),
+                      "other": round(busy - service - me, 2), "steal": round(steal, 2),
                       "available": round(wall * os.cpu_count(), 2)}}
 
 

@@ -20,18 +20,16 @@ import json
 import os
 import pathlib
 import platform
-import re
 import statistics
 import subprocess
 import sys
 import tempfile
 import time
 
-from bench_steps import ms_per_item
+from bench_steps import machine, ms_per_item, peer_face_recognition_python
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
 SHARED = pathlib.Path(os.environ.get("FACENET_SHARED", REPO.parent / "shared"))
-PEER_SH = REPO / "tools" / "peer_face_recognition.sh"
 PEER_PY = REPO / "tools" / "peer_face_recognition.py"
 WARMUP = 5  # photos run once before timing in every worker (model loading, first-call costs)
 
@@ -121,12 +119,6 @@ WORKERS = {"dropin": worker_dropin, "dropin_forward_threads": worker_dropin_forw
 # --- the orchestrator ----------------------------------------------------------------------
 
 
-def _peer_python():
-    made = subprocess.run(["bash", str(PEER_SH)], capture_output=True, text=True)
-    if made.returncode != 0:
-        raise SystemExit(f"no face_recognition venv: {made.stderr[-800:]}")
-    return made.stdout.strip().splitlines()[-1]
-
 
 def _thread_env(threads):
     env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "PYTHONHOME")}
@@ -151,15 +143,6 @@ def _run_json(cmd, env):
     return json.loads(proc.stdout.strip().splitlines()[-1])
 
 
-def _machine():
-    lscpu = subprocess.run(["lscpu"], capture_output=True, text=True).stdout
-    field = dict(re.findall(r"^([^:]+):\s*(.*)$", lscpu, flags=re.M))
-    flags = field.get("Flags", "").split()
-    isa = [f for f in ("sse4_2", "avx", "avx2", "fma", "avx512f", "avx512_bf16", "amx_bf16")
-           if f in flags]
-    return {"cpu": field.get("Model name", platform.processor()), "cpus": os.cpu_count(),
-            "isa": isa, "load_average": os.getloadavg()}
-
 
 def _versions():
     import numpy
@@ -172,7 +155,7 @@ def _versions():
 
 def orchestrate(args):
     paths = lfw_first_files(args.photos)
-    peer = _peer_python()
+    peer = peer_face_recognition_python()
     env = _thread_env(args.threads)
     with tempfile.TemporaryDirectory() as tmp:
         listing = pathlib.Path(tmp) / "photos.txt"
@@ -204,7 +187,7 @@ def orchestrate(args):
         "selection": "first distinct files of LFW pairs.txt, in file order (deep-funneled, 250x250)",
         "reps": args.reps, "threads": args.threads, "warmup_photos": WARMUP,
         "order": "alternating per repetition: " + " / ".join([",".join(order), ",".join(order[::-1])]),
-        "machine": _machine(),
+        "machine": machine(),
         "max_load": args.max_load,
         "versions": dict(_versions(), **runs["face_recognition"][0]["versions"]),
         "median_photos_per_s": median,

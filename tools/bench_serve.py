@@ -35,15 +35,15 @@ import random
 import sqlite3
 import struct
 import os
-import platform
 import shutil
 import socket
-import statistics
 import subprocess
 import sys
 import tempfile
 import time
 import urllib.request
+
+from bench_steps import machine, peer_face_recognition_python
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SHARED = os.path.join(ROOT, "..", "shared", "data")
@@ -55,13 +55,6 @@ def free_port():
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
-
-
-def cpu_model():
-    for line in open("/proc/cpuinfo"):
-        if line.startswith("model name"):
-            return line.split(":", 1)[1].strip()
-    return platform.processor()
 
 
 async def client(port, path, ctype, body, deadline, latencies, errors):
@@ -197,13 +190,7 @@ class Service:
 
 def peer_python(a):
     """The face_recognition venv's python (made once by tools/peer_face_recognition.sh)."""
-    if a.peer_python:
-        return a.peer_python
-    done = subprocess.run(["bash", os.path.join(ROOT, "tools", "peer_face_recognition.sh")],
-                          stdout=subprocess.PIPE, text=True)
-    if done.returncode != 0:
-        raise SystemExit("bench_serve: no face_recognition venv (tools/peer_face_recognition.sh)")
-    return done.stdout.strip().splitlines()[-1]
+    return a.peer_python or peer_face_recognition_python()
 
 
 class PeerService(Service):
@@ -356,7 +343,7 @@ def main():
     report = {
         "what": f"facenet serve POST {path}, one image per request, keep-alive clients back to "
                 f"back, vs `facenet {cli[1]}` (the batch path) on the same images",
-        "machine": {"cpu": cpu_model(), "cores": os.cpu_count()},
+        "machine": machine(),
         "model": os.path.basename(a.model), "images": [os.path.basename(f) for f in files],
         "gallery_identities": ready["identities"],
         "max_batch": a.max_batch, "threads": a.threads, "seconds_per_level": a.seconds,

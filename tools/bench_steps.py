@@ -1,7 +1,13 @@
-"""Step timing shared by the face_recognition drop-in's benchmark and its peer (which run in
-different venvs, so this module imports nothing of either)."""
+"""Helpers shared by the Python benchmarks (the face_recognition drop-in's, its peer's and the
+HTTP service's), which run in different venvs: this module imports nothing of theirs."""
 
+import os
+import platform
+import re
+import subprocess
 import time
+
+TOOLS = os.path.dirname(os.path.abspath(__file__))
 
 
 def ms_per_item(steps, n):
@@ -14,3 +20,24 @@ def ms_per_item(steps, n):
             step(i)
         out[name] = 1000 * (time.perf_counter() - start) / n
     return out
+
+
+def machine():
+    """The CPU model, core count, the ISA extensions that matter here, and the load average."""
+    lscpu = subprocess.run(["lscpu"], capture_output=True, text=True).stdout
+    field = dict(re.findall(r"^([^:]+):\s*(.*)$", lscpu, flags=re.M))
+    flags = field.get("Flags", "").split()
+    isa = [f for f in ("sse4_2", "avx", "avx2", "fma", "avx512f", "avx512_bf16", "amx_bf16")
+           if f in flags]
+    return {"cpu": field.get("Model name", platform.processor()), "cpus": os.cpu_count(),
+            "isa": isa, "load_average": os.getloadavg()}
+
+
+def peer_face_recognition_python():
+    """The python of the real face_recognition's venv (tools/peer_face_recognition.sh makes it
+    once); SystemExit with the script's error when it cannot."""
+    made = subprocess.run(["bash", os.path.join(TOOLS, "peer_face_recognition.sh")],
+                          capture_output=True, text=True)
+    if made.returncode != 0:
+        raise SystemExit(f"no face_recognition venv: {made.stderr[-800:]}")
+    return made.stdout.strip().splitlines()[-1]

@@ -10,11 +10,11 @@
 #include <random>
 #include <sstream>
 
-#include "tools/bench/bench_util.h"
 #include "engine/core/blas.h"
 #include "engine/core/error.h"
 #include "engine/core/gpu.h"
 #include "engine/core/npy.h"
+#include "tools/bench/bench_util.h"
 
 #ifdef FACENET_HAS_CUDA
 #include "engine/core/cuda_util.h"
@@ -135,8 +135,9 @@ nlohmann::json agreement_json(const TripletResult& ours, const nlohmann::json& p
 }
 
 // Our result against the CPU reference on the same inputs (--check on cuda).
-[[maybe_unused]] nlohmann::json check_json(const TripletResult& ours, const Inputs& in, int64_t batch, int64_t dim,
-                          Mining mode, const TripletOptions& o) {
+[[maybe_unused]] nlohmann::json check_json(const TripletResult& ours, const Inputs& in,
+                                           int64_t batch, int64_t dim, Mining mode,
+                                           const TripletOptions& o) {
   const TripletResult ref = triplet_loss(in.e.data(), batch, dim, in.labels, mode, o);
   double diff2 = 0, ref2 = 0;
   for (size_t i = 0; i < ref.grad.size() && i < ours.grad.size(); ++i) {

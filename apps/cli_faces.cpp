@@ -15,6 +15,7 @@
 #include "apps/face_json.h"
 #include "engine/core/error.h"
 #include "engine/eval/lfw_eval.h"
+#include "engine/model/dlib_mmod.h"
 #include "engine/model/dlib_resnet.h"
 #include "engine/model/model.h"
 #include "engine/pipeline/pipeline.h"
@@ -25,20 +26,18 @@ namespace facenet::cli {
 
 namespace {
 
-// ---- convert dlib-resnet -------------------------------------------------------------------
-void add_convert_dlib(CLI::App& app) {
-  CLI::App* convert = app.get_subcommand("convert");
-  auto* sub = convert->add_subcommand(
-      "dlib-resnet",
-      "dlib_face_recognition_resnet_model_v1.dat (dlib's 128-d face ResNet, 150x150 chips) -> "
-      "safetensors model");
+// ---- convert dlib-resnet, convert dlib-mmod ----------------------------------------------
+// `facenet convert <name> <dat> -o <model>` for one of dlib's networks.
+void add_convert_dlib(CLI::App& app, const char* name, const char* description,
+                      Model (*convert)(const std::filesystem::path&)) {
+  auto* sub = app.get_subcommand("convert")->add_subcommand(name, description);
   auto dat = std::make_shared<std::string>();
   auto out = std::make_shared<std::string>();
   sub->add_option("dat", *dat, "The .dat file (weights/fetch_dlib_models.sh fetches it)")
       ->required();
   sub->add_option("-o,--output", *out, "Model file to write (.safetensors)")->required();
-  sub->callback([dat, out] {
-    const Model m = convert_dlib_resnet(*dat);
+  sub->callback([dat, out, convert] {
+    const Model m = convert(*dat);
     save_model(*out, m);
     std::cerr << "wrote " << *out << ": " << m.graph.name << ", " << m.tensors.size()
               << " tensors, " << count_params(m).learned << " learned parameters\n";
@@ -69,11 +68,10 @@ int run_detect(const DetectArgs& a) {
     }
     nlohmann::json faces = nlohmann::json::array();
     for (const FaceResult& f : r.faces) faces.push_back(detected_face_json(f));
-    std::cout << nlohmann::json({{"image", r.name},
-                                 {"width", r.width},
-                                 {"height", r.height},
-                                 {"faces", faces}})
-                     .dump()
+    std::cout << dump_json({{"image", r.name},
+                            {"width", r.width},
+                            {"height", r.height},
+                            {"faces", faces}})
               << "\n";
   });
   if (failed && failed == total) return 2;  // nothing could be done
@@ -179,8 +177,9 @@ void add_eval(CLI::App& app, int& exit_code) {
   lfw->footer(
       "Accuracy: threshold on the L2 distance chosen on the other 9 folds, mean +- std over\n"
       "the 10 test folds; ROC/AUC/EER/TAR over all 6000 pairs. Learned similarity: logistic\n"
-      "regression on |f_i - f_j| fitted on each split's 9 training folds. A photo where the HOG\n"
-      "detector finds no face (even after upsampling) is retried with dlib's CNN detector, and\n"
+      "regression on |f_i - f_j| fitted on each split's 9 training folds. With the default\n"
+      "--detector hog+cnn-retry a photo where the HOG detector finds no face (even after\n"
+      "upsampling) is retried with the CNN detector (--detector cnn: the CNN detector first);\n"
       "if that fails too it is aligned from a fixed central box; both are counted and named.");
   lfw->callback([a, &exit_code] { exit_code = run_eval_lfw(*a); });
 }
@@ -188,7 +187,15 @@ void add_eval(CLI::App& app, int& exit_code) {
 }  // namespace
 
 void add_face_commands(CLI::App& app, int& exit_code) {
-  add_convert_dlib(app);
+  add_convert_dlib(app, "dlib-resnet",
+                   "dlib_face_recognition_resnet_model_v1.dat (dlib's 128-d face ResNet, 150x150 "
+                   "chips) -> safetensors model",
+                   convert_dlib_resnet);
+  add_convert_dlib(app, "dlib-mmod",
+                   "mmod_human_face_detector.dat (dlib's CNN face detector) -> safetensors model "
+                   "(--detector cnn reads the .dat itself; the model file is for inspection and "
+                   "other runtimes)",
+                   convert_dlib_mmod);
   add_detect(app, exit_code);
   add_eval(app, exit_code);
 }

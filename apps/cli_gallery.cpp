@@ -14,6 +14,13 @@ namespace fs = std::filesystem;
 
 namespace {
 
+// An identity's stored metadata as JSON; text that does not parse (a damaged or foreign file)
+// is shown as the string it is rather than ending the listing.
+nlohmann::json metadata_json(const std::string& text) {
+  nlohmann::json j = nlohmann::json::parse(text, nullptr, /*allow_exceptions=*/false);
+  return j.is_discarded() ? nlohmann::json(text) : j;
+}
+
 struct Common {
   std::string gallery;
   PipelineArgs p;
@@ -55,7 +62,37 @@ void print_stats(const GalleryStats& s, const std::string& path) {
   std::cout << j.dump(2) << "\n";
 }
 
-void add_gallery(CLI::App& app) {
+// The report of `gallery check`: JSON with --json, else a line per finding.
+void print_check(const GalleryCheck& c, const std::string& path, bool json) {
+  if (json) {
+    nlohmann::json damaged = nlohmann::json::array();
+    for (const DamagedRow& d : c.damaged)
+      damaged.push_back({{"embedding_id", d.embedding_id},
+                         {"identity_id", d.identity_id},
+                         {"identity", d.identity},
+                         {"problem", d.problem}});
+    nlohmann::json j = {{"gallery", path},
+                        {"ok", c.ok()},
+                        {"sqlite", c.sqlite},
+                        {"rows", c.rows},
+                        {"unverified", c.unverified},
+                        {"damaged", damaged}};
+    if (!c.error.empty()) j["error"] = c.error;
+    // Names come from a possibly damaged file: replace invalid UTF-8 rather than throw.
+    std::cout << j.dump(-1, ' ', false, nlohmann::json::error_handler_t::replace) << "\n";
+    return;
+  }
+  std::cout << "gallery " << path << ": " << (c.ok() ? "ok" : "DAMAGED") << "\n";
+  std::cout << "  sqlite quick_check: " << c.sqlite << "\n";
+  std::cout << "  embeddings read: " << c.rows << ", damaged: " << c.damaged.size()
+            << ", without checksum: " << c.unverified << "\n";
+  for (const DamagedRow& d : c.damaged)
+    std::cout << "  embedding " << d.embedding_id << " of identity " << d.identity_id << " ('"
+              << d.identity << "') " << d.problem << "\n";
+  if (!c.error.empty()) std::cout << "  check stopped: " << c.error << "\n";
+}
+
+void add_gallery(CLI::App& app, int& exit_code) {
   auto* g = app.add_subcommand("gallery", "Create, list, inspect and edit a gallery file");
   g->require_subcommand(1);
   auto o = std::make_shared<Common>();
@@ -72,12 +109,11 @@ void add_gallery(CLI::App& app) {
   list->callback([o] {
     Gallery gal = Gallery::open(o->gallery, GalleryMode::kRead);
     for (const Identity& id : gal.list_identities())
-      std::cout << nlohmann::json({{"id", id.id},
-                                   {"name", id.name},
-                                   {"embeddings", id.embeddings},
-                                   {"created_at", id.created_at},
-                                   {"metadata", nlohmann::json::parse(id.metadata)}})
-                       .dump()
+      std::cout << dump_json(nlohmann::json({{"id", id.id},
+                                             {"name", id.name},
+                                             {"embeddings", id.embeddings},
+                                             {"created_at", id.created_at},
+                                             {"metadata", metadata_json(id.metadata)}}))
                 << "\n";
   });
 
@@ -90,8 +126,22 @@ void add_gallery(CLI::App& app) {
     for (const auto& n : *names) gal.find_identity(n);  // all or nothing: unknown names first
     for (const auto& n : *names) {
       const int64_t gone = gal.remove_identity(n);
-      std::cout << nlohmann::json({{"removed", n}, {"embeddings", gone}}).dump() << "\n";
+      std::cout << dump_json(nlohmann::json({{"removed", n}, {"embeddings", gone}})) << "\n";
     }
+  });
+
+  auto* check = g->add_subcommand(
+      "check",
+      "Verify a gallery: SQLite's structural check plus every embedding's checksum "
+      "(exit 0 clean, 2 damaged)");
+  add_gallery_option(check, *o);
+  auto json = std::make_shared<bool>(false);
+  check->add_flag("--json", *json, "Print the report as one JSON object");
+  check->callback([o, json, &exit_code] {
+    Gallery gal = Gallery::open(o->gallery, GalleryMode::kRead);
+    const GalleryCheck c = gal.check();
+    print_check(c, o->gallery, *json);
+    exit_code = c.ok() ? 0 : 2;
   });
 
   auto* stats = g->add_subcommand("stats", "Counts, model, dimension and file size as JSON");
@@ -112,6 +162,7 @@ void add_enroll(CLI::App& app, int& exit_code) {
   auto from_dirs = std::make_shared<std::string>();
   auto images = std::make_shared<std::vector<std::string>>();
   auto create = std::make_shared<bool>(false);
+  auto reenroll = std::make_shared<bool>(false);
   add_gallery_option(e, *o);
   add_model_options(e, *o, "largest");
   e->add_option("--name", *name, "The person's name");
@@ -119,10 +170,15 @@ void add_enroll(CLI::App& app, int& exit_code) {
                 "Bulk: <root>/<name>/<images>, one sub-directory per person, committed in "
                 "batches (a crash keeps every committed batch)");
   e->add_flag("--create", *create, "Create the gallery when it does not exist");
+  e->add_flag("--reenroll", *reenroll,
+              "With --from-dirs: encode people already in the gallery again and replace their "
+              "embeddings (without it a rerun skips them, resuming an interrupted run)");
   e->add_option("images", *images, "Images or directories of this person");
   e->callback([=, &exit_code] {
     if (from_dirs->empty() == (name->empty() || images->empty()))
       fail("enroll needs either --name <name> <images...> or --from-dirs <root>");
+    if (*reenroll && from_dirs->empty()) fail("--reenroll goes with --from-dirs");
+    if (!name->empty()) Gallery::validate_name(*name);  // before the model loads
     if (*create && !fs::exists(o->gallery)) Gallery::create(o->gallery);
     Gallery gal = Gallery::open(o->gallery, GalleryMode::kWrite);
     Pipeline pipeline(o->p.model, o->p.options());
@@ -134,11 +190,19 @@ void add_enroll(CLI::App& app, int& exit_code) {
       on_error(input, why);
     };
     if (!from_dirs->empty()) {
-      const BulkReport r = enroll_from_dirs(gal, pipeline, *from_dirs, o->p.request(), on_error,
-                                            [&](size_t d, size_t t) { progress.update(d, t); });
+      FromDirsOptions how;
+      how.reenroll = *reenroll;
+      how.on_skip = on_error;
+      how.on_note = [&](const std::string& note) {
+        progress.break_line();
+        std::cerr << "facenet enroll: " << note << "\n";
+      };
+      how.on_progress = [&](size_t d, size_t t) { progress.update(d, t); };
+      const BulkReport r = enroll_from_dirs(gal, pipeline, *from_dirs, o->p.request(), how);
       progress.break_line();
       std::cout << nlohmann::json({{"people", r.people},
                                    {"embeddings", r.embeddings},
+                                   {"already_enrolled", r.already_enrolled},
                                    {"failed_files", r.failed_files},
                                    {"skipped_people", r.skipped_people}})
                        .dump()
@@ -148,9 +212,9 @@ void add_enroll(CLI::App& app, int& exit_code) {
     }
     const Identity id =
         enroll_images(gal, pipeline, *name, file_inputs(*images), o->p.request(), counting);
-    std::cout
-        << nlohmann::json({{"name", id.name}, {"id", id.id}, {"embeddings", id.embeddings}}).dump()
-        << "\n";
+    std::cout << dump_json(nlohmann::json(
+                     {{"name", id.name}, {"id", id.id}, {"embeddings", id.embeddings}}))
+              << "\n";
     if (failures) exit_code = 1;
   });
 }
@@ -194,10 +258,9 @@ void add_verify(CLI::App& app, int& exit_code) {
     const auto probe =
         run_probes(pipeline, o->p.request(), file_inputs({*image}), "verify", skipped);
     if (probe.empty()) fail("verify: no usable face in ", *image);
-    std::cout << verify(gal, pipeline.spec(), *name, probe[0].faces[0].embedding.data(),
-                        threshold_for(*o, pipeline))
-                     .to_json()
-                     .dump()
+    std::cout << dump_json(verify(gal, pipeline.spec(), *name, probe[0].faces[0].embedding.data(),
+                                  threshold_for(*o, pipeline))
+                               .to_json())
               << "\n";
     exit_code = 0;
   });
@@ -221,7 +284,7 @@ void add_identify(CLI::App& app, int& exit_code) {
   id->callback([=, &exit_code] {
     Gallery gal = Gallery::open(o->gallery, GalleryMode::kRead);
     Pipeline pipeline(o->p.model, o->p.options());
-    pipeline.set_gallery(gal.load_all(pipeline.spec().model));
+    pipeline.set_gallery(gal.load_for_search(pipeline.spec().model));
     RequestOptions request = o->p.request();
     request.task = Task::kIdentify;
     request.k = *k;
@@ -236,7 +299,7 @@ void add_identify(CLI::App& app, int& exit_code) {
         nlohmann::json line = {{"image", r.name}};
         line.update(face_position_json(i, r.faces[i], crops));
         line.update(r.faces[i].match->to_json(request.threshold));
-        std::cout << line.dump() << "\n";
+        std::cout << dump_json(line) << "\n";
       }
     }
     exit_code = skipped == 0 ? 0 : skipped == probes ? 2 : 1;  // 2: no probe could be used
@@ -246,7 +309,7 @@ void add_identify(CLI::App& app, int& exit_code) {
 }  // namespace
 
 void add_gallery_commands(CLI::App& app, int& exit_code) {
-  add_gallery(app);
+  add_gallery(app, exit_code);
   add_enroll(app, exit_code);
   add_verify(app, exit_code);
   add_identify(app, exit_code);

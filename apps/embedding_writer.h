@@ -1,5 +1,6 @@
 // The encode commands' output: JSON lines (stdout or a file, flushed per batch so finished
-// work survives a later failure) or an N x D float32 .npy plus <out>.paths.txt naming each row.
+// work survives a later failure) or an N x D float32 .npy plus <out>.paths.jsonl naming each
+// row, one JSON string per line (see dump_json: any file name survives, newlines included).
 #pragma once
 
 #include <cstdint>

@@ -177,7 +177,7 @@ void add_encode(CLI::App& app, int& exit_code) {
   cli::add_pipeline_options(enc, a->p, "none");
   enc->add_option("--format", a->format,
                   "jsonl: one {\"image\", \"embedding\"} line per image; npy: N x D float32 .npy "
-                  "plus <out>.paths.txt listing the rows")
+                  "plus <out>.paths.jsonl naming the rows, one JSON string per line")
       ->check(CLI::IsMember({"jsonl", "npy"}))
       ->capture_default_str();
   enc->add_option("-o,--output", a->output, "Output file (default: jsonl on stdout)");
@@ -190,7 +190,12 @@ void add_encode(CLI::App& app, int& exit_code) {
       "{\"image\", \"face\", \"box\": [left, top, right, bottom], \"embedding\"}; a photo without "
       "a\n"
       "face is named on stderr (exit status stays 0). nn4.small2 embeddings are\n"
-      "L2-normalised; dlib ResNet ones are dlib's raw descriptors (match: L2 <= 0.6).");
+      "L2-normalised; dlib ResNet ones are dlib's raw descriptors (match: L2 <= 0.6).\n"
+      "File names are JSON strings; a byte that is not valid UTF-8 is written as \\udcXX\n"
+      "(Python: os.fsencode(json.loads(line)[\"image\"]) gives the name's bytes back).\n"
+      "A directory entry that cannot be read (permissions, a broken symbolic link, a link\n"
+      "loop), a truncated or corrupt image and an image above --max-pixels are skipped and\n"
+      "named on stderr (exit status 1).");
   enc->callback([a, &exit_code] { exit_code = run_encode(*a); });
 }
 

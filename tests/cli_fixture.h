@@ -40,15 +40,9 @@ inline CliResult run_cli(const std::string& args, const fs::path& dir) {
 }
 
 // Runs the facenet binary in a per-test temporary directory and captures its output.
-class Cli : public ::testing::Test {
+class Cli : public test::TempDirTest {
  protected:
-  void SetUp() override {
-    dir_ = fs::temp_directory_path() /
-           ("facenet-cli-" + std::to_string(getpid()) + "-" +
-            ::testing::UnitTest::GetInstance()->current_test_info()->name());
-    fs::create_directories(dir_);
-  }
-  void TearDown() override { fs::remove_all(dir_); }
+  Cli() : TempDirTest("facenet-cli") {}
 
   CliResult run(const std::string& args) { return run_cli(args, dir_); }
 
@@ -56,7 +50,6 @@ class Cli : public ::testing::Test {
   std::string happy(const std::string& f) {
     return shared_path("data/happy-house/images/" + f).string();
   }
-  fs::path dir_;
 };
 
 }  // namespace facenet::test

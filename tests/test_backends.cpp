@@ -188,6 +188,28 @@ TEST(Backends, EveryOpAndFusionMatchesTheReference) {
   expect_all_backends_match_reference(all_ops_model(), 5, 7, 2);
 }
 
+// Convolutions to one output channel (the CPU backend's own kernel when its input has no
+// padding channels): on the graph input (any channel count, the scalar path below 16) and on a
+// 48-channel map (the blocked path), maps narrower than the kernel, a fused ReLU.
+TEST(Backends, SingleOutputConvMatchesTheReference) {
+  struct Case {
+    int64_t c, kernel, pad, width;
+  };
+  uint32_t seed = 11;
+  for (const Case& k : {Case{3, 9, 4, 31}, Case{45, 9, 4, 6}, Case{16, 3, 1, 2}, Case{5, 1, 0, 7},
+                        Case{48, 5, 2, 9}}) {
+    GraphBuilder b({k.c, 13, k.width});
+    b.conv("s", "x", k.c, 1, static_cast<int>(k.kernel), 1, static_cast<int>(k.pad));
+    expect_all_backends_match_reference(b.finish("s"), 3, seed++, 2);
+  }
+  GraphBuilder b({3, 21, 19});
+  b.conv("c48", "x", 3, 48, 3, 1, 1);
+  b.op(OpType::kRelu, "r", {"c48"});
+  b.conv("s", "r", 48, 1, 9, 1, 4);  // 48 = its slot's channels: the blocked kernel
+  b.op(OpType::kRelu, "rs", {"s"});
+  expect_all_backends_match_reference(b.finish("rs"), 3, seed, 2);
+}
+
 TEST(Backends, Nn4Small2BothVariantsMatchTheReference) {
   for (const char* variant : {"openface", "coursera"})
     expect_all_backends_match_reference(load_model(test::converted_model(variant)), 3, 11, 0);

@@ -51,7 +51,7 @@ TEST_F(Cli, NpyOutputHasOneRowPerImageAndAPathList) {
   const NpyMatrix m = read_npy(out);
   EXPECT_EQ(m.rows, 18);
   EXPECT_EQ(m.cols, 128);
-  std::istringstream paths(slurp(dir_ / "emb.paths.txt"));
+  std::istringstream paths(slurp(dir_ / "emb.paths.jsonl"));
   std::vector<std::string> lines;
   for (std::string l; std::getline(paths, l);) lines.push_back(l);
   ASSERT_EQ(lines.size(), 18u);

@@ -16,10 +16,12 @@
 #include "engine/backend/lowering.h"
 #include "engine/backend/reference/cpu_reference.h"
 #include "engine/core/cuda_util.h"
+#include "engine/face/cnn_detector_cuda.h"
 #include "engine/pipeline/pipeline.h"
 #include "kernels/inception_ops.h"
 #include "tests/dlib_fixture.h"
 #include "tests/golden_fixture.h"
+#include "tests/mmod_cases.h"
 
 namespace facenet {
 namespace {
@@ -804,6 +806,44 @@ INSTANTIATE_TEST_SUITE_P(Configs, GpuDlibResnet,
                                            DlibConfig{"fp16", "nhwc"}, DlibConfig{"bf16", "nhwc"},
                                            DlibConfig{"fp16", "nchw"}),
                          [](const auto& info) { return dlib_config_name(info.param); });
+
+// The CNN face detector on the GPU (engine/face/cnn_detector_cuda.h): the pyramid built by the
+// kernels from the 8-bit photo and the network on the CUDA backend give the CPU backend's score
+// map. The model and the cases come from the dev machine (tools/device_prepare.sh:
+// FACENET_MMOD_DIR), which has dlib; this machine needs none.
+TEST(CudaCnnDetector, PyramidOnGpuMatchesCpu) {
+  FN_REQUIRE_GPU();
+  const char* dir = std::getenv("FACENET_MMOD_DIR");
+  if (!dir || !std::filesystem::exists(std::filesystem::path(dir) / "cases.raw"))
+    GTEST_SKIP() << "FACENET_MMOD_DIR (mmod.safetensors, cases.raw) not given";
+  const auto file = std::filesystem::path(dir) / "mmod.safetensors";
+  // As the detector runs it on CUDA: channels padded to multiples of 8, 3 copies of each
+  // photo in one forward (a plan may cover more images than given).
+  const Model base = pad_conv_channels(load_model(file), 8);
+  const MmodSettings s = mmod_settings(base, file.string());
+  for (const test::MmodCase& c : test::read_mmod_cases(std::filesystem::path(dir) / "cases.raw")) {
+    Model m = base;
+    m.graph.input_shape = {3, c.pyramid_rows, c.pyramid_cols};
+    m.shapes.clear();
+    validate_model(m, int64_t{1} << 32);
+    BackendOptions o;
+    o.device = Device::kCuda;
+    const auto backend = make_backend(m, o);
+    PyramidLayout layout;
+    layout.rows = c.pyramid_rows, layout.cols = c.pyramid_cols, layout.levels = c.levels;
+    constexpr int kCopies = 3;
+    std::vector<uint8_t> rgb;
+    for (int i = 0; i < kCopies; ++i) rgb.insert(rgb.end(), c.rgb.begin(), c.rgb.end());
+    std::vector<float> got(kCopies * c.scores.size());
+    detail::forward_pyramid_cuda(*backend, s, layout, rgb.data(), kCopies, c.rows, c.cols,
+                                 got.data());
+    for (int i = 0; i < kCopies; ++i)
+      EXPECT_LT(
+          test::max_abs_diff(got.data() + i * c.scores.size(), c.scores.data(), c.scores.size()),
+          1e-3)
+          << c.cols << "x" << c.rows << " copy " << i;
+  }
+}
 
 }  // namespace
 }  // namespace facenet

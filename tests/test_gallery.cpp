@@ -16,6 +16,7 @@
 
 #include "engine/core/error.h"
 #include "engine/search/gallery.h"
+#include "tests/gallery_fixture.h"
 #include "tests/test_util.h"
 
 namespace facenet {
@@ -25,43 +26,10 @@ using test::expect_error;
 
 namespace fs = std::filesystem;
 
-const EmbeddingSpec kSpec{"nn4.small2.v1", 128};
+using test::kSpec;
+using test::synthetic;
 
-std::vector<float> synthetic(size_t n, int d, uint32_t seed) {
-  std::mt19937 rng(seed);
-  std::normal_distribution<float> normal;
-  std::vector<float> x(n * static_cast<size_t>(d));
-  for (float& v : x) v = normal(rng);
-  return x;
-}
-
-class GalleryTest : public ::testing::Test {
- protected:
-  void SetUp() override {
-    static std::atomic<int> counter{0};
-    const auto* info = ::testing::UnitTest::GetInstance()->current_test_info();
-    dir_ = fs::temp_directory_path() / ("facenet_gallery_" + std::to_string(getpid()) + "_" +
-                                        std::to_string(counter++) + "_" + info->name());
-    fs::create_directories(dir_);
-    path_ = (dir_ / "gallery.db").string();
-  }
-  void TearDown() override {
-    std::error_code ec;
-    fs::remove_all(dir_, ec);
-  }
-
-  // A gallery at path_ with `people` identities of `per_person` rows each, closed again.
-  void populate(int people, int per_person) {
-    Gallery g = Gallery::create(path_, {kSpec});
-    for (int p = 0; p < people; ++p) {
-      const auto x = synthetic(per_person, kSpec.dim, p);
-      g.enroll("person" + std::to_string(p), kSpec, x.data(), per_person);
-    }
-  }
-
-  fs::path dir_;
-  std::string path_;
-};
+class GalleryTest : public test::GalleryFixture {};
 
 TEST_F(GalleryTest, CreateEnrollListLoadRemoveRoundTrip) {
   const auto alice = synthetic(3, kSpec.dim, 1);
@@ -92,7 +60,7 @@ TEST_F(GalleryTest, CreateEnrollListLoadRemoveRoundTrip) {
   EXPECT_EQ(st.embeddings, 5);
   EXPECT_EQ(st.spec.model, kSpec.model);
   EXPECT_EQ(st.spec.dim, kSpec.dim);
-  EXPECT_EQ(st.schema_version, 1);
+  EXPECT_EQ(st.schema_version, 2);
   EXPECT_GT(st.file_bytes, 0u);
 
   // Vectors come back bit-exact, in enrolment order, labelled with their identity.

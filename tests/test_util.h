@@ -2,6 +2,7 @@
 #pragma once
 
 #include <gtest/gtest.h>
+#include <unistd.h>
 
 #include <algorithm>
 #include <cmath>
@@ -9,6 +10,7 @@
 #include <filesystem>
 #include <functional>
 #include <string>
+#include <utility>
 #include <vector>
 
 #include "engine/core/error.h"
@@ -17,6 +19,29 @@
 #include "engine/face/face.h"
 
 namespace facenet::test {
+
+// A fresh temporary directory per test, `dir_` (<tmp>/<prefix>-<pid>-<n>-<test name>), removed
+// with everything in it after the test.
+class TempDirTest : public ::testing::Test {
+ protected:
+  explicit TempDirTest(std::string prefix) : prefix_(std::move(prefix)) {}
+  void SetUp() override {
+    static int counter = 0;  // tests of one process run one at a time
+    dir_ = std::filesystem::temp_directory_path() /
+           (prefix_ + "-" + std::to_string(getpid()) + "-" + std::to_string(counter++) + "-" +
+            ::testing::UnitTest::GetInstance()->current_test_info()->name());
+    std::filesystem::remove_all(dir_);
+    std::filesystem::create_directories(dir_);
+  }
+  void TearDown() override {
+    std::error_code ec;
+    std::filesystem::remove_all(dir_, ec);
+  }
+  std::filesystem::path dir_;
+
+ private:
+  std::string prefix_;
+};
 
 // Largest |got_i - want_i| over n values; every got_i must be finite.
 inline double max_abs_diff(const float* got, const float* want, std::size_t n) {

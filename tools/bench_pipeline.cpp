@@ -59,9 +59,9 @@ struct Options {
 // The first `n` photos of `dir` (recursive, sorted).
 std::vector<ImageInput> first_photos(const fs::path& dir, int n) {
   std::vector<ImageInput> inputs;
-  for (const fs::path& p : expand_inputs({dir.string()})) {
+  for (const InputEntry& e : expand_inputs({dir.string()})) {
     if (static_cast<int>(inputs.size()) == n) break;
-    inputs.push_back(ImageInput::file(p));
+    if (e.ok()) inputs.push_back(ImageInput::file(e.path));
   }
   if (inputs.empty()) fail(dir.string(), ": no images");
   return inputs;

@@ -22,6 +22,8 @@
 #         FACENET_DLIB_MODEL   converted dlib ResNet (GPU-vs-CPU test, dlib encode bench); default:
 #                              .devroot/dlib/*.safetensors.xz unpacked into WORK
 #         FACENET_DLIB_CHIPS   aligned 150x150 chips for that test; default .devroot/dlib/chips-*.raw
+#         FACENET_MMOD_DIR     the CNN face detector model and photos with their CPU score maps
+#                              (GPU pyramid test); default .devroot/mmod
 #         FACENET_PYTHON       interpreter with CUDA PyTorch (default: the first python3 whose
 #                              torch sees a GPU)
 #         DEADLINE_S=540       whole-script budget in seconds; PEER_COMPILE=1 adds torch.compile
@@ -97,6 +99,9 @@ fi
 if [ -z "${FACENET_DLIB_CHIPS:-}" ] && [ -f "$dlib_carried/chips-150x150-bgr8.raw" ]; then
   export FACENET_DLIB_CHIPS="$dlib_carried/chips-150x150-bgr8.raw"
 fi
+if [ -z "${FACENET_MMOD_DIR:-}" ] && [ -f "$repo/.devroot/mmod/cases.raw" ]; then
+  export FACENET_MMOD_DIR="$repo/.devroot/mmod"
+fi
 if [ -z "${FACENET_PYTHON:-}" ]; then
   for py in python3 /usr/bin/python3; do
     if "$py" -c 'import torch,sys; sys.exit(0 if torch.cuda.is_available() else 1)' 2>/dev/null; then
@@ -159,6 +164,7 @@ run_step 01-inventory 40 10 "
   echo '## dpkg'; dpkg -l 2>/dev/null | grep -Ei 'opencv|openblas|libblas|cli11|nlohmann|gtest|sqlite3|jpeg|png' | cut -c1-80
   echo '## shared data: $FACENET_SHARED, models: ${FACENET_TEST_MODELS:-converted from CSV}'
   echo '## dlib ResNet: ${FACENET_DLIB_MODEL:-none}, chips: ${FACENET_DLIB_CHIPS:-none}'
+  echo '## CNN detector cases: ${FACENET_MMOD_DIR:-none}'
   ls '$FACENET_SHARED' '${FACENET_TEST_MODELS:-$csv}' | head
   echo '## carried prefix'; du -sh '$repo/.devroot'/* 2>&1
 "

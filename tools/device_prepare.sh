@@ -18,6 +18,9 @@
 #                       so the comparison is unaffected. Plus 8 dlib-aligned LFW chips as raw
 #                       150x150 BGR bytes (FACENET_DLIB_CHIPS; the device has no dlib to align).
 #                       Skipped, with a note, when the build lacks dlib or the .dat is not fetched.
+#   .devroot/mmod       dlib's CNN face detector converted (0.7 MiB) and 5 photos with their
+#                       pyramid layout and the CPU backend's score map (FACENET_MMOD_DIR: the
+#                       GPU pyramid test); same conditions.
 # OpenMP's libgomp comes with the device's g++ (the compiler cannot link -fopenmp without it),
 # so it is not carried.
 #
@@ -100,6 +103,12 @@ PY
   FACENET_SHARED="$shared" FACENET_EXPORT_DLIB_CHIPS="$dest/dlib/chips-150x150-bgr8.raw" \
     "$build/tests/test_dlib_resnet" --gtest_filter=DlibResnet.ExportChipsForDevice --gtest_brief=1
   [ -s "$dest/dlib/chips-150x150-bgr8.raw" ] || { echo "device_prepare: no chips written" >&2; exit 1; }
+  if [ -f "$(dirname "$dat")/mmod_human_face_detector.dat" ]; then
+    cmake --build "$build" --target test_cnn_detector >/dev/null
+    FACENET_SHARED="$shared" FACENET_EXPORT_MMOD="$dest/mmod" \
+      "$build/tests/test_cnn_detector" --gtest_filter=CnnDetector.ExportCasesForDevice --gtest_brief=1
+    [ -s "$dest/mmod/cases.raw" ] || { echo "device_prepare: no detector cases written" >&2; exit 1; }
+  fi
 else
   echo "device_prepare: no dlib ResNet for the device (needs $dat and a FACENET_DLIB build)" >&2
 fi

@@ -10,6 +10,7 @@ pkgs=(
   libopenblas-dev libopenblas0-pthread libgtest-dev libbenchmark-dev
   libfaiss-dev python3-numpy python3-torch python3-faiss python3-opencv
   libdlib-dev libdnnl-dev curl python3-pip python3-dev python3-venv libcpp-httplib-dev
+  clang libclang-rt-dev libomp-dev  # tools/fuzz.sh: libFuzzer, clang's sanitizers, its OpenMP
 )
 
 missing=()

@@ -20,9 +20,9 @@
 #include <utility>
 
 #include "apps/face_json.h"
-#include "apps/serve/image_size.h"
 #include "apps/serve/metrics.h"
 #include "engine/core/error.h"
+#include "engine/image/image_io.h"
 #include "engine/pipeline/enroll.h"
 #include "engine/search/gallery.h"
 #include "engine/search/recognition.h"
@@ -414,7 +414,9 @@ struct Server::Impl {
                     std::to_string(opt.limits.max_images) + " per request)");
     for (const Upload& u : out) {
       if (u.data->empty()) http_fail(400, "no image", u.name + ": empty part");
-      if (const auto size = declared_size(*u.data)) check_pixels(u.name, size->width, size->height);
+      if (const auto size = image_header_size(
+              reinterpret_cast<const unsigned char*>(u.data->data()), u.data->size()))
+        check_pixels(u.name, size->width, size->height);
     }
     return out;
   }
@@ -464,7 +466,7 @@ struct Server::Impl {
     for (const ImageResult& r : results) {
       if (r.status == InputStatus::kUndecodable) http_fail(415, "not a decodable image", r.error);
       if (!r.ok()) http_fail(500, "engine failed", r.error);
-      // Formats whose header declared_size() cannot read are checked once decoded.
+      // Formats whose header image_header_size() cannot read are checked once decoded.
       check_pixels(r.name, r.width, r.height);
       if (ro.task == Task::kEncode || ro.task == Task::kIdentify)
         faces += static_cast<int64_t>(r.faces.size());

@@ -3,6 +3,8 @@
 
 #include <cstdint>
 #include <filesystem>
+#include <string>
+#include <string_view>
 #include <vector>
 
 namespace facenet {
@@ -15,5 +17,7 @@ struct NpyMatrix {
 };
 // Reads a little-endian float32, C-order, 1-D or 2-D array; throws naming the file otherwise.
 NpyMatrix read_npy(const std::filesystem::path& path);
+// The same from the file's bytes; `origin` (a path or a label) starts every error message.
+NpyMatrix parse_npy(std::string_view bytes, const std::string& origin);
 
 }  // namespace facenet

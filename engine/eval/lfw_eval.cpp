@@ -9,12 +9,12 @@
 #include <map>
 #include <numeric>
 #include <opencv2/core.hpp>
-#include <opencv2/imgcodecs.hpp>
 #include <opencv2/imgproc.hpp>
 #include <sstream>
 
 #include "engine/core/error.h"
 #include "engine/face/face.h"
+#include "engine/image/opencv_imgcodecs.h"
 
 namespace facenet {
 
@@ -64,6 +64,21 @@ std::filesystem::path lfw_image(const std::filesystem::path& dir, const std::str
   char file[16];
   std::snprintf(file, sizeof file, "_%04d.jpg", num);
   return dir / name / (name + file);
+}
+
+std::vector<std::filesystem::path> lfw_first_images(const std::filesystem::path& dir, size_t n) {
+  namespace fs = std::filesystem;
+  std::vector<fs::path> people, out;
+  for (const auto& e : fs::directory_iterator(dir)) people.push_back(e.path());
+  std::sort(people.begin(), people.end());
+  for (const fs::path& person : people) {
+    if (out.size() >= n) break;
+    std::vector<fs::path> files;
+    for (const auto& e : fs::directory_iterator(person)) files.push_back(e.path());
+    if (files.empty()) continue;
+    out.push_back(*std::min_element(files.begin(), files.end()));
+  }
+  return out;
 }
 
 // ---- protocol ------------------------------------------------------------------------------
@@ -376,9 +391,10 @@ nlohmann::json evaluate_lfw(Pipeline& pipeline, const std::filesystem::path& pai
       {"failure_handling",
        "HOG detector with upsample " + std::to_string(opt.upsample) + ", then " +
            std::to_string(opt.upsample + 1) +
-           (opt.detector == DetectorKind::kHogCnnRetry ? ", then dlib's CNN detector with upsample " +
-                                std::to_string(opt.upsample + 1) + " (images.by_cnn_detector)"
-                          : std::string()) +
+           (opt.detector == DetectorKind::kHogCnnRetry
+                ? ", then dlib's CNN detector with upsample " + std::to_string(opt.upsample + 1) +
+                      " (images.by_cnn_detector)"
+                : std::string()) +
            (opt.centre_only
                 ? std::string("; only a box containing the image centre is the labelled face "
                               "(a try that finds only other faces counts as finding none: "
@@ -456,7 +472,7 @@ void write_roc_png(const std::filesystem::path& file, const nlohmann::json& repo
     cv::putText(img, s, {L + 50, legend_y}, font, 0.45, black, 1, cv::LINE_AA);
     legend_y += 22;
   }
-  if (!cv::imwrite(file.string(), img)) fail("cannot write ", file.string());
+  if (!imgcodecs_write(file.string(), img)) fail("cannot write ", file.string());
 }
 
 }  // namespace facenet

@@ -26,6 +26,9 @@ struct LfwPair {
 std::vector<LfwPair> read_lfw_pairs(const std::filesystem::path& file);
 // <dir>/<name>/<name>_<num, 4 digits>.jpg
 std::filesystem::path lfw_image(const std::filesystem::path& dir, const std::string& name, int num);
+// The first image (sorted by name) of each of the first `n` people (sorted) in an LFW folder:
+// the fixed sample the tests and benchmarks take.
+std::vector<std::filesystem::path> lfw_first_images(const std::filesystem::path& dir, size_t n);
 
 // ---- protocol on precomputed scores (higher score = more likely the same person) ----------
 struct FoldAccuracy {
@@ -66,10 +69,10 @@ FoldAccuracy logistic_folds(const std::vector<float>& x, int64_t dim, const std:
 // ---- end to end ----------------------------------------------------------------------------
 struct LfwOptions {
   int upsample = 0;  // dlib pyramid_up count for the first HOG try
-  // Detection: HOG at `upsample`, then one level more, then (detector kHogCnnRetry) dlib's CNN detector at
-  // that level; the face nearest the image centre is the labelled person. Still nothing: the
-  // fixed box below (LFW images are centred on the face), with landmarks predicted inside it.
-  // Counted as "fallback" in the report.
+  // Detection: HOG at `upsample`, then one level more, then (detector kHogCnnRetry) dlib's CNN
+  // detector at that level; the face nearest the image centre is the labelled person. Still
+  // nothing: the fixed box below (LFW images are centred on the face), with landmarks predicted
+  // inside it. Counted as "fallback" in the report.
   FaceBox fallback{77, 89, 181, 189};  // median HOG box on deep-funneled LFW (250x250)
   DetectorKind detector = DetectorKind::kHogCnnRetry;
   // Only a box containing the image centre may be the labelled person; a try that finds only

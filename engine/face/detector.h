@@ -23,13 +23,22 @@ class Detector {
   // first (dlib's pyramid_up: 0 finds faces of about 80x80 px and more, 1 about 40x40).
   // Thread-safe.
   virtual std::vector<Detection> detect(const Bgr8Image& image, int upsample) const = 0;
+  // The faces in each of `images` (the same as detect() on each); a detector that runs
+  // several photos per forward overrides it.
+  virtual std::vector<std::vector<Detection>> detect_batch(
+      const std::vector<const Bgr8Image*>& images, int upsample) const {
+    std::vector<std::vector<Detection>> out;
+    for (const Bgr8Image* image : images) out.push_back(detect(*image, upsample));
+    return out;
+  }
 };
 
 // dlib's HOG frontal face detector (one detector object per calling thread).
 std::unique_ptr<Detector> make_hog_detector();
-// dlib's CNN face detector from mmod_human_face_detector.dat, read on the first detect()
-// (throws there, naming the file, when it is missing or not that network). Finds faces the
-// HOG detector misses (profile, occlusion, blur); ~100x slower on a CPU. Calls are serialised.
+// dlib's own CNN face detector (dlib's network code) from mmod_human_face_detector.dat, read on
+// the first detect() (throws there, naming the file, when it is missing or not that network):
+// the peer and oracle of the engine's CNN detector (engine/face/cnn_detector.h). Calls are
+// serialised.
 std::unique_ptr<Detector> make_dlib_cnn_detector(const std::filesystem::path& dat_file);
 
 // dlib's 68- and 5-point landmark predictors (shape_predictor_68_face_landmarks.dat and

@@ -12,6 +12,7 @@
 #include "engine/core/error.h"
 #include "engine/face/detector.h"
 #include "engine/face/dlib_view.h"
+#include "engine/model/dlib_mmod_net.h"
 
 namespace facenet {
 
@@ -69,31 +70,14 @@ class HogDetector final : public Detector {
   }
 };
 
-// dlib's CNN face detector (the network mmod_human_face_detector.dat was trained as).
-template <long N, typename SUBNET>
-using con5d = dlib::con<N, 5, 5, 2, 2, SUBNET>;
-template <long N, typename SUBNET>
-using con5 = dlib::con<N, 5, 5, 1, 1, SUBNET>;
-template <typename SUBNET>
-using downsampler = dlib::relu<dlib::affine<
-    con5d<32, dlib::relu<dlib::affine<con5d<32, dlib::relu<dlib::affine<con5d<16, SUBNET>>>>>>>>>;
-template <typename SUBNET>
-using rcon5 = dlib::relu<dlib::affine<con5<45, SUBNET>>>;
-using mmod_net = dlib::loss_mmod<dlib::con<
-    1, 9, 9, 1, 1,
-    rcon5<rcon5<rcon5<downsampler<dlib::input_rgb_image_pyramid<dlib::pyramid_down<6>>>>>>>>;
-
 class DlibCnnDetector final : public Detector {
  public:
   explicit DlibCnnDetector(std::filesystem::path file) : file_(std::move(file)) {}
   const char* name() const override { return "cnn"; }
   std::vector<Detection> detect(const Bgr8Image& image, int upsample) const override {
     // The network takes RGB: convert (and upsample) first, outside the lock.
-    const cv::Mat mat = as_mat(image);
-    dlib::matrix<dlib::rgb_pixel> img;
-    dlib::assign_image(img, dlib_view(mat));
-    dlib::pyramid_down<2> pyr;
-    for (int i = 0; i < upsample; ++i) dlib::pyramid_up(img, pyr);
+    const dlib::matrix<dlib::rgb_pixel> img = rgb_upsampled(image, upsample);
+    const dlib::pyramid_down<2> pyr;
     std::vector<dlib::mmod_rect> dets;
     {
       std::lock_guard<std::mutex> lock(mutex_);
@@ -107,11 +91,11 @@ class DlibCnnDetector final : public Detector {
 
  private:
   // Under mutex_.
-  mmod_net* net() const {
+  dlib_mmod::net_type* net() const {
     if (net_) return net_.get();
     if (!std::filesystem::is_regular_file(file_))
       fail(file_.string(), ": CNN face detector not found (run weights/fetch_dlib_models.sh)");
-    auto net = std::make_unique<mmod_net>();
+    auto net = std::make_unique<dlib_mmod::net_type>();
     try {
       dlib::deserialize(file_.string()) >> *net;
     } catch (const std::exception& e) {
@@ -123,7 +107,7 @@ class DlibCnnDetector final : public Detector {
 
   std::filesystem::path file_;
   mutable std::mutex mutex_;
-  mutable std::unique_ptr<mmod_net> net_;
+  mutable std::unique_ptr<dlib_mmod::net_type> net_;
 };
 
 }  // namespace

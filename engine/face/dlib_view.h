@@ -1,6 +1,8 @@
 // Internal to engine/face: zero-copy OpenCV and dlib views of a Bgr8Image.
 #pragma once
 
+#include <dlib/image_transforms.h>
+#include <dlib/matrix.h>
 #include <dlib/opencv/cv_image.h>
 
 #include <opencv2/core.hpp>
@@ -19,6 +21,17 @@ inline cv::Mat as_mat(const Bgr8Image& img) {
 
 inline dlib::cv_image<dlib::bgr_pixel> dlib_view(const cv::Mat& bgr) {
   return dlib::cv_image<dlib::bgr_pixel>(bgr);
+}
+
+// The image as dlib's CNN detector takes it: RGB, doubled `upsample` times by dlib's
+// pyramid_up (what dlib's cnn_face_detection_model_v1 does before the network).
+inline dlib::matrix<dlib::rgb_pixel> rgb_upsampled(const Bgr8Image& image, int upsample) {
+  const cv::Mat mat = as_mat(image);
+  dlib::matrix<dlib::rgb_pixel> img;
+  dlib::assign_image(img, dlib_view(mat));
+  dlib::pyramid_down<2> pyr;
+  for (int i = 0; i < upsample; ++i) dlib::pyramid_up(img, pyr);
+  return img;
 }
 
 // A packed copy of an 8-bit BGR cv::Mat.

@@ -5,14 +5,15 @@
 
 #include "engine/core/error.h"
 #include "engine/face/align.h"
+#include "engine/face/cnn_detector.h"
 
 namespace facenet {
 
-FaceModels::FaceModels(const std::filesystem::path& dir)
+FaceModels::FaceModels(const std::filesystem::path& dir, const CnnDetectorOptions& cnn)
     : dir_(dir),
       landmarks_(dir),
       hog_(make_hog_detector()),
-      cnn_(make_dlib_cnn_detector(dir / "mmod_human_face_detector.dat")) {}
+      cnn_(make_cnn_detector(dir / "mmod_human_face_detector.dat", cnn)) {}
 
 namespace {
 

@@ -6,6 +6,7 @@
 #include <string>
 #include <vector>
 
+#include "engine/face/cnn_detector.h"
 #include "engine/face/detector.h"
 
 namespace facenet {
@@ -55,7 +56,10 @@ struct FoundFaces {
 // The detectors and landmark model a FaceFinder draws on, loaded once and shared by threads.
 class FaceModels {
  public:
-  explicit FaceModels(const std::filesystem::path& dir = default_dlib_models_dir());
+  // The CNN detector is the engine's (engine/face/cnn_detector.h) on `cnn`'s backend, read
+  // from mmod_human_face_detector.dat in `dir` on first use.
+  explicit FaceModels(const std::filesystem::path& dir = default_dlib_models_dir(),
+                      const CnnDetectorOptions& cnn = {});
   const Detector& hog() const { return *hog_; }
   const Detector& cnn() const { return *cnn_; }
   const LandmarkModel& landmarks() const { return landmarks_; }

@@ -7,6 +7,11 @@
 
 namespace facenet {
 
+// The default limit on an image's pixels (width x height), checked from the file's header
+// before anything is decoded: 50 megapixels (8660 x 5774; above the full-size photos of phones
+// and most cameras, 12-48 MP; 150 MB as 8-bit BGR). Callers may change it (--max-pixels).
+inline constexpr int64_t kDefaultMaxPixels = 50'000'000;
+
 // An 8-bit colour image: height x width x 3, rows packed, OpenCV's BGR channel order.
 struct Bgr8Image {
   int height = 0, width = 0;

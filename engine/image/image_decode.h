@@ -13,6 +13,16 @@ namespace facenet {
 // JPEG EXIF orientation applied. Throws facenet::Error naming `what`.
 Bgr8Image decode_bgr8(const std::vector<unsigned char>& bytes, const std::string& what);
 
+// True when `bytes` start like a JPEG (SOI and a marker).
+inline bool is_jpeg(const std::vector<unsigned char>& bytes) {
+  return bytes.size() >= 3 && bytes[0] == 0xFF && bytes[1] == 0xD8 && bytes[2] == 0xFF;
+}
+
+// A JPEG decoded by libjpeg-turbo as OpenCV's imdecode does it (jpeg_decode.cpp; both builds
+// decode JPEG with it): 8-bit BGR, EXIF orientation applied. Throws facenet::Error naming
+// `what` on an error or any libjpeg warning (corrupt or truncated data).
+Bgr8Image decode_jpeg(const std::vector<unsigned char>& bytes, const std::string& what);
+
 // Bilinear resize like cv::resize(..., INTER_LINEAR) (see each implementation for how exact).
 Bgr8Image resize_bilinear(const Bgr8Image& img, int height, int width);
 

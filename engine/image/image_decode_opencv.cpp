@@ -1,9 +1,12 @@
-// Image decoding, resizing and JPEG encoding with OpenCV (FACENET_IMAGE_IO=opencv).
-#include <opencv2/imgcodecs.hpp>
+// Image decoding and resizing with OpenCV (FACENET_IMAGE_IO=opencv). JPEGs are decoded and
+// encoded by jpeg_decode.cpp (libjpeg-turbo, the same pixels as OpenCV's, its warnings seen);
+// the other formats by OpenCV's imgcodecs, loaded on first use (opencv_imgcodecs.h).
+#include <opencv2/imgcodecs.hpp>  // the flags only: the codecs are loaded when needed
 #include <opencv2/imgproc.hpp>
 
 #include "engine/core/error.h"
 #include "engine/image/image_decode.h"
+#include "engine/image/opencv_imgcodecs.h"
 
 namespace facenet {
 
@@ -31,7 +34,7 @@ cv::Mat decode_mat(const std::vector<unsigned char>& bytes, const std::string& w
   if (bytes.empty()) fail(what, ": empty file");
   cv::Mat img;
   try {
-    img = cv::imdecode(bytes, cv::IMREAD_COLOR);  // 8-bit BGR, alpha dropped
+    img = imgcodecs_decode(bytes, cv::IMREAD_COLOR);  // 8-bit BGR, alpha dropped
   } catch (const cv::Exception& e) {
     fail(what, ": not a decodable image (", e.what(), ")");
   }
@@ -42,6 +45,7 @@ cv::Mat decode_mat(const std::vector<unsigned char>& bytes, const std::string& w
 }  // namespace
 
 Bgr8Image decode_bgr8(const std::vector<unsigned char>& bytes, const std::string& what) {
+  if (is_jpeg(bytes)) return decode_jpeg(bytes, what);  // libjpeg's warnings are seen there
   return from_mat(decode_mat(bytes, what));
 }
 
@@ -49,12 +53,6 @@ Bgr8Image resize_bilinear(const Bgr8Image& img, int height, int width) {
   cv::Mat out;
   cv::resize(as_mat(img), out, cv::Size(width, height), 0, 0, cv::INTER_LINEAR);
   return from_mat(out);
-}
-
-std::vector<unsigned char> encode_jpeg(const Bgr8Image& img) {
-  std::vector<unsigned char> out;
-  cv::imencode(".jpg", as_mat(img), out);
-  return out;
 }
 
 }  // namespace facenet

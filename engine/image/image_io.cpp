@@ -32,7 +32,7 @@ namespace {
 
 Bgr8Image decode_resized(const std::vector<unsigned char>& bytes, const std::string& what,
                          const InputSpec& spec) {
-  Bgr8Image img = decode_bgr8(bytes, what);
+  Bgr8Image img = decode_checked(bytes, what);
   if (img.width != spec.width || img.height != spec.height)
     img = resize_bilinear(img, spec.height, spec.width);
   return img;
@@ -140,7 +140,29 @@ std::vector<unsigned char> read_file_bytes(const std::filesystem::path& path) {
 }
 
 Bgr8Image read_bgr8_image(const std::filesystem::path& path) {
-  return decode_bgr8(read_file_bytes(path), path.string());
+  return decode_checked(read_file_bytes(path), path.string());
+}
+
+namespace {
+
+void check_pixels(int64_t width, int64_t height, int64_t max_pixels, const std::string& what) {
+  if (width > 0 && height > 0 && width > max_pixels / height)  // width * height may overflow
+    fail(what, ": ", width, "x", height, " pixels is more than the limit of ", max_pixels,
+         " (--max-pixels); not decoded");
+}
+
+}  // namespace
+
+Bgr8Image decode_checked(const std::vector<unsigned char>& bytes, const std::string& what,
+                         int64_t max_pixels) {
+  if (bytes.empty()) fail(what, ": empty file");
+  const std::optional<ImageSize> size = image_header_size(bytes.data(), bytes.size());
+  if (size) check_pixels(size->width, size->height, max_pixels, what);
+  const std::string problem = structure_problem(bytes.data(), bytes.size());
+  if (!problem.empty()) fail(what, ": not a decodable image (", problem, ")");
+  Bgr8Image img = decode_bgr8(bytes, what);
+  check_pixels(img.width, img.height, max_pixels, what);  // the header may not have told all
+  return img;
 }
 
 void load_image(const std::filesystem::path& path, const InputSpec& spec, float* out) {
@@ -151,25 +173,69 @@ void load_image_bgr8(const std::filesystem::path& path, const InputSpec& spec, u
   decode_image_bgr8(read_file_bytes(path), path.string(), spec, out);
 }
 
-std::vector<std::filesystem::path> expand_inputs(const std::vector<std::string>& args) {
-  namespace fs = std::filesystem;
+namespace {
+
+namespace fs = std::filesystem;
+
+bool has_image_extension(const fs::path& p) {
   static const std::set<std::string> kExt = {".jpg", ".jpeg", ".png", ".bmp", ".webp",
                                              ".tif", ".tiff", ".pgm", ".ppm"};
-  std::vector<fs::path> out;
+  std::string ext = p.extension().string();
+  std::transform(ext.begin(), ext.end(), ext.begin(), ::tolower);
+  return kExt.count(ext) > 0;
+}
+
+// Appends the image files under `dir` (and the entries that cannot be walked, with why) to
+// `out`, unsorted. Each directory is read on its own, so an error ends only that directory's
+// listing (std::filesystem's recursive iterator ends the whole walk at the first error).
+void walk_directory(const fs::path& dir, std::vector<InputEntry>& out) {
+  std::error_code ec;
+  fs::directory_iterator it(dir, ec);
+  if (ec) {
+    out.push_back({dir, dir.string() + ": cannot read this directory (" + ec.message() + ")"});
+    return;
+  }
+  for (const fs::directory_iterator end; it != end; it.increment(ec)) {
+    if (ec) break;
+    const fs::directory_entry& e = *it;
+    std::error_code sec;
+    const fs::file_status own = e.symlink_status(sec);
+    if (!sec && fs::is_directory(own)) {
+      walk_directory(e.path(), out);
+      continue;
+    }
+    const fs::file_status target = e.status(sec);  // follows a symbolic link
+    if (sec) {
+      const bool link = fs::is_symlink(own);
+      out.push_back({e.path(), e.path().string() + ": " +
+                                   (link ? "symbolic link that cannot be followed ("
+                                         : "cannot be examined (") +
+                                   sec.message() + ")"});
+    } else if (fs::is_regular_file(target) && has_image_extension(e.path())) {
+      out.push_back({e.path(), ""});
+    }
+  }
+  if (ec)
+    out.push_back({dir, dir.string() + ": the listing stopped early (" + ec.message() +
+                            "); the entries after it are not read"});
+}
+
+}  // namespace
+
+std::vector<InputEntry> expand_inputs(const std::vector<std::string>& args) {
+  std::vector<InputEntry> out;
   for (const auto& a : args) {
     fs::path p(a);
     std::error_code ec;
     if (fs::is_directory(p, ec)) {
-      std::vector<fs::path> found;
-      for (const auto& e : fs::recursive_directory_iterator(p)) {
-        std::string ext = e.path().extension().string();
-        std::transform(ext.begin(), ext.end(), ext.begin(), ::tolower);
-        if (e.is_regular_file() && kExt.count(ext)) found.push_back(e.path());
-      }
-      std::sort(found.begin(), found.end());
-      out.insert(out.end(), found.begin(), found.end());
+      std::vector<InputEntry> found;
+      walk_directory(p, found);
+      std::sort(found.begin(), found.end(),
+                [](const InputEntry& x, const InputEntry& y) { return x.path < y.path; });
+      out.insert(out.end(), std::make_move_iterator(found.begin()),
+                 std::make_move_iterator(found.end()));
     } else {
-      out.push_back(p);  // files (even unreadable ones) are reported when decoded
+      out.push_back({p, ""});  // files (even unreadable ones) are reported when decoded
     }
   }
   return out;

@@ -4,7 +4,9 @@
 #pragma once
 
 #include <array>
+#include <cstdint>
 #include <filesystem>
+#include <optional>
 #include <string>
 #include <vector>
 
@@ -21,6 +23,29 @@ struct InputSpec {
 };
 
 InputSpec input_spec(const Graph& g);
+
+struct ImageSize {
+  int64_t width = 0, height = 0;
+};
+
+// An image's size read from its header without decoding it, for JPEG (its SOF marker), PNG
+// (IHDR), BMP, WebP (VP8, VP8L, VP8X), TIFF (IFD0) and PNM; nullopt for another format or a
+// header too short to say (the decoder then reports the file).
+std::optional<ImageSize> image_header_size(const unsigned char* data, size_t size);
+
+// Why a JPEG's or a PNG's structure is broken, e.g. "JPEG truncated (inside the compressed
+// image data)"; "" when it is whole or the format is another. A JPEG must reach its
+// end-of-image marker through whole segments, each entropy-coded scan ending in a marker; a
+// PNG its IEND chunk through whole chunks. A truncated file fails here, whichever decoder
+// the build has (libjpeg decodes one with grey rows, warning "premature end of data").
+std::string structure_problem(const unsigned char* data, size_t size);
+
+// The decoder's decode_bgr8 after the checks that need no decoding: not empty, at most
+// `max_pixels` (from the header; after decoding for a format whose header is not read
+// here), a whole JPEG or PNG (structure_problem). Throws facenet::Error naming `what` and the
+// reason.
+Bgr8Image decode_checked(const std::vector<unsigned char>& bytes, const std::string& what,
+                         int64_t max_pixels = kDefaultMaxPixels);
 
 // Decodes `path` and writes C*H*W floats to `out`. Throws facenet::Error naming the file
 // (unreadable, empty, not an image).
@@ -55,9 +80,19 @@ Bgr8Image read_bgr8_image(const std::filesystem::path& path);
 // The bytes of a file; throws facenet::Error naming it when it cannot be read.
 std::vector<unsigned char> read_file_bytes(const std::filesystem::path& path);
 
+// One input found by expand_inputs: an image file to read, or an entry that could not be
+// walked (an unreadable directory, a broken symbolic link, a symbolic-link loop) and why.
+struct InputEntry {
+  std::filesystem::path path;
+  std::string error;  // empty: an image file to read; else "<path>: <why>", to report
+  bool ok() const { return error.empty(); }
+};
+
 // Expands files and directories (recursively, sorted, image extensions only) into a list.
 // Files are kept as given, even missing ones: they are reported when decoded, so one bad
-// path never stops the others.
-std::vector<std::filesystem::path> expand_inputs(const std::vector<std::string>& args);
+// path never stops the others. A directory entry that cannot be read is returned with its
+// error in its sorted place and the walk goes on; symbolic links to directories are not
+// followed (no loops), symbolic links to image files are.
+std::vector<InputEntry> expand_inputs(const std::vector<std::string>& args);
 
 }  // namespace facenet

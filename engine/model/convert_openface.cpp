@@ -11,6 +11,7 @@
 #include <set>
 
 #include "engine/core/error.h"
+#include "engine/core/file_bytes.h"
 
 namespace facenet {
 
@@ -145,9 +146,10 @@ Graph nn4_small2_graph(Nn4Variant variant) {
 }
 
 std::vector<float> read_csv_floats(const std::filesystem::path& file) {
-  std::ifstream in(file, std::ios::binary);
-  if (!in) fail("cannot read ", file.string(), " (missing or unreadable)");
-  std::string text((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
+  return parse_csv_floats(read_input_file(file, "CSV file"), file.string());
+}
+
+std::vector<float> parse_csv_floats(const std::string& text, const std::string& file) {
   std::vector<float> values;
   const char* p = text.c_str();
   const char* end = p + text.size();
@@ -155,23 +157,23 @@ std::vector<float> read_csv_floats(const std::filesystem::path& file) {
     while (p < end && (*p == ' ' || *p == '\t' || *p == '\r' || *p == '\n')) ++p;
   };
   skip_space();
-  if (p == end) fail(file.string(), " is empty (expected comma-separated floats)");
+  if (p == end) fail(file, " is empty (expected comma-separated floats)");
   while (p < end) {
     errno = 0;
     char* next = nullptr;
     const float v = std::strtof(p, &next);
     if (next == p || !std::isfinite(v)) {
       const std::string token(p, std::min<size_t>(end - p, 20));
-      fail(file.string(), ": element ", values.size(), " is not a finite number ('", token, "')");
+      fail(file, ": element ", values.size(), " is not a finite number ('", token, "')");
     }
     values.push_back(v);
     p = next;
     skip_space();
     if (p < end) {
-      if (*p != ',') fail(file.string(), ": expected ',' after element ", values.size() - 1);
+      if (*p != ',') fail(file, ": expected ',' after element ", values.size() - 1);
       ++p;
       skip_space();
-      if (p == end) fail(file.string(), ": trailing ',' after element ", values.size() - 1);
+      if (p == end) fail(file, ": trailing ',' after element ", values.size() - 1);
     }
   }
   return values;
@@ -179,7 +181,9 @@ std::vector<float> read_csv_floats(const std::filesystem::path& file) {
 
 Model convert_openface_csv(const std::filesystem::path& dir, Nn4Variant variant,
                            std::vector<std::string>* unused) {
-  if (!std::filesystem::is_directory(dir)) fail("weights directory ", dir.string(), " not found");
+  std::error_code ec;
+  if (!std::filesystem::is_directory(dir, ec))
+    fail("weights directory ", dir.string(), " not found (or not a directory)");
   Model m;
   m.graph = nn4_small2_graph(variant);
   // Expected shapes follow from the graph: each conv's input channels are its input's
@@ -189,8 +193,8 @@ Model convert_openface_csv(const std::filesystem::path& dir, Nn4Variant variant,
     const auto file = dir / (name + ".csv");
     std::vector<float> v = read_csv_floats(file);
     if (static_cast<int64_t>(v.size()) != element_count(shape))
-      fail(file.string(), " has ", v.size(), " values, expected ", element_count(shape),
-           " for shape ", shape_string(shape));
+      fail(file, " has ", v.size(), " values, expected ", element_count(shape), " for shape ",
+           shape_string(shape));
     m.tensors[name] = HostTensor(shape, std::move(v));
     used.insert(name);
   };
@@ -211,9 +215,11 @@ Model convert_openface_csv(const std::filesystem::path& dir, Nn4Variant variant,
     channels[n.name] = out_c;
   }
   if (unused) {
-    for (const auto& e : std::filesystem::directory_iterator(dir))
-      if (e.path().extension() == ".csv" && !used.count(e.path().stem().string()))
-        unused->push_back(e.path().filename().string());
+    // Every file the graph needs has been read by now; a listing error only loses the report.
+    for (auto it = std::filesystem::directory_iterator(dir, ec);
+         !ec && it != std::filesystem::directory_iterator(); it.increment(ec))
+      if (it->path().extension() == ".csv" && !used.count(it->path().stem().string()))
+        unused->push_back(it->path().filename().string());
     std::sort(unused->begin(), unused->end());
   }
   m.provenance = {{"source", "Keras-OpenFace CSV export of OpenFace nn4.small2.v1"},

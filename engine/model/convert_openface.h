@@ -30,5 +30,7 @@ Model convert_openface_csv(const std::filesystem::path& dir, Nn4Variant variant,
 
 // Parses one line of comma-separated decimal floats; throws naming `file` and the element.
 std::vector<float> read_csv_floats(const std::filesystem::path& file);
+// The same on the file's text; `file` names it in errors.
+std::vector<float> parse_csv_floats(const std::string& text, const std::string& file);
 
 }  // namespace facenet

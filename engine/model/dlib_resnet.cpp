@@ -5,9 +5,13 @@
 
 #include <algorithm>
 #include <cstdio>
+#include <sstream>
 #include <string>
+#include <system_error>
 
 #include "engine/core/error.h"
+#include "engine/core/file_bytes.h"
+#include "engine/model/dlib_layers.h"
 
 namespace facenet {
 
@@ -126,129 +130,20 @@ Graph dlib_resnet_graph() {
 
 namespace {
 
-// One parameterised dlib layer, input side first.
-struct DlibLayer {
-  enum class Kind { kConv, kAffine, kFc } kind = Kind::kConv;
-  long out = 0, kernel = 0, stride = 0, pad = 0;
-  std::vector<float> weight, bias;  // conv: [out][in][k][k] + [out]; affine: gamma + beta;
-                                    // fc: [in][out] (dlib's layout), no bias
-};
-
-std::vector<float> host_copy(const dlib::tensor& t, size_t offset, size_t count) {
-  const float* p = t.host();
-  return std::vector<float>(p + offset, p + offset + count);
-}
-
-struct Collector {
-  std::vector<DlibLayer>* layers;
-
-  template <long N, long R, long C, int SY, int SX, int PY, int PX>
-  void operator()(dlib::con_<N, R, C, SY, SX, PY, PX>& l) const {
-    DlibLayer d;
-    d.kind = DlibLayer::Kind::kConv;
-    const dlib::tensor& p = l.get_layer_params();
-    if (R != C || SY != SX || l.padding_y() != l.padding_x())
-      fail("dlib model: non-square convolution is not supported");
-    d.out = l.num_filters();
-    d.kernel = R;
-    d.stride = SY;
-    d.pad = l.padding_y();
-    const size_t nb = l.bias_is_disabled() ? 0 : static_cast<size_t>(d.out);
-    d.weight = host_copy(p, 0, p.size() - nb);
-    d.bias = nb ? host_copy(p, p.size() - nb, nb) : std::vector<float>(d.out, 0.f);
-    layers->push_back(std::move(d));
-  }
-  void operator()(dlib::affine_& l) const {
-    if (l.get_mode() != dlib::CONV_MODE) fail("dlib model: affine layer not in CONV mode");
-    DlibLayer d;
-    d.kind = DlibLayer::Kind::kAffine;
-    auto g = l.get_gamma();
-    auto b = l.get_beta();
-    d.weight.assign(g.host(), g.host() + g.size());
-    d.bias.assign(b.host(), b.host() + b.size());
-    layers->push_back(std::move(d));
-  }
-  template <unsigned long N, dlib::fc_bias_mode M>
-  void operator()(dlib::fc_<N, M>& l) const {
-    if (M != dlib::FC_NO_BIAS) fail("dlib model: fc layer with bias is not expected");
-    DlibLayer d;
-    d.kind = DlibLayer::Kind::kFc;
-    d.out = static_cast<long>(l.get_num_outputs());
-    auto w = l.get_weights();
-    d.weight.assign(w.host(), w.host() + w.size());
-    layers->push_back(std::move(d));
-  }
-  template <typename T>
-  void operator()(T&) const {}  // relu, pools, add_prev: nothing to copy
-};
-
-anet_type load_net(const std::filesystem::path& dat) {
-  if (!std::filesystem::is_regular_file(dat))
-    fail(dat.string(), ": not found (run weights/fetch_dlib_models.sh)");
+anet_type parse_net(const std::string& bytes, const std::string& origin) {
   anet_type net;
-  try {
-    dlib::deserialize(dat.string()) >> net;
-  } catch (const std::exception& e) {
-    fail(dat.string(), ": not dlib's face recognition ResNet (", e.what(), ")");
-  }
+  dlib_layers::deserialize(net, bytes, origin, "dlib's face recognition ResNet");
   return net;
 }
 
-}  // namespace
+anet_type load_net(const std::filesystem::path& dat) {
+  return parse_net(dlib_layers::read_dat(dat, "dlib ResNet model"), dat.string());
+}
 
-Model convert_dlib_resnet(const std::filesystem::path& dat) {
-  anet_type net = load_net(dat);
-  std::vector<DlibLayer> layers;
-  dlib::visit_computational_layers(net, Collector{&layers});
-  std::reverse(layers.begin(), layers.end());  // dlib visits from the output side
-
+Model convert_net(anet_type& net, const std::string& dat) {
   Model m;
   m.graph = dlib_resnet_graph();
-  const auto shapes = infer_shapes(m.graph);
-  size_t next = 0;
-  auto take = [&](DlibLayer::Kind kind, const Node& n) -> DlibLayer& {
-    if (next >= layers.size() || layers[next].kind != kind)
-      fail(dat.string(), ": layer ", next, " does not match node '", n.name, "' (", op_name(n.op),
-           ")");
-    return layers[next++];
-  };
-  for (size_t i = 0; i < m.graph.nodes.size(); ++i) {
-    const Node& n = m.graph.nodes[i];
-    const int in_index = m.graph.index_of(n.inputs[0]);
-    const Shape& x = in_index < 0 ? m.graph.input_shape : shapes[in_index];
-    if (n.op == OpType::kConv) {
-      DlibLayer& l = take(DlibLayer::Kind::kConv, n);
-      if (l.out != n.out || l.kernel != n.kernel || l.stride != n.stride || l.pad != n.pad)
-        fail(dat.string(), ": conv '", n.name, "' is ", l.out, " filters ", l.kernel, "x", l.kernel,
-             "/", l.stride, " pad ", l.pad, "; the graph expects ", n.out, " ", n.kernel, "x",
-             n.kernel, "/", n.stride, " pad ", n.pad);
-      const Shape ws{n.out, x[0], n.kernel, n.kernel};
-      if (static_cast<int64_t>(l.weight.size()) != element_count(ws))
-        fail(dat.string(), ": conv '", n.name, "' has ", l.weight.size(), " weights, expected ",
-             element_count(ws));
-      m.tensors[n.weight] = HostTensor(ws, std::move(l.weight));
-      m.tensors[n.bias] = HostTensor({n.out}, std::move(l.bias));
-    } else if (n.op == OpType::kAffine) {
-      DlibLayer& l = take(DlibLayer::Kind::kAffine, n);
-      if (static_cast<int64_t>(l.weight.size()) != x[0])
-        fail(dat.string(), ": affine '", n.name, "' has ", l.weight.size(), " channels, expected ",
-             x[0]);
-      m.tensors[n.gamma] = HostTensor({x[0]}, std::move(l.weight));
-      m.tensors[n.beta] = HostTensor({x[0]}, std::move(l.bias));
-    } else if (n.op == OpType::kDense) {
-      DlibLayer& l = take(DlibLayer::Kind::kFc, n);
-      const int64_t in = element_count(x);
-      if (l.out != n.out || static_cast<int64_t>(l.weight.size()) != in * n.out)
-        fail(dat.string(), ": fc has ", l.weight.size(), " weights, expected ", in * n.out);
-      HostTensor w({n.out, in});  // dlib stores [in][out]; ours is [out][in]
-      for (int64_t o = 0; o < n.out; ++o)
-        for (int64_t j = 0; j < in; ++j) w.data[o * in + j] = l.weight[j * n.out + o];
-      m.tensors[n.weight] = std::move(w);
-      m.tensors[n.bias] = HostTensor({n.out});  // fc_no_bias
-    }
-  }
-  if (next != layers.size())
-    fail(dat.string(), ": ", layers.size() - next, " dlib layer(s) left over after the graph");
+  dlib_layers::assign(m, dlib_layers::collect(net, dat), dat);
   m.provenance = {{"source",
                    "dlib_face_recognition_resnet_model_v1.dat (dlib, Davis King; CC0) from PyPI "
                    "face_recognition_models 0.3.0"},
@@ -256,6 +151,18 @@ Model convert_dlib_resnet(const std::filesystem::path& dat) {
                   {"variant", m.graph.variant}};
   validate_model(m);
   return m;
+}
+
+}  // namespace
+
+Model convert_dlib_resnet(const std::filesystem::path& dat) {
+  anet_type net = load_net(dat);
+  return convert_net(net, dat.string());
+}
+
+Model convert_dlib_resnet_bytes(const std::string& bytes, const std::string& origin) {
+  anet_type net = parse_net(bytes, origin);
+  return convert_net(net, origin);
 }
 
 std::vector<float> dlib_resnet_forward(const std::filesystem::path& dat, const unsigned char* bgr,

@@ -5,6 +5,7 @@
 
 #include <cstdint>
 #include <filesystem>
+#include <string>
 #include <vector>
 
 #include "engine/model/model.h"
@@ -34,6 +35,8 @@ Graph dlib_resnet_graph();
 // kernel, stride, padding and channel counts layer by layer. Throws facenet::Error naming the
 // file on a mismatch.
 Model convert_dlib_resnet(const std::filesystem::path& dat);
+// The same from the .dat's bytes; `origin` (a path or a label) starts every error message.
+Model convert_dlib_resnet_bytes(const std::string& bytes, const std::string& origin);
 
 // dlib's own forward pass on `n` 8-bit BGR chips of height x width, rows packed, one after the
 // other (n x height x width x 3): n x 128 descriptors, row-major. The chips must be 150x150

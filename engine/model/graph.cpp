@@ -12,6 +12,25 @@ namespace {
 // The largest extent (channels, rows, columns, window) a graph may ask for: beyond any face
 // model, and small enough that no shape arithmetic on int64 can overflow.
 constexpr int64_t kMaxExtent = int64_t{1} << 16;
+// The most values one activation of one image may hold (256 MiB of float32): a face model's
+// largest is well under a million; this bounds what a hostile graph can make a backend
+// allocate per image.
+constexpr int64_t kMaxActivation = kMaxActivationValues;
+
+// An integer field of a node or of the graph: nlohmann's get<int> would truncate 1.5 to 1 and
+// wrap 4294967297 to 1, so both are refused here; the range is checked where it is used.
+int checked_int(const nlohmann::json& v, const std::string& what) {
+  const bool fits = v.is_number_unsigned() ? v.get<uint64_t>() <= INT32_MAX
+                    : v.is_number_integer()
+                        ? v.get<int64_t>() >= INT32_MIN && v.get<int64_t>() <= INT32_MAX
+                        : false;
+  if (!fits) fail(what, " must be an integer (got ", v.dump(), ")");
+  return static_cast<int>(v.get<int64_t>());
+}
+
+int int_field(const nlohmann::json& j, const char* key, int fallback, const std::string& where) {
+  return j.contains(key) ? checked_int(j.at(key), where + ": '" + key + "'") : fallback;
+}
 }  // namespace
 
 namespace {
@@ -157,12 +176,15 @@ Graph graph_from_json(const nlohmann::json& j) {
   try {
     if (j.value("format", "") != "facenet-graph")
       fail("model graph: 'format' is not \"facenet-graph\"");
-    if (j.at("version").get<int>() != 1)
+    if (j.at("version") != 1)
       fail("model graph: version ", j.at("version").dump(), " is not supported (expected 1)");
     g.name = j.at("name").get<std::string>();
     g.variant = j.value("variant", "");
     g.input = j.at("input").at("name").get<std::string>();
-    g.input_shape = j.at("input").at("shape").get<Shape>();
+    const auto& shape = j.at("input").at("shape");
+    if (!shape.is_array() || shape.size() != 3) fail("model graph: input shape must be [C, H, W]");
+    for (size_t i = 0; i < 3; ++i)
+      g.input_shape.push_back(checked_int(shape[i], "model graph: input shape"));
     g.output = j.at("output").get<std::string>();
     g.preprocess = j.value("preprocess", nlohmann::json::object());
     for (const auto& jn : j.at("nodes")) {
@@ -170,10 +192,11 @@ Graph graph_from_json(const nlohmann::json& j) {
       n.name = jn.at("name").get<std::string>();
       n.op = op_from_name(jn.at("op").get<std::string>(), n.name);
       n.inputs = jn.at("inputs").get<std::vector<std::string>>();
-      n.out = jn.value("out", 0);
-      n.kernel = jn.value("kernel", 1);
-      n.stride = jn.value("stride", 1);
-      n.pad = jn.value("pad", 0);
+      const std::string where = "node '" + n.name + "'";
+      n.out = int_field(jn, "out", 0, where);
+      n.kernel = int_field(jn, "kernel", 1, where);
+      n.stride = int_field(jn, "stride", 1, where);
+      n.pad = int_field(jn, "pad", 0, where);
       n.weight = jn.value("weight", "");
       n.bias = jn.value("bias", "");
       if (n.op == OpType::kBatchNorm) {
@@ -188,7 +211,7 @@ Graph graph_from_json(const nlohmann::json& j) {
       }
       n.eps = jn.value("eps", n.op == OpType::kL2Norm ? 1e-12 : 1e-5);
       if (n.op == OpType::kLrn) {
-        n.size = jn.value("size", 5);
+        n.size = int_field(jn, "size", 5, where);
         n.alpha = jn.value("alpha", 1e-4);
         n.beta_pow = jn.value("beta", 0.75);
         n.k = jn.value("k", 1.0);
@@ -203,6 +226,9 @@ Graph graph_from_json(const nlohmann::json& j) {
     if (d < 1 || d > kMaxExtent)
       fail("model graph: input shape [", g.input_shape[0], ", ", g.input_shape[1], ", ",
            g.input_shape[2], "] must have every extent in 1..", kMaxExtent);
+  if (element_count(g.input_shape) > kMaxActivation)
+    fail("model graph: input shape ", shape_string(g.input_shape), " holds more than ",
+         kMaxActivation, " values");
   return g;
 }
 
@@ -217,6 +243,10 @@ void check_attributes(const Node& n) {
         !in_range(n.pad, 0, kMaxExtent))
       fail("node '", n.name, "': kernel ", n.kernel, ", stride ", n.stride, ", pad ", n.pad,
            " (kernel and stride must be 1..", kMaxExtent, ", pad 0..", kMaxExtent, ")");
+    // A pooling window wholly inside the padding has no value to take (max of nothing).
+    if (is_pool(n.op) && n.pad >= n.kernel)
+      fail("node '", n.name, "': pad ", n.pad, " must be smaller than the pooling window ",
+           n.kernel);
   }
   if ((n.op == OpType::kConv || n.op == OpType::kDense) && !in_range(n.out, 1, kMaxExtent))
     fail("node '", n.name, "': 'out' (output channels) is ", n.out, "; must be 1..", kMaxExtent);
@@ -240,7 +270,8 @@ int64_t pooled_size(int64_t in, int kernel, int stride, int pad) {
 namespace {
 
 // Shape inference; parameter tensors are checked when `t` is not null.
-std::vector<Shape> infer_shapes_checked(const Graph& g, const TensorMap* t) {
+std::vector<Shape> infer_shapes_checked(const Graph& g, const TensorMap* t,
+                                        int64_t max_activation) {
   std::vector<Shape> shapes(g.nodes.size());
   auto shape_of = [&](const std::string& name) -> const Shape& {
     int i = g.index_of(name);
@@ -248,6 +279,10 @@ std::vector<Shape> infer_shapes_checked(const Graph& g, const TensorMap* t) {
   };
   for (size_t i = 0; i < g.nodes.size(); ++i) {
     const Node& n = g.nodes[i];
+    // Inputs are found by name, so a name must mean one thing.
+    if (n.name.empty()) fail("node ", i, " has an empty name");
+    if (n.name == g.input || g.index_of(n.name) != static_cast<int>(i))
+      fail("node '", n.name, "': the name is used twice in the graph");
     if (n.inputs.empty()) fail("node '", n.name, "' has no inputs");
     for (const auto& in : n.inputs)
       if (g.index_of(in) >= static_cast<int>(i))
@@ -309,6 +344,9 @@ std::vector<Shape> infer_shapes_checked(const Graph& g, const TensorMap* t) {
     if (y[1] < 1 || y[2] < 1)
       fail("node '", n.name, "': window ", n.kernel, "/", n.stride, " pad ", n.pad,
            " does not fit its ", x[1], "x", x[2], " input");
+    if (y[1] > kMaxExtent || y[2] > kMaxExtent || element_count(y) > max_activation)
+      fail("node '", n.name, "': output ", shape_string(y), " is larger than allowed (extents ",
+           "at most ", kMaxExtent, ", at most ", max_activation, " values per image)");
     shapes[i] = y;
   }
   return shapes;
@@ -316,12 +354,12 @@ std::vector<Shape> infer_shapes_checked(const Graph& g, const TensorMap* t) {
 
 }  // namespace
 
-std::vector<Shape> infer_shapes(const Graph& g, const TensorMap& tensors) {
-  return infer_shapes_checked(g, &tensors);
+std::vector<Shape> infer_shapes(const Graph& g, const TensorMap& tensors, int64_t max_activation) {
+  return infer_shapes_checked(g, &tensors, max_activation);
 }
 
 std::vector<Shape> infer_shapes(const Graph& g) {
-  return infer_shapes_checked(g, nullptr);
+  return infer_shapes_checked(g, nullptr, kMaxActivation);
 }
 
 int64_t count_macs(const Graph& g, const std::vector<Shape>& shapes) {

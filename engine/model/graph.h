@@ -2,6 +2,7 @@
 // inference and parameter accounting. Backends compile it into their own plans.
 #pragma once
 
+#include <cstdint>
 #include <map>
 #include <nlohmann/json.hpp>
 #include <string>
@@ -81,7 +82,11 @@ using TensorMap = std::map<std::string, HostTensor>;
 // Per-node output shape (C, H, W), index-aligned with g.nodes. Checks every parameter
 // tensor's presence and shape against the graph; throws facenet::Error naming the node and
 // tensor on a mismatch.
-std::vector<Shape> infer_shapes(const Graph& g, const TensorMap& tensors);
+// A model file may ask for no activation above this many values per image (268 MB of
+// float32): what any face network needs, and a bound against hostile files.
+constexpr int64_t kMaxActivationValues = int64_t{1} << 26;
+std::vector<Shape> infer_shapes(const Graph& g, const TensorMap& tensors,
+                                int64_t max_activation = kMaxActivationValues);
 // Same without parameter tensors (their shapes are not checked): what a converter needs to
 // know the shapes it must fill.
 std::vector<Shape> infer_shapes(const Graph& g);

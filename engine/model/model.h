@@ -5,6 +5,7 @@
 #include <filesystem>
 #include <map>
 #include <string>
+#include <string_view>
 #include <vector>
 
 #include "engine/model/graph.h"
@@ -21,9 +22,13 @@ struct Model {
 };
 
 // Checks that the graph and the tensors agree (shapes, presence); fills model.shapes.
-void validate_model(Model& model);
+// `max_activation`: values per image any node may output (infer_shapes); a caller that sets
+// the input shape itself (the CNN detector, per photo) may allow more than a file may ask.
+void validate_model(Model& model, int64_t max_activation = kMaxActivationValues);
 
 Model load_model(const std::filesystem::path& path);  // throws facenet::Error naming the file
+// The same from a model file's bytes; `origin` (a path or a label) starts every error message.
+Model load_model_bytes(std::string_view bytes, const std::string& origin);
 void save_model(const std::filesystem::path& path, const Model& model);
 
 struct ParamCounts {
@@ -35,6 +40,10 @@ ParamCounts count_params(const Model& model);
 // FNV-1a 64 over the graph JSON and every tensor (name, shape, bytes): equal for the same
 // network and weights, different when any weight differs.
 uint64_t model_fingerprint(const Model& model);
+
+// True for a converted face detector (preprocess.task == "detect": engine/model/dlib_mmod.h),
+// whose output is a score map, not an embedding.
+bool is_detector_model(const Model& model);
 
 // A readable table: layer, op, output shape, parameters; then totals.
 std::string model_summary(const Model& model);

@@ -32,12 +32,24 @@ Identity enroll_images(Gallery& gallery, Pipeline& pipeline, const std::string& 
 
 struct BulkReport {
   int64_t people = 0, embeddings = 0, failed_files = 0, skipped_people = 0;
+  int64_t already_enrolled = 0;  // people left as they were (resumed run, no reenroll)
 };
 
-// Bulk enrolment from a folder per person (`root/<name>/*.jpg`), committed in batches: a
-// crash loses at most the last uncommitted batch. `on_progress(done_people, total_people)`.
+struct FromDirsOptions {
+  // Re-encode people already in the gallery and replace their embeddings; without it they are
+  // skipped (reported to on_note), so rerunning an interrupted enrolment resumes it.
+  bool reenroll = false;
+  SkipReporter on_skip;                             // a file or a whole person not enrolled
+  std::function<void(const std::string&)> on_note;  // informational (people already there)
+  std::function<void(size_t, size_t)> on_progress;  // (done_people, total_people)
+};
+
+// Bulk enrolment from a folder per person (`root/<name>/*.jpg`), committed in batches at
+// person boundaries, so every person is either fully in the gallery or absent: a crash loses
+// at most the last uncommitted batch, and a rerun skips the people already there. A person
+// folder that cannot be read, that has no usable image or whose name is not a valid identity
+// name is skipped alone (on_skip); the people before and after it are enrolled.
 BulkReport enroll_from_dirs(Gallery& gallery, Pipeline& pipeline, const std::filesystem::path& root,
-                            const RequestOptions& options, const SkipReporter& on_skip,
-                            const std::function<void(size_t, size_t)>& on_progress);
+                            const RequestOptions& options, const FromDirsOptions& how);
 
 }  // namespace facenet

@@ -1,6 +1,5 @@
 // The front door's inputs: files, encoded bytes and pixel buffers, and how each is decoded.
 #include "engine/core/error.h"
-#include "engine/image/image_decode.h"
 #include "engine/image/image_io.h"
 #include "engine/pipeline/pipeline.h"
 
@@ -49,9 +48,17 @@ ImageInput ImageInput::borrowed_pixels(const PixelView& view, std::string name) 
   return in;
 }
 
+ImageInput ImageInput::unusable(fs::path path, std::string why) {
+  ImageInput in = file(std::move(path));
+  in.invalid_ = std::move(why);
+  return in;
+}
+
 std::vector<ImageInput> file_inputs(const std::vector<std::string>& args) {
   std::vector<ImageInput> out;
-  for (auto& p : expand_inputs(args)) out.push_back(ImageInput::file(std::move(p)));
+  for (InputEntry& e : expand_inputs(args))
+    out.push_back(e.ok() ? ImageInput::file(std::move(e.path))
+                         : ImageInput::unusable(std::move(e.path), std::move(e.error)));
   return out;
 }
 
@@ -71,7 +78,7 @@ const char* status_name(InputStatus s) {
   return "?";
 }
 
-Bgr8Image ImageInput::decode(InputStatus& status) {
+Bgr8Image ImageInput::decode(InputStatus& status, int64_t max_pixels) {
   status = InputStatus::kUndecodable;
   if (kind_ == Kind::kPixels) {
     if (!invalid_.empty()) fail(invalid_);
@@ -81,10 +88,11 @@ Bgr8Image ImageInput::decode(InputStatus& status) {
   std::vector<uint8_t> file_bytes;
   if (kind_ == Kind::kFile) {
     status = InputStatus::kUnreadable;
+    if (!invalid_.empty()) fail(invalid_);
     file_bytes = read_file_bytes(path_);
     status = InputStatus::kUndecodable;
   }
-  return decode_bgr8(kind_ == Kind::kFile ? file_bytes : bytes_, name_);
+  return decode_checked(kind_ == Kind::kFile ? file_bytes : bytes_, name_, max_pixels);
 }
 
 }  // namespace facenet

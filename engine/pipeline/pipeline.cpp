@@ -89,6 +89,10 @@ struct Pipeline::Impl {
       opt.max_delay_ms = opt.backend.device == Device::kCuda ? kGpuDelayMs : kCpuDelayMs;
     if (opt.workers < 0) fail("workers must be >= 0 (got ", opt.workers, ")");
     if (!model.graph.nodes.empty()) {  // else detection only
+      if (is_detector_model(model))
+        fail("model ", model.graph.name,
+             " is a face detector, not an encoder (the CNN detector, --detector cnn, reads "
+             "mmod_human_face_detector.dat itself)");
       if (!backend) backend = make_backend(model, opt.backend);
       spec = input_spec(model.graph);
       per_image = element_count(model.graph.input_shape);
@@ -229,9 +233,15 @@ struct Pipeline::Impl {
 #ifdef FACENET_HAS_DLIB
   const FaceModels& face_models() {
     std::lock_guard<std::mutex> lock(faces_mu);
-    if (!faces)
-      faces = std::make_unique<FaceModels>(opt.dlib_models.empty() ? default_dlib_models_dir()
-                                                                   : opt.dlib_models);
+    if (!faces) {
+      // The CNN detector runs in float32 on the encoder's device (the CPU backend when the
+      // encoder is the reference one: that is the oracle for tests, too slow for photos).
+      CnnDetectorOptions cnn;
+      cnn.backend.device = opt.backend.device == Device::kCuda ? Device::kCuda : Device::kCpu;
+      cnn.backend.threads = opt.backend.threads;
+      faces = std::make_unique<FaceModels>(
+          opt.dlib_models.empty() ? default_dlib_models_dir() : opt.dlib_models, cnn);
+    }
     return *faces;
   }
 #endif
@@ -323,11 +333,16 @@ struct Pipeline::Impl {
 
   void batch_loop() {
     if (staged) return staged_loop();
-    std::vector<float> input(per_image * opt.max_batch), output(dim * opt.max_batch);
+    // Sized by the batches that come, not by max_batch: memory follows the work given.
+    std::vector<float> input, output;
     for (;;) {
       std::vector<ChipRef> batch = take_batch(true);
       if (batch.empty()) return;
       const int64_t n = static_cast<int64_t>(batch.size());
+      if (static_cast<int64_t>(input.size()) < n * per_image) {
+        input.resize(n * per_image);
+        output.resize(n * dim);
+      }
       for (int64_t i = 0; i < n; ++i)
         std::memcpy(input.data() + i * per_image,
                     batch[i].req->in_f32.data() + batch[i].index * per_image,

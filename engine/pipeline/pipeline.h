@@ -55,9 +55,14 @@ class ImageInput {
   ImageInput& with_boxes(std::vector<FaceBox> boxes);
   const std::optional<std::vector<FaceBox>>& boxes() const { return boxes_; }
 
-  // The image as 8-bit BGR (a pixel input gives its copy up). Throws facenet::Error naming
+  // An input already known to be unusable, e.g. a directory entry that could not be walked
+  // (file_inputs): its result has status kUnreadable and `why` as the error.
+  static ImageInput unusable(std::filesystem::path path, std::string why);
+
+  // The image as 8-bit BGR (a pixel input gives its copy up); an encoded image above
+  // `max_pixels` (its header says) is refused before decoding. Throws facenet::Error naming
   // the input, with `status` set to kUnreadable (a file that cannot be read) or kUndecodable.
-  Bgr8Image decode(InputStatus& status);
+  Bgr8Image decode(InputStatus& status, int64_t max_pixels = kDefaultMaxPixels);
 
  private:
   enum class Kind { kFile, kBytes, kPixels, kBorrowedPixels };
@@ -67,7 +72,7 @@ class ImageInput {
   std::vector<uint8_t> bytes_;
   Bgr8Image pixels_;
   PixelView borrowed_;
-  std::string invalid_;  // why a pixel view could not be taken; reported as the result
+  std::string invalid_;  // why a pixel view or a directory entry cannot be used; the result
   std::optional<std::vector<FaceBox>> boxes_;
 };
 
@@ -86,6 +91,9 @@ struct RequestOptions {
   // The chip alignment; none: the model's own (preprocess.alignment). A dlib ResNet takes
   // kDlibChip150From68 too (face_recognition's model="large").
   std::optional<Alignment> alignment;
+  // Images above this many pixels (width x height, read from the header before decoding) are
+  // refused as kUndecodable; so is detection whose upsampling would make an image above it.
+  int64_t max_pixels = kDefaultMaxPixels;
   int k = 5;              // kIdentify: identities per face
   double threshold = -1;  // kIdentify: "unknown" above this L2 distance; < 0: the model's own
 };
@@ -185,7 +193,8 @@ class Pipeline {
 };
 
 // Inputs from command-line style arguments: files as given, directories expanded (recursive,
-// sorted, image extensions only).
+// sorted, image extensions only); a directory entry that cannot be walked becomes an
+// ImageInput::unusable naming it, in its place, so it is reported like any bad input.
 std::vector<ImageInput> file_inputs(const std::vector<std::string>& args);
 
 }  // namespace facenet

@@ -18,6 +18,20 @@ void fail_request(Request& r, InputStatus s, std::string message) {
   r.chips = 0;
 }
 
+// The detector doubles the image's width and height per upsampling (dlib's pyramid_up), so
+// its memory and time grow 4x per step: bounded by the same pixel limit as the decode.
+void check_upsampled_size(const ImageResult& res, const FaceOptions& fo, int64_t max_pixels) {
+  const int up = fo.upsample + (fo.retry_upsampled ? 1 : 0);
+  if (up <= 0) return;
+  const int64_t pixels = int64_t{res.width} * res.height;
+  if (up < 16 && pixels <= (max_pixels >> (2 * up))) return;
+  throw InputError{InputStatus::kFailed,
+                   detail::concat(res.name, ": ", res.width, "x", res.height, " upsampled ", up,
+                                  " time(s) for detection is ", pixels << (2 * std::min(up, 15)),
+                                  " pixels, more than the limit of ", max_pixels,
+                                  " (--max-pixels); use a smaller --upsample")};
+}
+
 void prepare_request(Request& r, const ChipLayout& layout,
                      [[maybe_unused]] const std::function<const FaceModels&()>& faces) {
   ImageResult& res = r.result;
@@ -25,7 +39,7 @@ void prepare_request(Request& r, const ChipLayout& layout,
   InputStatus status = InputStatus::kOk;
   Bgr8Image img;
   try {
-    img = r.input.decode(status);
+    img = r.input.decode(status, r.opt.max_pixels);
   } catch (const Error& e) {
     throw InputError{status, e.what()};
   }
@@ -34,6 +48,7 @@ void prepare_request(Request& r, const ChipLayout& layout,
   res.width = img.width;
   res.height = img.height;
   const FaceOptions& fo = r.opt.faces;
+  if (fo.detector != DetectorKind::kNone && !boxes) check_upsampled_size(res, fo, r.opt.max_pixels);
   std::vector<std::vector<Bgr8Image>> chips;  // per face
   if (fo.detector == DetectorKind::kNone) {
     FaceResult f;

@@ -54,14 +54,27 @@ std::string normalize_metadata(const std::string& name, const std::string& text)
   return j.dump();
 }
 
-void validate_name(const std::string& name) {
-  if (name.empty()) fail("identity name must not be empty");
+// Length of the UTF-8 sequence at s[i] and its code point; 0 when it is not valid UTF-8
+// (truncated, overlong, a surrogate, beyond U+10FFFF).
+size_t utf8_sequence(const std::string& s, size_t i, uint32_t& cp) {
+  const auto b = [&](size_t k) { return static_cast<unsigned char>(s[i + k]); };
+  const unsigned char c = b(0);
+  size_t n = c < 0x80 ? 1 : (c >> 5) == 0x6 ? 2 : (c >> 4) == 0xE ? 3 : (c >> 3) == 0x1E ? 4 : 0;
+  if (n == 0 || i + n > s.size()) return 0;
+  cp = n == 1 ? c : c & (0x7F >> n);
+  for (size_t k = 1; k < n; ++k) {
+    if ((b(k) & 0xC0) != 0x80) return 0;
+    cp = (cp << 6) | (b(k) & 0x3F);
+  }
+  static constexpr uint32_t kMin[] = {0, 0, 0x80, 0x800, 0x10000};
+  if (cp < kMin[n] || cp > 0x10FFFF || (cp >= 0xD800 && cp <= 0xDFFF)) return 0;
+  return n;
 }
 
 // Checks a person's rows before any of them is written, so a bad input never half-enrols.
 void validate_rows(const std::string& name, int dim, const float* x, size_t n,
                    const std::vector<std::string>& sources) {
-  validate_name(name);
+  Gallery::validate_name(name);
   if (n == 0) fail("no embeddings given for identity '", name, "'");
   if (x == nullptr) fail("null embedding data for identity '", name, "'");
   if (!sources.empty() && sources.size() != n)
@@ -96,6 +109,21 @@ const std::string& GalleryMatrix::name_of(int64_t identity_id) const {
   return it->name;
 }
 
+void Gallery::validate_name(const std::string& name) {
+  if (name.empty()) fail("identity name must not be empty");
+  for (size_t i = 0; i < name.size();) {
+    uint32_t cp = 0;
+    const size_t n = utf8_sequence(name, i, cp);
+    if (n == 0)
+      fail("identity name is not valid UTF-8 (byte ", i, " of ", name.size(),
+           "); names must be UTF-8 text");
+    if (cp < 0x20 || cp == 0x7F || (cp >= 0x80 && cp <= 0x9F))
+      fail("identity name has the control character U+", std::hex, cp, std::dec, " at byte ", i,
+           "; names must be printable text");
+    i += n;
+  }
+}
+
 // ---- Transactions ----------------------------------------------------------------------------
 
 template <typename F>
@@ -104,6 +132,7 @@ auto Gallery::write_transaction(const char* what, F&& body) {
   begin_write();
   try {
     auto result = body();
+    bump_generation();
     commit();
     return result;
   } catch (...) {
@@ -157,14 +186,24 @@ int64_t Gallery::insert_identity(const std::string& name, const std::string& met
 
 void Gallery::insert_embeddings(int64_t identity_id, int dim, const float* x, size_t n,
                                 const std::vector<std::string>& sources, int64_t now) {
+  // The ids are chosen here (AUTOINCREMENT's next) so that each row's checksum, which covers
+  // its id, is written with the row.
+  int64_t next_id = count(stmts_->next_embedding_id,
+                          "SELECT coalesce((SELECT seq FROM sqlite_sequence WHERE "
+                          "name='embeddings'), 0) + 1");
   StmtScope s(prepare(stmts_->insert_embedding,
-                      "INSERT INTO embeddings(identity_id, vector, source, created_at) "
-                      "VALUES(?, ?, ?, ?)"));
+                      "INSERT INTO embeddings(identity_id, vector, source, created_at, id, "
+                      "checksum) VALUES(?, ?, ?, ?, ?, ?)"));
   const int bytes = dim * static_cast<int>(sizeof(float));
   sqlite3_bind_int64(s.get(), 1, identity_id);
   sqlite3_bind_int64(s.get(), 4, now);
-  for (size_t i = 0; i < n; ++i) {
-    sqlite3_bind_blob(s.get(), 2, x + i * static_cast<size_t>(dim), bytes, SQLITE_STATIC);
+  for (size_t i = 0; i < n; ++i, ++next_id) {
+    const float* row = x + i * static_cast<size_t>(dim);
+    sqlite3_bind_blob(s.get(), 2, row, bytes, SQLITE_STATIC);
+    sqlite3_bind_int64(s.get(), 5, next_id);
+    sqlite3_bind_int64(
+        s.get(), 6,
+        checksum_column(embedding_checksum(next_id, identity_id, row, static_cast<size_t>(bytes))));
     if (sources.empty()) {
       sqlite3_bind_null(s.get(), 3);
     } else {
@@ -183,6 +222,13 @@ Identity Gallery::read_identity(int64_t id) {
   sqlite3_bind_int64(s.get(), 1, id);
   FN_ASSERT(step(s.get(), "reading an identity"));
   return identity_from_row(s.get());
+}
+
+std::string Gallery::identity_name(int64_t id) {
+  SqliteStmt local;
+  StmtScope s(prepare(local, "SELECT name FROM identities WHERE id=?"));
+  sqlite3_bind_int64(s.get(), 1, id);
+  return step(s.get(), "reading an identity") ? column_text(s.get(), 0) : "<no such identity>";
 }
 
 Identity Gallery::identity_from_row(sqlite3_stmt* s) {
@@ -233,9 +279,16 @@ Identity Gallery::enroll(const std::string& name, const EmbeddingSpec& spec, con
 
 int64_t Gallery::enroll_rows(const std::string& name, const std::string& metadata, int dim,
                              const float* x, size_t n, const std::vector<std::string>& sources,
-                             int64_t now) {
+                             int64_t now, bool replace) {
   int64_t id = lookup_id(name);
-  if (id == 0) id = insert_identity(name, metadata, now);
+  if (id == 0) {
+    id = insert_identity(name, metadata, now);
+  } else if (replace) {
+    SqliteStmt del;
+    StmtScope s(prepare(del, "DELETE FROM embeddings WHERE identity_id=?"));
+    sqlite3_bind_int64(s.get(), 1, id);
+    step(s.get(), "replacing an identity's embeddings");
+  }
   insert_embeddings(id, dim, x, n, sources, now);
   return id;
 }
@@ -303,8 +356,11 @@ GalleryMatrix Gallery::load_all(const std::string& model) {
     if (n == 0 || m.spec.model.empty())
       fail("gallery '", path_, "' is empty: no embeddings enrolled yet");
     reserve_rows(m, static_cast<size_t>(n));
-    StmtScope rows(
-        prepare(stmts_->all_rows, "SELECT id, identity_id, vector FROM embeddings ORDER BY id"));
+    StmtScope rows(prepare(stmts_->all_rows, has_checksums_
+                                                 ? "SELECT id, identity_id, vector, checksum FROM "
+                                                   "embeddings ORDER BY id"
+                                                 : "SELECT id, identity_id, vector, NULL FROM "
+                                                   "embeddings ORDER BY id"));
     read_rows(m, rows.get());
     StmtScope who(prepare(stmts_->list_identities, kListIdentities));
     while (step(who.get(), "listing identities")) {
@@ -313,6 +369,45 @@ GalleryMatrix Gallery::load_all(const std::string& model) {
     }
     return m;
   });
+}
+
+int64_t Gallery::snapshot_key() {
+  return read_snapshot([&] {
+    const std::string created = get_meta("created_at"), token = get_meta("write_token");
+    const int64_t key[2] = {created.empty() ? 0 : parse_meta_int(path_, "created_at", created),
+                            token.empty() ? 0 : parse_meta_int(path_, "write_token", token)};
+    return static_cast<int64_t>(gallery_hash64(key, sizeof key, 0x4B4559));
+  });
+}
+
+GalleryMatrix Gallery::load_for_search(const std::string& model) {
+  // The snapshot is keyed on the generation and on one value standing for this gallery and
+  // this write (snapshot_key), read in one read transaction with the spec.
+  struct Stamp {
+    int64_t generation, key;
+    EmbeddingSpec spec;
+  };
+  const Stamp stamp = read_snapshot([&] {
+    return Stamp{generation(), snapshot_key(), read_spec()};
+  });
+  require_same_model(path_, stamp.spec, model);
+  // Generation 0: a schema 1 file that no writer of this version has stamped; nothing to key
+  // a snapshot on.
+  // Inside an open write transaction (a bulk enrolment's batch) the rows are not committed:
+  // no snapshot is read or written for them.
+  const bool committed = sqlite3_get_autocommit(db_.get()) != 0;
+  if (stamp.generation > 0 && committed) {
+    std::optional<GalleryMatrix> m =
+        read_gallery_snapshot(snapshot_path(), stamp.generation, stamp.key);
+    if (m && m->spec.model == stamp.spec.model && m->spec.dim == stamp.spec.dim)
+      return std::move(*m);
+  }
+  GalleryMatrix m = load_all(model);
+  // A writer may have committed since the stamp was read: stamp what load_all saw instead.
+  const int64_t seen = read_snapshot([&] { return generation(); });
+  if (stamp.generation > 0 && committed && seen == stamp.generation)
+    write_gallery_snapshot(snapshot_path(), m, stamp.generation, stamp.key);
+  return m;
 }
 
 GalleryMatrix Gallery::load_identity(const std::string& name, const std::string& model) {
@@ -324,9 +419,11 @@ GalleryMatrix Gallery::load_identity(const std::string& name, const std::string&
     if (who.embeddings == 0)
       fail("identity '", name, "' in gallery '", path_, "' has no embeddings enrolled");
     reserve_rows(m, static_cast<size_t>(who.embeddings));
-    StmtScope rows(prepare(stmts_->rows_of,
-                           "SELECT id, identity_id, vector FROM embeddings "
-                           "WHERE identity_id=? ORDER BY id"));
+    StmtScope rows(prepare(stmts_->rows_of, has_checksums_
+                                                ? "SELECT id, identity_id, vector, checksum FROM "
+                                                  "embeddings WHERE identity_id=? ORDER BY id"
+                                                : "SELECT id, identity_id, vector, NULL FROM "
+                                                  "embeddings WHERE identity_id=? ORDER BY id"));
     sqlite3_bind_int64(rows.get(), 1, who.id);
     read_rows(m, rows.get());
     m.identities.push_back(std::move(who));
@@ -349,12 +446,71 @@ void Gallery::read_rows(GalleryMatrix& m, sqlite3_stmt* rows) {
     if (got != bytes)
       fail("gallery '", path_, "' is corrupt: embedding ", id, " has ", got, " bytes, expected ",
            bytes, " (", m.spec.dim, " float32)");
+    const int64_t identity_id = sqlite3_column_int64(rows, 1);
+    const bool unsummed = sqlite3_column_type(rows, 3) == SQLITE_NULL;
+    if (unsummed ? has_checksums_
+                 : sqlite3_column_int64(rows, 3) !=
+                       checksum_column(embedding_checksum(id, identity_id, blob, bytes))) {
+      fail("gallery '", path_, "' is damaged: embedding ", id, " of identity ", identity_id, " ('",
+           identity_name(identity_id), "')",
+           unsummed ? " has no checksum" : " does not match its checksum",
+           " (run: facenet gallery check --gallery ", path_, ")");
+    }
     const size_t at = m.vectors.size();
     m.vectors.resize(at + m.spec.dim);
     std::memcpy(m.vectors.data() + at, blob, bytes);
     m.embedding_ids.push_back(id);
-    m.identity_ids.push_back(sqlite3_column_int64(rows, 1));
+    m.identity_ids.push_back(identity_id);
   }
+}
+
+// ---- Integrity check -----------------------------------------------------------------------
+
+GalleryCheck Gallery::check() {
+  GalleryCheck c;
+  try {
+    c.sqlite = quick_check();
+    read_snapshot([&] {
+      const bool has_column = has_checksums_;
+      const char* sql = has_column
+                            ? "SELECT e.id, e.identity_id, e.vector, i.name, e.checksum FROM "
+                              "embeddings e LEFT JOIN identities i ON i.id = e.identity_id "
+                              "ORDER BY e.id"
+                            : "SELECT e.id, e.identity_id, e.vector, i.name, NULL FROM "
+                              "embeddings e LEFT JOIN identities i ON i.id = e.identity_id "
+                              "ORDER BY e.id";
+      SqliteStmt local;
+      StmtScope rows(prepare(local, sql));
+      const int dim = read_spec().dim;
+      while (step(rows.get(), "checking the embeddings")) {
+        ++c.rows;
+        DamagedRow d;
+        d.embedding_id = sqlite3_column_int64(rows.get(), 0);
+        d.identity_id = sqlite3_column_int64(rows.get(), 1);
+        d.identity = column_text(rows.get(), 3);
+        const auto bytes = static_cast<size_t>(sqlite3_column_bytes(rows.get(), 2));
+        const void* blob = sqlite3_column_blob(rows.get(), 2);
+        if (sqlite3_column_type(rows.get(), 3) == SQLITE_NULL) {
+          d.problem = "belongs to no identity";
+        } else if (dim > 0 && bytes != static_cast<size_t>(dim) * sizeof(float)) {
+          d.problem = "has " + std::to_string(bytes) + " bytes, expected " +
+                      std::to_string(dim * sizeof(float));
+        } else if (sqlite3_column_type(rows.get(), 4) == SQLITE_NULL) {
+          ++c.unverified;
+          if (has_column) d.problem = "has no checksum";
+        } else if (sqlite3_column_int64(rows.get(), 4) !=
+                   checksum_column(
+                       embedding_checksum(d.embedding_id, d.identity_id, blob, bytes))) {
+          d.problem = "does not match its checksum";
+        }
+        if (!d.problem.empty()) c.damaged.push_back(std::move(d));
+      }
+      return 0;
+    });
+  } catch (const Error& e) {
+    c.error = e.what();
+  }
+  return c;
 }
 
 // ---- BulkEnroller ----------------------------------------------------------------------------
@@ -378,7 +534,8 @@ BulkEnroller::~BulkEnroller() {
 }
 
 void BulkEnroller::add(const std::string& name, const float* x, size_t n,
-                       const std::vector<std::string>& sources, const std::string& metadata_json) {
+                       const std::vector<std::string>& sources, const std::string& metadata_json,
+                       bool replace) {
   validate_rows(name, spec_.dim, x, n, sources);
   const std::string metadata = normalize_metadata(name, metadata_json);
   try {
@@ -387,8 +544,9 @@ void BulkEnroller::add(const std::string& name, const float* x, size_t n,
       in_transaction_ = true;
       batch_started_ = steady_seconds();
       gallery_->require_spec(spec_);
+      gallery_->bump_generation();
     }
-    gallery_->enroll_rows(name, metadata, spec_.dim, x, n, sources, unix_now());
+    gallery_->enroll_rows(name, metadata, spec_.dim, x, n, sources, unix_now(), replace);
   } catch (...) {
     // An SQLite failure mid-person: drop the whole pending batch, keep what was committed.
     gallery_->rollback();

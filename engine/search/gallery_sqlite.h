@@ -16,7 +16,7 @@ namespace facenet {
 struct Gallery::Statements {
   SqliteStmt get_meta, set_meta, application_id, lookup_id, insert_identity, insert_embedding,
       read_identity, list_identities, delete_identity, count_identities, count_embeddings, all_rows,
-      rows_of, quick_check;
+      rows_of, quick_check, next_embedding_id, check_rows, set_checksum;
 };
 
 namespace gallery_detail {
@@ -42,6 +42,10 @@ std::string column_text(sqlite3_stmt* s, int col);
 // Meta values are written by us as decimal text; anything else means a damaged file.
 int64_t parse_meta_int(const std::string& path, const char* key, const std::string& text);
 void validate_spec(const EmbeddingSpec& spec);
+// Checksums are stored in an INTEGER column: the same 64 bits, read as signed.
+inline int64_t checksum_column(uint64_t c) {
+  return static_cast<int64_t>(c);
+}
 
 }  // namespace gallery_detail
 

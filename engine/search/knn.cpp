@@ -277,6 +277,31 @@ CpuFlatIndex::CpuFlatIndex(int dim, CpuStorage storage) : dim_(dim), storage_(st
   if (dim < 1) fail("CpuFlatIndex: dim = ", dim, " must be >= 1");
 }
 
+CpuFlatIndex CpuFlatIndex::borrow(const float* rows, int64_t n, int dim,
+                                  const float* squared_norms) {
+  CpuFlatIndex index(dim, CpuStorage::kFloat32);
+  if (n < 0 || (n > 0 && !rows)) fail("CpuFlatIndex::borrow: ", n, " rows at ", rows);
+  index.norms_.resize(n);
+  bool finite = true;
+  if (squared_norms) {
+    std::copy_n(squared_norms, n, index.norms_.data());
+    for (int64_t i = 0; i < n; ++i) finite = finite && std::isfinite(squared_norms[i]);
+  } else {
+#pragma omp parallel for reduction(&& : finite)
+    for (int64_t i = 0; i < n; ++i) {
+      index.norms_[i] = squared_norm(rows + i * dim, dim);
+      finite = finite && std::isfinite(index.norms_[i]);  // NaN/inf components: NaN/inf norm
+    }
+  }
+  if (!finite) check_finite(rows, n, dim, "CpuFlatIndex::borrow");  // names the component
+  for (int64_t i = 0; i < n; ++i)
+    if (!std::isfinite(index.norms_[i]))
+      fail("CpuFlatIndex::borrow: vector ", i, " has a squared norm beyond the float range");
+  index.slots_.assign_sequential(n);
+  index.borrowed_ = rows;
+  return index;
+}
+
 int CpuFlatIndex::threads() const {
   return threads_ > 0 ? threads_ : omp_get_max_threads();
 }
@@ -289,19 +314,20 @@ std::size_t CpuFlatIndex::gallery_bytes() const {
 
 std::size_t CpuFlatIndex::scan_bytes() const {
   return storage_ == CpuStorage::kBFloat16 ? sizeof(uint16_t) * high_.size()
-                                           : sizeof(float) * vectors_.size();
+                                           : sizeof(float) * dim_ * norms_.size();
 }
 
 void CpuFlatIndex::row(int64_t slot, float* out) const {
   const int64_t base = slot * dim_;
   if (storage_ == CpuStorage::kFloat32) {
-    std::copy_n(&vectors_[base], dim_, out);
+    std::copy_n(rows_f32() + base, dim_, out);
     return;
   }
   for (int c = 0; c < dim_; ++c) out[c] = bf16_join(high_[base + c], low_[base + c]);
 }
 
 void CpuFlatIndex::add(const float* vectors, int64_t n, int dim, const int64_t* ids) {
+  if (borrowed_) fail("CpuFlatIndex::add: this index borrows its rows and is read-only");
   if (n < 0) fail("CpuFlatIndex::add: n = ", n, " must be >= 0");
   check_dim(dim, dim_, "CpuFlatIndex::add");
   check_finite(vectors, n, dim, "CpuFlatIndex::add");
@@ -336,6 +362,7 @@ void CpuFlatIndex::add(const float* vectors, int64_t n, int dim, const int64_t* 
 }
 
 int64_t CpuFlatIndex::remove(const int64_t* ids, int64_t n) {
+  if (borrowed_) fail("CpuFlatIndex::remove: this index borrows its rows and is read-only");
   if (n > 0 && !ids) fail("CpuFlatIndex::remove: null ids for ", n, " ids");
   const SlotMap::Moves moves = slots_.remove(ids, n);
   auto move_rows = [&](auto& rows, int64_t width) {
@@ -457,7 +484,7 @@ void CpuFlatIndex::search_scan(const float* queries, int64_t nq, int k, float* d
               if (split)
                 kKernels.dots_high(q + j * dim_, &high_[r0 * dim_], rows, dim_, &ip[j * kScanRows]);
               else
-                kKernels.dots(q + j * dim_, &vectors_[r0 * dim_], rows, dim_, &ip[j * kScanRows]);
+                kKernels.dots(q + j * dim_, rows_f32() + r0 * dim_, rows, dim_, &ip[j * kScanRows]);
             }
             offer_block(mine, block.terms, ip.data(), kScanRows,
                         Run{nullptr, &norms_[r0], split ? &norm_bounds_[r0] : nullptr,
@@ -516,7 +543,7 @@ void CpuFlatIndex::search_gemm(const float* queries, int64_t nq, int k, float* d
           const int64_t s0 = tile * kGemmGalleryTile;
           const int64_t cols = std::min(kGemmGalleryTile, n - s0);
           const void* b = split ? static_cast<const void*>(&high_[s0 * dim_])
-                                : static_cast<const void*>(&vectors_[s0 * dim_]);
+                                : static_cast<const void*>(rows_f32() + s0 * dim_);
           (cols == full ? full_worker : *tail_worker).run(a, b, ip.data());
           offer_block(mine, block.terms, ip.data(), cols,
                       Run{nullptr, &norms_[s0], split ? &norm_bounds_[s0] : nullptr,

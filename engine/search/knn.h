@@ -70,6 +70,9 @@ class SlotMap {
  public:
   // Appends ids (nullptr: size()..size()+n-1); throws naming `what` on a duplicate id.
   void append(const int64_t* ids, int64_t n, const char* what);
+  // Ids 0..n-1 without the id -> slot map (a million-entry hash map costs ~0.1 s to build):
+  // for read-only indexes, which never remove.
+  void assign_sequential(int64_t n);
   // A removal plan: after it, slot `dst[i]` must hold what was in slot `src[i]`. Sources are
   // all >= the new size and destinations all < it, so the moves can run in parallel.
   struct Moves {
@@ -110,6 +113,13 @@ struct CpuSearchStats {
 class CpuFlatIndex {
  public:
   explicit CpuFlatIndex(int dim, CpuStorage storage = CpuStorage::kFloat32);
+  // A read-only fp32 index over `n` rows (row-major, `dim` wide) that the caller keeps alive
+  // and unchanged, searched in place (a memory-mapped gallery snapshot): nothing is copied,
+  // only the norms are computed (and checked finite); labels are row numbers; add() and
+  // remove() throw. `squared_norms`, when given, are the rows' squared_norm() as stored beside
+  // them (a snapshot, whose hash covers both): taken instead of a pass over every row.
+  static CpuFlatIndex borrow(const float* rows, int64_t n, int dim,
+                             const float* squared_norms = nullptr);
 
   int dim() const { return dim_; }
   int64_t size() const { return slots_.size(); }
@@ -140,9 +150,12 @@ class CpuFlatIndex {
   void rerank(const float* queries, const std::vector<std::vector<int64_t>>& candidates, int k,
               float* distances, int64_t* labels) const;
 
+  const float* rows_f32() const { return borrowed_ ? borrowed_ : vectors_.data(); }
+
   int dim_;
   CpuStorage storage_;
   int threads_ = 0;
+  const float* borrowed_ = nullptr;  // borrow(): the caller's fp32 rows, used instead of vectors_
   GalleryArray<float> vectors_;      // fp32: size() x dim_, row-major
   GalleryArray<uint16_t> high_;      // bf16: size() x dim_, bf16 rounding of each component
   GalleryArray<uint16_t> low_;       // bf16: size() x dim_, low 16 bits of each fp32 pattern

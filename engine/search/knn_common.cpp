@@ -71,6 +71,12 @@ void SlotMap::append(const int64_t* ids, int64_t n, const char* what) {
   for (int64_t i = 0; i < n; ++i) ids_.push_back(ids ? ids[i] : base + i);
 }
 
+void SlotMap::assign_sequential(int64_t n) {
+  slot_.clear();
+  ids_.resize(n);
+  for (int64_t i = 0; i < n; ++i) ids_[i] = i;
+}
+
 SlotMap::Moves SlotMap::remove(const int64_t* ids, int64_t n) {
   // Swap-with-last, one id at a time; `origin` tracks which original slot's data each moved-into
   // slot holds, so chains (the last slot was itself filled by a move) collapse into one move.

@@ -74,25 +74,47 @@ Identifier::Identifier(GalleryMatrix gallery, Device device, std::optional<CpuSt
     : gallery_(std::move(gallery)), index_(std::make_unique<Index>()) {
   const int dim = gallery_.spec.dim;
   const int64_t n = static_cast<int64_t>(gallery_.rows());
+  bool borrowed = false;
   if (device == Device::kCuda) {
 #ifdef FACENET_HAS_CUDA
     if (!context) context = (index_->own_context = std::make_unique<GpuContext>(0)).get();
     index_->context = context;
     index_->gpu = std::make_unique<GpuFlatIndex>(*context, dim, GpuStorage::kFloat32);
-    index_->gpu->add(gallery_.vectors.data(), n, dim);
+    index_->gpu->add(gallery_.row_data(), n, dim);
 #else
     require_gpu("identify --device cuda");
 #endif
+  } else if (gallery_.mapped_rows && !storage) {
+    // A mapped snapshot: searched where it is (fp32), rather than copied into bf16 planes,
+    // which at 1e6 rows costs more than the search saves for one call.
+    index_->cpu = std::make_unique<CpuFlatIndex>(
+        CpuFlatIndex::borrow(gallery_.mapped_rows, n, dim, gallery_.mapped_norms));
+    borrowed = true;
   } else {
     if (!storage)
       storage = n >= kAutoBf16Rows && cpu_has_bf16() ? CpuStorage::kBFloat16 : CpuStorage::kFloat32;
     index_->cpu = std::make_unique<CpuFlatIndex>(dim, *storage);
-    index_->cpu->add(gallery_.vectors.data(), n, dim);
+    index_->cpu->add(gallery_.row_data(), n, dim);
   }
   gallery_.vectors = {};  // the index holds them now: one copy of the gallery, not two
-  std::unordered_map<int64_t, int64_t> per;
-  for (int64_t id : gallery_.identity_ids)
-    max_per_identity_ = std::max(max_per_identity_, ++per[id]);
+  if (!borrowed) {
+    gallery_.mapped_rows = nullptr;  // the index made its copy: the mapping can go
+    gallery_.mapped_norms = nullptr;
+    gallery_.mapping.reset();
+  }
+  // The identities' own counts when they account for every row (load_all, snapshots), else
+  // counted from the labels.
+  int64_t counted = 0;
+  for (const Identity& who : gallery_.identities) {
+    counted += who.embeddings;
+    max_per_identity_ = std::max(max_per_identity_, who.embeddings);
+  }
+  if (counted != n) {
+    max_per_identity_ = 1;
+    std::unordered_map<int64_t, int64_t> per;
+    for (int64_t id : gallery_.identity_ids)
+      max_per_identity_ = std::max(max_per_identity_, ++per[id]);
+  }
 }
 
 Identifier::~Identifier() = default;

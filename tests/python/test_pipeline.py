@@ -129,7 +129,7 @@ def test_bad_inputs_are_named_and_the_good_ones_kept(pipeline, photos, tmp_path)
         pipeline.encode(np.zeros((10, 10, 3), np.float32))
     with pytest.raises(TypeError, match="unknown option"):
         pipeline.encode(photos[0], upsampel=1)
-    with pytest.raises(fe.EngineError, match="cannot open model file"):
+    with pytest.raises(fe.EngineError, match="cannot read model file"):
         fe.Pipeline("/nonexistent/model.safetensors")
 
 

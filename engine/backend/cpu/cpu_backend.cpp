@@ -79,6 +79,7 @@ class CpuBackend final : public Backend {
     arena_.assign(static_cast<size_t>(g_.arena_per_image * micro_batch_ * es));
     input_.assign(static_cast<size_t>(element_count(g_.input_shape) * micro_batch_ * es));
     weights_.resize(g_.steps.size());
+    single_w_.resize(g_.steps.size());
     size_winograd_buffers(micro_batch_);
   }
 
@@ -242,8 +243,23 @@ class CpuBackend final : public Backend {
            out[2] >= min_map;
   }
 
+  // A stride-1 float32 convolution to one channel runs as nhwc_ops' conv_single_nhwc, when its
+  // input is a whole slot without padding channels (conv_single_nhwc reads each pixel's
+  // channels as one contiguous run).
+  bool single_output(const Step& s, int64_t n) {
+    if (act_ != DType::kFloat32 || s.out != 1 || s.stride != 1 || !s.residual.empty()) return false;
+    const NhwcView x = view(s.inputs[0], n);
+    return g_.placement.at(s.inputs[0]).c0 == 0 && x.cs == x.c;
+  }
+
   std::vector<Exec> plan_conv(size_t i, int64_t n) {
     const Step& s = g_.steps[i];
+    if (single_output(s, n)) {
+      if (single_w_[i].empty())
+        single_w_[i] =
+            pack_single_conv_weights(s.w.data(), s.in, s.kernel, view(s.inputs[0], n).cs);
+      return {};
+    }
     dnnl::post_ops po;
     if (!s.residual.empty()) po.append_sum(1.0f);  // dst = conv + dst (the residual's slot)
     if (s.relu) po.append_eltwise(1.0f, dnnl::algorithm::eltwise_relu, 0.0f, 0.0f);
@@ -405,6 +421,12 @@ class CpuBackend final : public Backend {
       const Step& s = g_.steps[i];
       switch (s.op) {
         case StepOp::kConv:
+          if (!single_w_[i].empty())
+            conv_single_nhwc(view(s.inputs[0], n), single_w_[i].data(), s.b[0], s.kernel, s.pad,
+                             s.relu, view(s.output, n), threads_);
+          else
+            execute_all(p.steps[i]);
+          break;
         case StepOp::kLrn:
           execute_all(p.steps[i]);
           break;
@@ -463,6 +485,7 @@ class CpuBackend final : public Backend {
   AlignedBytes arena_, input_, wino_src_, wino_dst_;
   std::vector<char> scratch_;  // oneDNN aligns each scratchpad entry itself
   std::vector<std::vector<std::pair<memory::desc, memory>>> weights_;  // per step
+  std::vector<std::vector<float>> single_w_;  // per step: conv_single_nhwc's packed weights
   std::map<int64_t, BatchPlan> plans_;
 };
 

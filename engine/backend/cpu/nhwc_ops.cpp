@@ -174,4 +174,80 @@ void l2norm_rows(const NhwcView& x, double eps, float* y, int threads) {
   dispatch(x.type, [&](auto t) { l2norm<decltype(t)>(x, eps, y, threads); });
 }
 
+std::vector<float> pack_single_conv_weights(const float* w, int64_t c, int kernel, int64_t cs) {
+  std::vector<float> packed(static_cast<size_t>(kernel) * kernel * cs, 0.f);
+  for (int64_t ch = 0; ch < c; ++ch)
+    for (int ky = 0; ky < kernel; ++ky)
+      for (int kx = 0; kx < kernel; ++kx)
+        packed[(ky * kernel + kx) * cs + ch] = w[(ch * kernel + ky) * kernel + kx];
+  return packed;
+}
+
+namespace {
+
+// Window-row dot products of `kBlock` neighbouring outputs at once, 16 lanes each: independent
+// accumulators keep the FMA pipes busy (one accumulator waits on its own latency). `a` points
+// at the first output's window row start; outputs are `cs` floats apart; len % 16 == 0.
+constexpr int kBlock = 4;
+inline void dot_block(const float* a, const float* b, int64_t len, int64_t cs, float* acc) {
+  for (int64_t j = 0; j < len; j += 16)
+    for (int o = 0; o < kBlock; ++o) {
+      const float* ao = a + o * cs + j;
+      float* ac = acc + o * 16;
+#pragma omp simd
+      for (int l = 0; l < 16; ++l) ac[l] += ao[l] * b[j + l];
+    }
+}
+
+}  // namespace
+
+void conv_single_nhwc(const NhwcView& x, const float* w, float bias, int kernel, int pad, bool relu,
+                      const NhwcView& y, int threads) {
+  const int64_t H = x.h, W = x.w, cs = x.cs, OH = y.h, OW = y.w;
+  const float* in = static_cast<const float*>(x.data);
+  float* out = static_cast<float*>(y.data);
+  auto finish = [&](float acc) { return relu && acc < 0.f ? 0.f : acc; };
+#pragma omp parallel for collapse(2) schedule(static) num_threads(threads)
+  for (int64_t i = 0; i < x.n; ++i)
+    for (int64_t oy = 0; oy < OH; ++oy) {
+      const float* img = in + i * H * W * cs;
+      float* row = out + ((i * OH + oy) * OW) * y.cs;
+      int64_t ox = 0;
+      // Outputs whose window lies inside the map's columns, kBlock at a time.
+      if (cs % 16 == 0)
+        for (ox = pad; ox + kBlock <= std::min<int64_t>(OW, W - kernel + pad + 1); ox += kBlock) {
+          alignas(64) float acc[kBlock * 16] = {};
+          for (int ky = 0; ky < kernel; ++ky) {
+            const int64_t iy = oy + ky - pad;
+            if (iy < 0 || iy >= H) continue;
+            dot_block(img + (iy * W + ox - pad) * cs, w + ky * kernel * cs, kernel * cs, cs, acc);
+          }
+          for (int o = 0; o < kBlock; ++o) {
+            float sum = 0.f;
+            for (int l = 0; l < 16; ++l) sum += acc[o * 16 + l];
+            row[(ox + o) * y.cs] = finish(sum + bias);
+          }
+        }
+      // The rest (borders, or channels not a multiple of 16), one output at a time.
+      const int64_t blocked_end = ox;
+      const int64_t blocked_begin = cs % 16 == 0 ? pad : 0;
+      for (int64_t c = 0; c < OW; ++c) {
+        if (c >= blocked_begin && c < blocked_end) continue;
+        const int64_t k0 = std::max<int64_t>(0, pad - c);
+        const int64_t k1 = std::min<int64_t>(kernel, W - c + pad);
+        const int64_t len = (k1 - k0) * cs;
+        float acc = 0.f;
+        for (int ky = 0; ky < kernel; ++ky) {
+          const int64_t iy = oy + ky - pad;
+          if (iy < 0 || iy >= H || len <= 0) continue;
+          const float* a = img + (iy * W + c + k0 - pad) * cs;
+          const float* b = w + (ky * kernel + k0) * cs;
+#pragma omp simd reduction(+ : acc)
+          for (int64_t j = 0; j < len; ++j) acc += a[j] * b[j];
+        }
+        row[c * y.cs] = finish(acc + bias);
+      }
+    }
+}
+
 }  // namespace facenet

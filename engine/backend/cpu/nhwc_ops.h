@@ -5,6 +5,7 @@
 
 #include <cstdint>
 #include <cstring>
+#include <vector>
 
 #include "engine/core/dtype.h"
 
@@ -50,6 +51,16 @@ void add_padded_nhwc(const NhwcView& a, const NhwcView& b, bool relu, const Nhwc
 // y = relu?(gamma_c x + beta_c).
 void affine_nhwc(const NhwcView& x, const float* gamma, const float* beta, bool relu,
                  const NhwcView& y, int threads);
+
+// A stride-1 convolution to a single output channel, float32: y = relu?(w * x + bias), zero
+// padding `pad`. `w` is packed [kernel][kernel * x.cs] (kx-major, x.cs channels each, zero past
+// x.c: pack_single_conv_weights), so each window row is one dot product over contiguous
+// input. oneDNN's direct convolution spends 16 lanes on the 1 output channel (dlib's MMOD
+// score layer: 45 -> 1 channels, 9x9: 1.8 ms of an 11 ms forward).
+void conv_single_nhwc(const NhwcView& x, const float* w, float bias, int kernel, int pad, bool relu,
+                      const NhwcView& y, int threads);
+// [1][c][k][k] weights -> the packing conv_single_nhwc reads, for inputs `cs` floats apart.
+std::vector<float> pack_single_conv_weights(const float* w, int64_t c, int kernel, int64_t cs);
 
 // Each image of x -> a row of y[n][c*h*w] float32 in CHW order, divided by
 // sqrt(max(sum x^2, eps)). x and y may be the same float32 buffer when h = w = 1.

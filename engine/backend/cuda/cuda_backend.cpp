@@ -148,6 +148,20 @@ class CudaBackendImpl final : public CudaBackend, private StagingDevice {
     download_output(y, n);
   }
 
+  void forward_device_input(int64_t n, int64_t per_image,
+                            const std::function<void(float* x, cudaStream_t stream)>& fill,
+                            float* y) override {
+    if (n <= 0) return;
+    if (per_image != element_count(graph_.input_shape))
+      fail("forward_device_input: the input holds ", per_image, " values per image; the model's ",
+           shape_string(graph_.input_shape), " holds ", element_count(graph_.input_shape));
+    Plan& p = plan_covering(n);
+    fill(input_target(n), ctx_.stream());
+    finish_input(n);
+    execute(p);
+    download_output(y, n);
+  }
+
   std::unique_ptr<StagedEncoder> make_staged_encoder(int slots, int64_t capacity) override {
     return staging_.lend(slots, capacity);
   }
@@ -403,17 +417,27 @@ class CudaBackendImpl final : public CudaBackend, private StagingDevice {
                          ctx_.stream());
   }
 
-  void upload_input(const float* x, int64_t n) {
+  // Where a float32 NCHW input of n images goes: the arena's input itself when that is its
+  // layout, else a staging buffer finish_input() converts from.
+  float* input_target(int64_t n) {
+    if (dtype_ == DType::kFloat32 && layout_ == Layout::kNchw)
+      return static_cast<float*>(arena_.input(n).data);
     const int64_t count = arena_.input_per_image() * n;
-    if (dtype_ == DType::kFloat32 && layout_ == Layout::kNchw) {
-      FN_GPU_CHECK(cudaMemcpyAsync(arena_.input(n).data, x, count * sizeof(float),
-                                   cudaMemcpyHostToDevice, ctx_.stream()));
-      return;
-    }
     staging_f32_.resize(std::max(staging_f32_.size(), static_cast<size_t>(count)));
-    staging_f32_.upload(x, count, ctx_.stream());
+    return staging_f32_.data();
+  }
+
+  void finish_input(int64_t n) {
+    if (dtype_ == DType::kFloat32 && layout_ == Layout::kNchw) return;
     launch_copy_centred(f32_nchw(staging_f32_.data(), n, graph_.input_shape), arena_.input(n),
                         ctx_.stream());
+  }
+
+  void upload_input(const float* x, int64_t n) {
+    const int64_t count = arena_.input_per_image() * n;
+    FN_GPU_CHECK(cudaMemcpyAsync(input_target(n), x, count * sizeof(float), cudaMemcpyHostToDevice,
+                                 ctx_.stream()));
+    finish_input(n);
   }
 
   void download_output(float* y, int64_t n) {

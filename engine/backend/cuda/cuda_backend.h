@@ -7,6 +7,7 @@
 
 #include <cstddef>
 #include <cstdint>
+#include <functional>
 #include <memory>
 #include <vector>
 
@@ -22,6 +23,14 @@ class CudaBackend : public Backend {
   // From decoded images: n x H x W x 3 uint8 BGR (HWC, OpenCV's order) in host memory; the
   // conversion to the model input (RGB, scale, layout, dtype) runs on the GPU. Synchronous.
   virtual void forward_bgr8(const uint8_t* bgr, int64_t n, float* y) = 0;
+
+  // From an input the caller builds on the GPU: `fill` gets a device buffer of n images of the
+  // input shape (float32 NCHW, `per_image` values each: checked against the model's input) and
+  // the backend's stream and queues its writes there (the CNN detector builds its pyramid this
+  // way from the uploaded 8-bit photo). Synchronous.
+  virtual void forward_device_input(int64_t n, int64_t per_image,
+                                    const std::function<void(float* x, cudaStream_t stream)>& fill,
+                                    float* y) = 0;
 
   // Model-only path for benchmarks: prepare() builds the plan for n (algorithms, arena, CUDA
   // graph) and fills the device-resident input with `x` (n images, float32 NCHW);

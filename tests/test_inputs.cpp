@@ -160,6 +160,23 @@ TEST_F(Inputs, CorruptJpegIsRefusedByLibjpegsWarning) {
   test::expect_error([&] { decode_checked(bad, "bad.jpg"); }, {"bad.jpg", "corrupt JPEG"});
 }
 
+// Only the formats the engine names reach OpenCV: bytes with a DICOM signature (GDCM aborted
+// the process on this one, found by fuzz_image) or a "P5" that is no PNM header are refused.
+TEST(InputFormats, OnlyTheEnginesFormatsReachOpenCv) {
+  std::string dicom(132, '0');
+  dicom.replace(0, 3, "P50");
+  dicom.replace(128, 4, "DICM");
+  const std::vector<unsigned char> bytes(dicom.begin(), dicom.end());
+  EXPECT_NE(structure_problem(bytes.data(), bytes.size()).find("not a supported image format"),
+            std::string::npos);
+  test::expect_error([&] { decode_checked(bytes, "scan.dcm"); },
+                     {"scan.dcm", "not a supported image format"});
+  const std::string pgm = "P5\n2 1\n255\n\x10\x20";
+  const std::vector<unsigned char> ok(pgm.begin(), pgm.end());
+  EXPECT_EQ(structure_problem(ok.data(), ok.size()), "");
+  EXPECT_EQ(decode_checked(ok, "tiny.pgm").width, 2);
+}
+
 TEST_F(Inputs, PixelLimitIsReadFromTheHeaderBeforeDecoding) {
   const std::vector<unsigned char> jpeg = synthetic_jpeg(120, 100, 7);
   const std::optional<ImageSize> s = image_header_size(jpeg.data(), jpeg.size());

@@ -1,6 +1,7 @@
 // What can be known of an encoded image before decoding it: its size from the header, and
 // whether a JPEG's markers or a PNG's chunks are whole (a truncated file's are not).
 #include <algorithm>
+#include <cctype>
 #include <cstring>
 #include <string>
 
@@ -177,6 +178,17 @@ std::optional<ImageSize> header_size(const unsigned char* d, size_t n) {
   return std::nullopt;
 }
 
+// The formats the engine reads, by the signatures OpenCV's own decoders check, so that
+// OpenCV picks the decoder this names (a "P5" not followed by white space is no PNM to it).
+bool supported_signature(const unsigned char* d, size_t n) {
+  if (n >= 3 && d[0] == 0xFF && d[1] == 0xD8 && d[2] == 0xFF) return true;
+  if (n >= 8 && std::memcmp(d, "\x89PNG\r\n\x1a\n", 8) == 0) return true;
+  if (n >= 2 && d[0] == 'B' && d[1] == 'M') return true;
+  if (n >= 12 && std::memcmp(d, "RIFF", 4) == 0 && std::memcmp(d + 8, "WEBP", 4) == 0) return true;
+  if (n >= 4 && (std::memcmp(d, "II*\0", 4) == 0 || std::memcmp(d, "MM\0*", 4) == 0)) return true;
+  return n >= 3 && d[0] == 'P' && d[1] >= '1' && d[1] <= '6' && std::isspace(d[2]);
+}
+
 }  // namespace
 
 std::optional<ImageSize> image_header_size(const unsigned char* d, size_t n) {
@@ -192,6 +204,10 @@ std::string structure_problem(const unsigned char* data, size_t size) {
     why = walk_jpeg(data, size, nullptr);
   else if (size >= 8 && std::memcmp(data, "\x89PNG\r\n\x1a\n", 8) == 0)
     why = walk_png(data, size);
+  else if (!supported_signature(data, size))
+    // Nothing else reaches OpenCV, whose other codecs (DICOM, OpenEXR, JPEG 2000, ...) are
+    // not ours to expose: GDCM aborts the process on a truncated file (found by fuzz_image).
+    return "not a supported image format: JPEG, PNG, BMP, WebP, TIFF or PNM (PBM/PGM/PPM)";
   if (why.empty()) return why;
   return (data[0] == 0xFF ? "JPEG " : "PNG ") + why;
 }

@@ -69,6 +69,10 @@ struct Identifier::Index {
   }
 };
 
+CpuStorage Identifier::auto_storage(int64_t rows) {
+  return rows >= kAutoBf16Rows && cpu_has_bf16() ? CpuStorage::kBFloat16 : CpuStorage::kFloat32;
+}
+
 Identifier::Identifier(GalleryMatrix gallery, Device device, std::optional<CpuStorage> storage,
                        [[maybe_unused]] GpuContext* context)
     : gallery_(std::move(gallery)), index_(std::make_unique<Index>()) {
@@ -91,8 +95,7 @@ Identifier::Identifier(GalleryMatrix gallery, Device device, std::optional<CpuSt
         CpuFlatIndex::borrow(gallery_.mapped_rows, n, dim, gallery_.mapped_norms));
     borrowed = true;
   } else {
-    if (!storage)
-      storage = n >= kAutoBf16Rows && cpu_has_bf16() ? CpuStorage::kBFloat16 : CpuStorage::kFloat32;
+    if (!storage) storage = auto_storage(n);
     index_->cpu = std::make_unique<CpuFlatIndex>(dim, *storage);
     index_->cpu->add(gallery_.row_data(), n, dim);
   }

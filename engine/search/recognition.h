@@ -55,6 +55,8 @@ class Identifier {
   Identifier(GalleryMatrix gallery, Device device, std::optional<CpuStorage> storage = std::nullopt,
              GpuContext* context = nullptr);
   static constexpr int64_t kAutoBf16Rows = 100000;
+  // The CPU storage chosen for a gallery of `rows` rows when none is given.
+  static CpuStorage auto_storage(int64_t rows);
   ~Identifier();
   // probes: n x dim. k: identities per probe in `top`. Throws when the gallery is empty.
   std::vector<Identification> identify(const float* probes, int64_t n, int k, double threshold);

@@ -218,6 +218,15 @@ std::pair<std::string, int> model_embedding_spec(const std::string& path) {
 }  // namespace
 
 void bind_gallery(nb::module_& m) {
+  m.def(
+      "_identify_storage",
+      [](int64_t rows) {
+        return std::string(Identifier::auto_storage(rows) == CpuStorage::kBFloat16 ? "bf16"
+                                                                                   : "fp32");
+      },
+      nb::arg("rows"),
+      "The CPU storage Gallery.identify's index takes for a gallery of `rows` rows: 'bf16' "
+      "(split planes, exact) from 100,000 rows where the CPU runs bf16, else 'fp32'.");
   m.attr("DEFAULT_THRESHOLD") = kDefaultThreshold;
   m.def("model_embedding_spec", &model_embedding_spec, nb::arg("path"),
         "The (embedding spec, dimension) of a model file: what a gallery of its embeddings "

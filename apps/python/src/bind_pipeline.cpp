@@ -13,6 +13,7 @@
 
 #include "apps/python/src/bindings.h"
 #include "engine/core/error.h"
+#include "engine/image/image_io.h"
 #include "engine/pipeline/pipeline.h"
 #include "engine/search/gallery.h"
 
@@ -251,6 +252,22 @@ ImageResult image_from_state(const nb::tuple& t) {
 }  // namespace
 
 void bind_pipeline(nb::module_& m) {
+  m.def(
+      "_expand_inputs",
+      [](const std::vector<nb::bytes>& args) {
+        std::vector<std::string> in;
+        for (const nb::bytes& a : args) in.emplace_back(a.c_str(), a.size());
+        nb::list out;
+        for (const InputEntry& e : expand_inputs(in)) {
+          const std::string& p = e.path.native();
+          out.append(nb::make_tuple(nb::bytes(p.data(), p.size()),
+                                    nb::bytes(e.error.data(), e.error.size())));
+        }
+        return out;
+      },
+      nb::arg("args"),
+      "The CLI's input expansion: files and directories (recursive, sorted, image extensions) "
+      "as file-system bytes -> [(path, error)], error b'' for an image file to read.");
   nb::class_<FaceResult>(m, "FaceResult",
                          "One face of an image: box, detector score, landmarks and, as the task "
                          "asked, the aligned chips, the embedding and the gallery match.")

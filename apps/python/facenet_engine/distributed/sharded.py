@@ -17,8 +17,6 @@ was cut off is retried only when the restarted shard shows it did not commit (it
 embedding count), so nothing is lost or duplicated. One :class:`ShardedGallery` handle should
 write a given identity at a time.
 
-This module needs ``ray`` (``pip install "ray[data]"``); importing it without Ray raises
-ImportError.
 """
 
 from __future__ import annotations
@@ -33,15 +31,17 @@ from typing import Any, Dict, List, Optional, Sequence, Tuple, Union
 import numpy as np
 import ray
 
-from .gallery import DEFAULT_THRESHOLD, Gallery, Identification, Identity, _resolve_model
-from .search import FlatIndex
-from ._core import EngineError
+from ..gallery import DEFAULT_THRESHOLD, Gallery, Identification, Identity, _resolve_model
+from ..search import FlatIndex
+from .. import _core
+from .._core import EngineError
 
 __all__ = ["ShardedGallery", "shard_of"]
 
 PathLike = Union[str, "os.PathLike[str]"]
 _MANIFEST = "manifest.json"
 _MAX_CANDIDATES = 1024  # as the engine's Identifier: at most this many rows per search
+_BULK = 512  # identities per bulk call when a gallery file is split
 
 
 def shard_of(name: str, shards: int) -> int:
@@ -124,6 +124,15 @@ class _Shard:
             self._counts[name] = self._counts.get(name, 0) + len(x)
         return ident
 
+    def enroll_many(self, items: List[Tuple[str, np.ndarray, Optional[List[str]],
+                                             Optional[dict]]], model: str) -> int:
+        """Bulk load: each (name, embeddings, sources, metadata) enrolled in turn, the index
+        rebuilt once at the end; returns the shard's row count."""
+        for name, x, sources, metadata in items:
+            self._gallery.enroll(name, x, model=model, sources=sources, metadata=metadata)
+        self._load()
+        return len(self._names)
+
     def remove(self, names: List[str]) -> Dict[str, int]:
         removed = self._gallery.remove_many(names)
         self._load()  # rebuilt in enrolment order, as a fresh single index would be
@@ -146,9 +155,12 @@ class ShardedGallery:
     file), or reopen a folder with :meth:`open`. Ray must be initialised (``ray.init()``)
     first. ``device`` ("cpu" or "cuda") and ``storage`` ("fp32", "bf16" CPU, "fp16" CUDA) choose
     each shard's index; ``num_gpus`` / ``num_cpus`` are each shard actor's Ray resources.
+    ``storage="auto"`` takes what Gallery.identify takes for the whole gallery as it is when
+    opened (bf16 planes from 100,000 rows where the CPU runs bf16), so that the distances are
+    the same bits; a gallery that grows past that size keeps its storage until reopened.
     """
 
-    def __init__(self, root: PathLike, *, device: str = "cpu", storage: str = "fp32",
+    def __init__(self, root: PathLike, *, device: str = "cpu", storage: str = "auto",
                  threads: int = 0, num_cpus: Optional[float] = None,
                  num_gpus: Optional[float] = None, restart_timeout_s: float = 60.0) -> None:
         self.root = pathlib.Path(root)
@@ -160,6 +172,15 @@ class ShardedGallery:
         self.shards = int(info["shards"])
         self.model = str(info["model"])
         self._restart_timeout_s = restart_timeout_s
+        if storage == "auto":
+            # As Gallery.identify's index for the whole gallery, so that the distances are the
+            # same bits: the bf16 planes' exact re-ranking and the fp32 scan round differently.
+            rows = 0
+            for i in range(self.shards):
+                with Gallery.open(_shard_file(self.root, i), "r") as g:
+                    rows += int(g.stats()["embeddings"])
+            storage = _core._identify_storage(rows) if device == "cpu" else "fp32"
+        self.storage = storage
         options: Dict[str, Any] = {"max_restarts": -1, "max_task_retries": 0}
         if num_cpus is not None:
             options["num_cpus"] = num_cpus
@@ -200,10 +221,23 @@ class ShardedGallery:
             st = g.stats()
             if not st["model"]:
                 raise EngineError(f"gallery '{gallery}' has no model yet: nothing to shard")
+            if options.get("storage", "auto") == "auto" and options.get("device", "cpu") == "cpu":
+                options["storage"] = _core._identify_storage(int(st["embeddings"]))
             sharded = cls.create(root, shards, model=st["model"], dim=int(st["dim"]), **options)
+            # In bulk, chunk by chunk per shard; not retried: a failure leaves a new folder to
+            # delete and make again.
+            chunks: List[List[tuple]] = [[] for _ in range(shards)]
+            pending = []
             for ident in g.identities():
                 vectors, _ = g.embeddings(ident.name)
-                sharded.enroll(ident.name, vectors, metadata=ident.metadata)
+                i = shard_of(ident.name, shards)
+                chunks[i].append((ident.name, vectors, None, ident.metadata))
+                if len(chunks[i]) == _BULK:
+                    pending.append(sharded._actors[i].enroll_many.remote(chunks[i], sharded.model))
+                    chunks[i] = []
+            pending += [sharded._actors[i].enroll_many.remote(c, sharded.model)
+                        for i, c in enumerate(chunks) if c]
+            ray.get(pending)
         return sharded
 
     @classmethod

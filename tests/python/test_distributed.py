@@ -6,6 +6,7 @@ Sharded identify equals the single gallery's, distances and order included; writ
 and durable; a killed shard actor is restarted from its file and the query retried."""
 
 import os
+import re
 import shutil
 
 import numpy as np
@@ -224,4 +225,23 @@ def test_sharded_identify_equals_the_single_gallery_at_100k_rows(cluster, tmp_pa
     sg = ShardedGallery.from_gallery(path, tmp_path / "sharded", 3, threads=1)
     assert sg.storage == fe._core._identify_storage(100000)
     assert_same(sg.identify(probes, k=5), want)
+
+
+def test_the_readme_cluster_example_runs(cluster, photos, dlib_models, tmp_path, monkeypatch,
+                                         capsys):
+    """The README's Ray example as written, on the test photos (its ray.init() joins the
+    module's cluster instead of starting a second one)."""
+    from conftest import REPO
+    text = (REPO / "README.md").read_text()
+    block = next(b for b in re.findall(r"```python\n(.*?)```", text, flags=re.S)
+                 if "encode_dataset" in b)
+    shutil.copytree(photos, tmp_path / "people")
+    shutil.copy(photos / "Tony_Blair" / "Tony_Blair_0001.jpg", tmp_path / "who.jpg")
+    monkeypatch.chdir(tmp_path)
+    block = block.replace("ray.init()", "ray.init(ignore_reinit_error=True)")
+    exec(compile(block, "README.md", "exec"), {})
+    out = capsys.readouterr().out.splitlines()
+    assert out[-2] == str({"identities": 11 - 1, "embeddings": 100, "images_without_face": 1,
+                           "failed": 1})
+    assert out[-1] == "Tony_Blair"
 

@@ -58,7 +58,7 @@ _OPTIONS = ("detector", "align", "upsample", "jitter", "mirror", "alignment")
 def list_images(inputs: Union[PathLike, Sequence[PathLike]],
                 on_error: Optional[Callable[[str], Any]] = None) -> List[str]:
     """Files and directories expanded as the CLI does: directories recursively (sorted, image
-    extensions), files as given (URIs such as s3://... too). An entry that cannot be read, or a
+    extensions), files as given (URIs such as s3://... too), local paths made absolute. An entry that cannot be read, or a
     local file that is missing or unreadable, is passed to `on_error` (default: printed to
     stderr) and skipped."""
     if isinstance(inputs, (str, bytes, os.PathLike)):
@@ -67,6 +67,7 @@ def list_images(inputs: Union[PathLike, Sequence[PathLike]],
     out = []
     for path, error in _core._expand_inputs([os.fsencode(p) for p in inputs]):
         name = os.fsdecode(path)
+        name = _absolute(name)
         if not error and "://" not in name and not os.access(path, os.R_OK):
             # Ray Data's reader would fail the whole run on it: name it and go on.
             why = "no such file" if not os.path.lexists(path) else "cannot be read"
@@ -167,6 +168,19 @@ def _maybe_die() -> None:
     os.kill(os.getpid(), signal.SIGKILL)
 
 
+def _actor_pool(size: int) -> "ray.data.ActorPoolStrategy":
+    """`size` actors, each running two batches at once where this Ray can: one Pipeline's
+    batcher then fills its forward passes from the next batch while the last images of the
+    other are still being detected, instead of draining at every batch boundary (on 2 cores,
+    one call at a time cost ~40% of the single-process rate at 1,600 photos)."""
+    import inspect
+    params = inspect.signature(ray.data.ActorPoolStrategy.__init__).parameters
+    if "enable_true_multi_threading" in params:
+        return ray.data.ActorPoolStrategy(size=size, max_concurrent_calls_per_actor=2,
+                                          enable_true_multi_threading=True)
+    return ray.data.ActorPoolStrategy(size=size)
+
+
 def encode_dataset(inputs: Union[PathLike, Sequence[PathLike], "ray.data.Dataset"],
                    model: PathLike, *, output: Optional[PathLike] = None,
                    device: str = "cpu", precision: str = "fp32", batch_size: int = 32,
@@ -229,12 +243,19 @@ def encode_dataset(inputs: Union[PathLike, Sequence[PathLike], "ray.data.Dataset
     out = ds.map_batches(
         _Encoder, fn_constructor_kwargs={"pipeline_args": pipeline_args, "options": options},
         batch_size=int(batch_size), batch_format="pyarrow",
-        compute=ray.data.ActorPoolStrategy(size=int(concurrency)),
+        compute=_actor_pool(int(concurrency)),
         num_cpus=num_cpus, num_gpus=num_gpus or None)  # Ray Data restarts and retries actors
     if output is None:
         return out
-    out.write_parquet(os.fspath(output))
-    return os.fspath(output)
+    output = _absolute(output)
+    out.write_parquet(output)
+    return output
+
+
+def _absolute(path: PathLike) -> str:
+    """A local path made absolute (workers do not share our working folder); URIs as given."""
+    p = os.fspath(path)
+    return p if "://" in p else os.path.abspath(p)
 
 
 def _default_name(path: str) -> str:
@@ -253,7 +274,7 @@ def enroll_dataset(encoded: Union["ray.data.Dataset", PathLike], gallery: Any, *
     faces). Rows with face -1 are counted, not enrolled. Returns counts: identities,
     embeddings, images_without_face, failed."""
     if not isinstance(encoded, ray.data.Dataset):
-        encoded = ray.data.read_parquet(os.fspath(encoded))
+        encoded = ray.data.read_parquet(_absolute(encoded))
     name = name or _default_name
     groups: Dict[str, List[tuple]] = {}
     faces_per_image: Dict[str, int] = {}

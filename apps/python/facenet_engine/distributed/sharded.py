@@ -163,7 +163,7 @@ class ShardedGallery:
     def __init__(self, root: PathLike, *, device: str = "cpu", storage: str = "auto",
                  threads: int = 0, num_cpus: Optional[float] = None,
                  num_gpus: Optional[float] = None, restart_timeout_s: float = 60.0) -> None:
-        self.root = pathlib.Path(root)
+        self.root = pathlib.Path(root).absolute()  # the actors' working folder is not ours
         manifest = self.root / _MANIFEST
         if not manifest.is_file():
             raise EngineError(f"sharded gallery '{self.root}': no {_MANIFEST} (make one with "

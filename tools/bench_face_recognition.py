@@ -26,29 +26,11 @@ import sys
 import tempfile
 import time
 
-from bench_steps import machine, ms_per_item, peer_face_recognition_python
+from bench_steps import lfw_first_files, machine, ms_per_item, peer_face_recognition_python
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
-SHARED = pathlib.Path(os.environ.get("FACENET_SHARED", REPO.parent / "shared"))
 PEER_PY = REPO / "tools" / "peer_face_recognition.py"
 WARMUP = 5  # photos run once before timing in every worker (model loading, first-call costs)
-
-
-def lfw_first_files(n):
-    """The first `n` distinct files of pairs.txt, in file order."""
-    root = SHARED / "data" / "lfw"
-    seen, order = set(), []
-    for line in (root / "pairs.txt").read_text().splitlines()[1:]:
-        f = line.split("\t")
-        pairs = [(f[0], f[1]), (f[0], f[2])] if len(f) == 3 else [(f[0], f[1]), (f[2], f[3])]
-        for name, number in pairs:
-            path = str(root / "lfw-deepfunneled" / name / f"{name}_{int(number):04d}.jpg")
-            if path not in seen:
-                seen.add(path)
-                order.append(path)
-    if len(order) < n:
-        raise SystemExit(f"pairs.txt names only {len(order)} files, {n} asked")
-    return order[:n]
 
 
 # --- workers (each in its own process) -----------------------------------------------------

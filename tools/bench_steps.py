@@ -2,12 +2,14 @@
 HTTP service's), which run in different venvs: this module imports nothing of theirs."""
 
 import os
+import pathlib
 import platform
 import re
 import subprocess
 import time
 
 TOOLS = os.path.dirname(os.path.abspath(__file__))
+SHARED = pathlib.Path(os.environ.get("FACENET_SHARED", pathlib.Path(TOOLS).parents[1] / "shared"))
 
 
 def ms_per_item(steps, n):
@@ -31,6 +33,23 @@ def machine():
            if f in flags]
     return {"cpu": field.get("Model name", platform.processor()), "cpus": os.cpu_count(),
             "isa": isa, "load_average": os.getloadavg()}
+
+
+def lfw_first_files(n):
+    """The first `n` distinct files of LFW's pairs.txt (../shared), in file order."""
+    root = SHARED / "data" / "lfw"
+    seen, order = set(), []
+    for line in (root / "pairs.txt").read_text().splitlines()[1:]:
+        f = line.split("\t")
+        pairs = [(f[0], f[1]), (f[0], f[2])] if len(f) == 3 else [(f[0], f[1]), (f[2], f[3])]
+        for name, number in pairs:
+            path = str(root / "lfw-deepfunneled" / name / f"{name}_{int(number):04d}.jpg")
+            if path not in seen:
+                seen.add(path)
+                order.append(path)
+    if len(order) < n:
+        raise SystemExit(f"pairs.txt names only {len(order)} files, {n} asked")
+    return order[:n]
 
 
 def peer_face_recognition_python():
